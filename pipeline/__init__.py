@@ -1,0 +1,1 @@
+"""A TensorFlow 2 production training pipeline for Capsule Networks."""

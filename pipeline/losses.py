@@ -1,0 +1,47 @@
+"""Losses of the capsule papers: margin loss and reconstruction loss."""
+
+import tensorflow as tf
+
+
+def margin_loss(labels, lengths, m_plus=0.9, m_minus=0.1, down_weight=0.5):
+  """The CapsNet margin loss, per example (paper eq. 4).
+
+  L = sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2
+
+  Args:
+    labels: one-hot or k-hot targets `[batch, classes]`.
+    lengths: capsule lengths `[batch, classes]`.
+    m_plus: the margin a present class must exceed.
+    m_minus: the margin an absent class must stay below.
+    down_weight: lambda, the weight of the absent-class term.
+
+  Returns:
+    `[batch]` float32 losses, summed over classes.
+
+  Raises:
+    ValueError: if the shapes of `labels` and `lengths` differ.
+  """
+  lengths = tf.cast(lengths, tf.float32)
+  labels = tf.cast(labels, tf.float32)
+  if not labels.shape.is_compatible_with(lengths.shape):
+    raise ValueError(
+        f'labels {labels.shape} and lengths {lengths.shape} must both be '
+        '[batch, classes]; pass one-hot or k-hot labels.')
+  present = labels * tf.square(tf.nn.relu(m_plus - lengths))
+  absent = (1.0 - labels) * tf.square(tf.nn.relu(lengths - m_minus))
+  return tf.reduce_sum(present + down_weight * absent, axis=-1)
+
+
+def reconstruction_loss(images, reconstructions):
+  """Sum of squared pixel errors per example (the paper's SSE).
+
+  Args:
+    images: targets `[batch, ...]`.
+    reconstructions: decoder outputs of the same shape.
+
+  Returns:
+    `[batch]` float32 losses. Weight them (paper: 0.0005) in the total.
+  """
+  diff = tf.cast(reconstructions, tf.float32) - tf.cast(images, tf.float32)
+  return tf.reduce_sum(tf.reshape(tf.square(diff), [tf.shape(diff)[0], -1]),
+                       axis=-1)

@@ -1,0 +1,101 @@
+"""CapsNet of "Dynamic Routing Between Capsules" (Sabour, Frosst, Hinton 2017)."""
+
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.models import layers
+
+
+class CapsNet(keras.Model):
+  """Conv1 → PrimaryCapsules → ClassCapsules (dynamic routing) → Decoder.
+
+  `CapsNet()` is the paper's MNIST model: 8,215,568 parameters, 6,804,224
+  without the decoder. The batch size is never fixed in the graph.
+
+  `call(images, labels=None, training=False)` returns a dict:
+    lengths: `[batch, classes]` capsule lengths (class probabilities).
+    poses: `[batch, classes, dim]` the class capsules.
+    coupling: `[batch, in_caps, classes]` last routing coefficients.
+    reconstructions: `[batch, H, W, C]` (or `[batch, n, H, W, C]` with
+      `num_reconstructions` n > 1), when the model has a decoder. Masked by
+      `labels` in training, by the longest capsule(s) otherwise.
+  """
+
+  def __init__(self, input_shape=(28, 28, 1), num_classes=10,
+               conv_filters=256, conv_kernel=9, primary_channels=32,
+               primary_dim=8, primary_kernel=9, primary_strides=2,
+               class_dim=16, routing_iterations=3, stop_inner_gradients=False,
+               class_bias=False, use_decoder=True, decoder_units=(512, 1024),
+               num_reconstructions=1, **kwargs):
+    super().__init__(**kwargs)
+    self.image_shape = tuple(int(d) for d in input_shape)
+    if len(self.image_shape) != 3:
+      raise ValueError(
+          f'input_shape must be (height, width, channels), got {input_shape}.')
+    if routing_iterations < 1:
+      raise ValueError(
+          f'routing_iterations must be >= 1, got {routing_iterations}.')
+    self._config = dict(
+        input_shape=self.image_shape, num_classes=int(num_classes),
+        conv_filters=conv_filters, conv_kernel=conv_kernel,
+        primary_channels=primary_channels, primary_dim=primary_dim,
+        primary_kernel=primary_kernel, primary_strides=primary_strides,
+        class_dim=class_dim, routing_iterations=int(routing_iterations),
+        stop_inner_gradients=bool(stop_inner_gradients),
+        class_bias=bool(class_bias), use_decoder=bool(use_decoder),
+        decoder_units=tuple(decoder_units),
+        num_reconstructions=int(num_reconstructions))
+    self.num_classes = int(num_classes)
+    self.num_reconstructions = int(num_reconstructions)
+    self.conv1 = keras.layers.Conv2D(conv_filters, conv_kernel,
+                                     activation='relu', name='conv1')
+    self.primary = layers.PrimaryCapsules(
+        primary_channels, primary_dim, primary_kernel, primary_strides,
+        name='primary_capsules')
+    self.class_capsules = layers.ClassCapsules(
+        num_classes, class_dim, routing_iterations, stop_inner_gradients,
+        use_bias=class_bias, name='class_capsules')
+    self.decoder = (layers.Decoder(self.image_shape, decoder_units,
+                                   name='decoder') if use_decoder else None)
+
+  def _check_inputs(self, images, labels):
+    shape = images.shape
+    if shape.rank != 4 or tuple(shape[1:]) != self.image_shape:
+      raise ValueError(
+          f'CapsNet expects images of shape [batch, {", ".join(map(str, self.image_shape))}], '
+          f'got {shape}. Build the model with input_shape matching the data '
+          '(the data set description gives it).')
+    if labels is not None and labels.shape[-1] != self.num_classes:
+      raise ValueError(
+          f'labels must be one-hot or k-hot [batch, {self.num_classes}] for a '
+          f'{self.num_classes}-class model, got {labels.shape}.')
+
+  def call(self, images, labels=None, training=False):
+    images = tf.convert_to_tensor(images)
+    if labels is not None:
+      labels = tf.convert_to_tensor(labels)
+    self._check_inputs(images, labels)
+    x = self.conv1(images)
+    primary = self.primary(x)
+    poses, coupling = self.class_capsules(primary)
+    lengths = tf.norm(poses, axis=-1)
+    outputs = {'lengths': lengths, 'poses': poses, 'coupling': coupling}
+    if self.decoder is not None:
+      scores = labels if (training and labels is not None) else lengths
+      mask = layers.class_mask(scores, self.num_reconstructions)
+      outputs['reconstructions'] = tf.cast(self.decoder(poses, mask),
+                                           tf.float32)
+    return outputs
+
+  def reconstruct(self, poses, mask):
+    """Decodes given class capsules `[batch, classes, dim]` under `mask`."""
+    if self.decoder is None:
+      raise ValueError('This CapsNet was built with use_decoder=False.')
+    return tf.cast(self.decoder(poses, mask), tf.float32)
+
+  def get_config(self):
+    return dict(self._config)
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)

@@ -1,0 +1,171 @@
+"""Capsule layers of CapsNet: squash, PrimaryCapsules, ClassCapsules, Decoder."""
+
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.models import routing
+
+# Keeps the norm's gradient finite at s = 0 (d|s|/ds is undefined there).
+_SQUASH_EPSILON = 1e-7
+
+
+def squash(s, axis=-1):
+  """The CapsNet non-linearity v = |s|^2 / (1 + |s|^2) * s / |s|.
+
+  Short vectors shrink to almost zero length, long ones to just below 1; the
+  direction is kept. The norm uses sqrt(|s|^2 + eps), so an all-zero capsule
+  gives a zero output and a finite (zero) gradient instead of NaN.
+
+  Args:
+    s: capsule inputs, any shape; `axis` holds the capsule dimension.
+    axis: the capsule dimension.
+
+  Returns:
+    A tensor of the shape and dtype of `s`.
+  """
+  s = tf.convert_to_tensor(s)
+  squared_norm = tf.reduce_sum(tf.square(s), axis=axis, keepdims=True)
+  scale = squared_norm / ((1.0 + squared_norm) *
+                          tf.sqrt(squared_norm + _SQUASH_EPSILON))
+  return s * scale
+
+
+class PrimaryCapsules(keras.layers.Layer):
+  """A convolution whose channels are grouped into squashed capsules.
+
+  On the paper's 20x20x256 Conv1 output: 9x9 stride 2 → 6x6 grid of 32
+  capsule channels of 8D → 1152 capsules.
+  Input `[batch, H, W, C]`; output `[batch, h * w * channels, dim]`.
+  """
+
+  def __init__(self, channels=32, dim=8, kernel_size=9, strides=2, **kwargs):
+    super().__init__(**kwargs)
+    self.channels = channels
+    self.dim = dim
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.conv = keras.layers.Conv2D(
+        channels * dim, kernel_size, strides=strides, padding='valid',
+        name='conv')
+
+  def call(self, inputs):
+    x = self.conv(inputs)
+    h, w = x.shape[1], x.shape[2]
+    x = tf.reshape(x, [-1, h * w * self.channels, self.dim])
+    return squash(x)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(channels=self.channels, dim=self.dim,
+                  kernel_size=self.kernel_size, strides=self.strides)
+    return config
+
+
+class ClassCapsules(keras.layers.Layer):
+  """Fully connected capsules with dynamic routing.
+
+  One `[in_dim, out_dim]` transform per (input capsule, class) pair gives the
+  predictions u_hat = W_ij u_i in a single einsum (a batched matmul over the
+  input capsules; W is never tiled across the batch), then
+  `routing.dynamic_routing`. Routing runs in float32 whatever the layer's
+  compute dtype.
+
+  Input `[batch, in_caps, in_dim]`; returns `(v [batch, classes, out_dim],
+  c [batch, in_caps, classes])`.
+  """
+
+  def __init__(self, num_classes=10, dim=16, routing_iterations=3,
+               stop_inner_gradients=False, use_bias=False, **kwargs):
+    super().__init__(**kwargs)
+    self.num_classes = num_classes
+    self.dim = dim
+    self.routing_iterations = routing_iterations
+    self.stop_inner_gradients = stop_inner_gradients
+    self.use_bias = use_bias
+
+  def build(self, input_shape):
+    in_caps, in_dim = int(input_shape[-2]), int(input_shape[-1])
+    self.kernel = self.add_weight(
+        name='kernel', shape=[in_caps, self.num_classes, in_dim, self.dim],
+        initializer=keras.initializers.RandomNormal(stddev=0.01))
+    self.bias = None
+    if self.use_bias:
+      self.bias = self.add_weight(
+          name='bias', shape=[self.num_classes, self.dim],
+          initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, inputs):
+    u = tf.cast(inputs, tf.float32)
+    kernel = tf.cast(self.kernel, tf.float32)
+    u_hat = tf.einsum('bid,iodk->biok', u, kernel)
+    bias = None if self.bias is None else tf.cast(self.bias, tf.float32)
+    return routing.dynamic_routing(
+        u_hat, self.routing_iterations,
+        stop_inner_gradients=self.stop_inner_gradients, bias=bias)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes, dim=self.dim,
+                  routing_iterations=self.routing_iterations,
+                  stop_inner_gradients=self.stop_inner_gradients,
+                  use_bias=self.use_bias)
+    return config
+
+
+def class_mask(scores, num_targets):
+  """One-hot masks of the `num_targets` highest entries of `scores`.
+
+  Args:
+    scores: `[batch, classes]` (k-hot labels or capsule lengths).
+    num_targets: how many masks per example.
+
+  Returns:
+    `[batch, classes]` when `num_targets` is 1, else
+    `[batch, num_targets, classes]`, float32.
+  """
+  classes = scores.shape[-1]
+  if num_targets == 1:
+    return tf.one_hot(tf.argmax(scores, axis=-1), classes)
+  _, idx = tf.math.top_k(scores, k=num_targets)
+  return tf.one_hot(idx, classes)
+
+
+class Decoder(keras.layers.Layer):
+  """FC 512-1024-(H*W*C) sigmoid reconstruction from masked class capsules.
+
+  `call(poses, mask)`: poses `[batch, classes, dim]`, mask `[batch, classes]`
+  → `[batch, H, W, C]`; or mask `[batch, n, classes]` (one one-hot per
+  target, as MultiMNIST needs) → `[batch, n, H, W, C]`, each target
+  reconstructed separately.
+  """
+
+  def __init__(self, output_shape=(28, 28, 1), units=(512, 1024), **kwargs):
+    super().__init__(**kwargs)
+    self.image_shape = tuple(int(d) for d in output_shape)
+    self.units = tuple(int(u) for u in units)
+    self.hidden = [keras.layers.Dense(u, activation='relu', name=f'fc{i + 1}')
+                   for i, u in enumerate(self.units)]
+    self.out = keras.layers.Dense(
+        self.image_shape[0] * self.image_shape[1] * self.image_shape[2],
+        activation='sigmoid', name=f'fc{len(self.units) + 1}')
+
+  def call(self, poses, mask):
+    poses = tf.cast(poses, self.compute_dtype)
+    mask = tf.cast(mask, self.compute_dtype)
+    classes, dim = poses.shape[-2], poses.shape[-1]
+    if mask.shape.rank == 2:
+      x = tf.reshape(poses * mask[:, :, None], [-1, classes * dim])
+      out_shape = [-1, *self.image_shape]
+    else:
+      x = poses[:, None] * mask[..., None]
+      x = tf.reshape(x, [-1, mask.shape[1], classes * dim])
+      out_shape = [-1, mask.shape[1], *self.image_shape]
+    for layer in self.hidden:
+      x = layer(x)
+    return tf.reshape(self.out(x), out_shape)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(output_shape=self.image_shape, units=self.units)
+    return config
