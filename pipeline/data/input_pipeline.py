@@ -1,0 +1,139 @@
+"""The tf.data input pipeline: indices → shuffle → batch → gather → augment.
+
+Images stay uint8 in memory; the pipeline shuffles and shards example
+*indices*, gathers a whole batch at once and augments it with batched TF ops
+seeded from the batch number. That keeps shuffle buffers (and the input
+checkpoints) small, makes every batch reproducible from `(seed, pipeline
+id, batch number)` -- which is how a resumed run continues its input stream
+(`start_batch`) -- and keeps Python out of the hot path.
+
+Each element is a dict:
+  image: float32 `[batch, H, W, C]` (in [0, 1]; smallNORB standardised).
+  label: float32 `[batch, classes]` one-hot (k-hot for MultiMNIST).
+  targets: (MultiMNIST, smallNORB) what the decoder reconstructs:
+    `[batch, 2, H, W, C]` for MultiMNIST, `[batch, H, W, C]` for smallNORB.
+"""
+
+import tensorflow as tf
+
+from pipeline.data import augment, multimnist, sources
+from pipeline.data.base import DataError
+
+
+def _fold_seed(seed, pipeline_id):
+  return tf.constant([seed, 1000003 * pipeline_id + 17], tf.int64)
+
+
+def _batch_transform(source, data, training, base_seed):
+  """Returns `fn(batch_number, indices) -> batch dict` for the source kind."""
+  spec = source.spec
+  num_classes = source.num_classes
+  images = tf.constant(data.images)
+  labels = tf.constant(data.labels)
+  if source.kind == 'multimnist':
+    class_table = multimnist.class_table(data.labels, num_classes)
+
+  def to_float(x):
+    return tf.cast(x, tf.float32) / 255.0
+
+  def fn(batch_number, indices):
+    seed = base_seed + tf.stack([tf.constant(0, tf.int64), 7 * batch_number])
+    x = to_float(tf.gather(images, indices))
+    y = tf.gather(labels, indices)
+    out = {'label': tf.one_hot(y, num_classes)}
+    if source.kind == 'plain':
+      if training:
+        x = augment.random_shift(x, spec.shift_pixels, seed)
+      out['image'] = x
+    elif source.kind == 'affnist':
+      out['image'] = augment.random_place(x, spec.canvas_size, seed)
+    elif source.kind == 'multimnist':
+      partner = multimnist.partner_indices(y, class_table,
+                                           num_classes, seed + 3)
+      out.update(multimnist.compose_pairs(
+          x, to_float(tf.gather(images, partner)), y,
+          tf.gather(labels, partner), num_classes, sources.MULTIMNIST_SIZE,
+          spec.overlay, seed))
+    elif source.kind == 'smallnorb':
+      size = (sources.SMALLNORB_CROP, sources.SMALLNORB_CROP)
+      slack = (x.shape[1] - size[0], x.shape[2] - size[1])
+      if training:
+        x = augment.random_crop_batch(x, size, slack, seed)
+        x = augment.brightness_contrast(x, seed + 5)
+      else:
+        n = tf.shape(x)[0]
+        x = augment.crop_batch(x, size, tf.fill([n], slack[0] // 2),
+                               tf.fill([n], slack[1] // 2))
+      out['targets'] = tf.clip_by_value(x, 0.0, 1.0)
+      out['image'] = augment.standardize(x)
+    return out
+
+  return fn
+
+
+def make_dataset(source, split, global_batch_size, training,
+                 input_context=None, seed=0, deterministic=False,
+                 start_batch=0):
+  """Builds the batched dataset of one split for one input pipeline.
+
+  Works as the function given to
+  `strategy.distribute_datasets_from_function`: with an `input_context`, the
+  batch is the per-replica share of `global_batch_size`, the indices are
+  sharded by input pipeline and the seed is folded with the pipeline id.
+
+  Args:
+    source: a `sources.DataSource`.
+    split: 'train', 'validation' or 'test'.
+    global_batch_size: examples per step over all replicas.
+    training: shuffle, repeat forever, augment and drop the remainder; else
+      one deterministic pass.
+    input_context: a `tf.distribute.InputContext`, or None.
+    seed: base seed of shuffling and augmentation.
+    deterministic: force deterministic element order (tests, reproductions).
+    start_batch: training only: begin at this batch number, as if that many
+      batches had been drawn. The stream is a pure function of (seed, pipeline
+      id, batch number), so a resumed run passes its step here and continues
+      exactly where it stopped; only indices are skipped, not images.
+
+  Returns:
+    A `tf.data.Dataset` of batch dicts (see the module docstring).
+
+  Raises:
+    DataError: for a batch size that does not split over the replicas, or a
+      split too small for one training batch.
+  """
+  batch = int(global_batch_size)
+  pipelines, pipeline_id = 1, 0
+  if input_context is not None:
+    if batch % input_context.num_replicas_in_sync:
+      raise DataError(
+          f'global batch size {batch} does not divide over '
+          f'{input_context.num_replicas_in_sync} replicas; use a multiple.')
+    batch = input_context.get_per_replica_batch_size(batch)
+    pipelines = input_context.num_input_pipelines
+    pipeline_id = input_context.input_pipeline_id
+  if batch < 1:
+    raise DataError(f'batch size must be >= 1, got {global_batch_size}.')
+  data = source.split(split)
+  n = len(data)
+  if training and n // pipelines < batch:
+    raise DataError(f'{split} split has {n} examples, fewer than one batch '
+                    f'of {batch} per input pipeline.')
+  base_seed = _fold_seed(seed, pipeline_id)
+
+  ds = tf.data.Dataset.range(n)
+  if pipelines > 1:
+    ds = ds.shard(pipelines, pipeline_id)
+  if training:
+    ds = ds.shuffle(n, seed=seed * 1000 + pipeline_id,
+                    reshuffle_each_iteration=True).repeat()
+    ds = ds.skip(int(start_batch) * batch)
+  ds = ds.batch(batch, drop_remainder=training).enumerate(
+      start=int(start_batch) if training else 0)
+  transform = _batch_transform(source, data, training, base_seed)
+  ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True if deterministic else None)
+  options = tf.data.Options()
+  options.deterministic = bool(deterministic)
+  options.experimental_optimization.map_parallelization = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

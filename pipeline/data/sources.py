@@ -1,0 +1,168 @@
+"""Data sets by name: where their examples come from and what they look like.
+
+`open_source(spec)` gives a `DataSource`: its `info` (shape, classes, split
+sizes) and its splits as in-memory uint8 arrays, which `input_pipeline`
+turns into batches.
+"""
+
+import dataclasses
+import functools
+import os
+
+import numpy as np
+
+from pipeline.data import affnist, idx, synthetic, tfds_source
+from pipeline.data.base import ArraySplit, DataError, DatasetInfo
+
+# Data set name → number of classes.
+DATASETS = {
+    'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10, 'svhn_cropped': 10,
+    'smallnorb': 5, 'synthetic': None, 'multimnist': 10, 'affnist': 10,
+}
+DATA_SOURCES = ('tfds', 'idx')
+# Data sets built from the digits of another (MultiMNIST, affNIST training).
+DIGIT_BASES = ('mnist', 'fashion_mnist')
+SPLITS = ('train', 'validation', 'test')
+MULTIMNIST_SIZE = 36
+SMALLNORB_CROP = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Which data, from where, and how it is augmented.
+
+  Attributes:
+    dataset: a key of `DATASETS`.
+    data_dir: TFDS data dir, or the IDX directory with `data_source='idx'`.
+    data_source: 'tfds' or 'idx' (mnist / fashion_mnist and the data sets
+      built on them only).
+    base_dataset: digits of 'multimnist' and 'affnist' ('mnist' or
+      'fashion_mnist').
+    shift_pixels: training shift augmentation, in pixels per axis.
+    canvas_size: affNIST training canvas side (the digit lands anywhere).
+    affnist_dir: directory of affNIST `.mat` files; its images become the
+      affnist 'test' split (else the test split is translated base digits).
+    overlay: MultiMNIST overlay mode, 'max' or 'sum'.
+    validation_size: examples held back from the end of 'train' as
+      'validation' (0: no validation split).
+    download: allow TFDS to download when the data is not prepared.
+    synthetic_shape: `(H, W, C)` of the 'synthetic' images.
+    synthetic_classes: classes of 'synthetic'.
+    synthetic_size: `(train, test)` examples of 'synthetic'.
+  """
+  dataset: str = 'synthetic'
+  data_dir: str = None
+  data_source: str = 'tfds'
+  base_dataset: str = 'mnist'
+  shift_pixels: int = 2
+  canvas_size: int = 40
+  affnist_dir: str = None
+  overlay: str = 'max'
+  validation_size: int = 0
+  download: bool = True
+  synthetic_shape: tuple = (28, 28, 1)
+  synthetic_classes: int = 10
+  synthetic_size: tuple = (2000, 500)
+
+  def __post_init__(self):
+    if self.dataset not in DATASETS:
+      raise DataError(f'Unknown data set {self.dataset!r}; choose one of '
+                      f'{sorted(DATASETS)}.')
+    if self.data_source not in DATA_SOURCES:
+      raise DataError(f'data_source must be one of {DATA_SOURCES}, got '
+                      f'{self.data_source!r}.')
+    digits = self.base_dataset if self.dataset in ('multimnist',
+                                                   'affnist') else self.dataset
+    if self.data_source == 'idx' and digits not in DIGIT_BASES:
+      raise DataError(f"data_source='idx' serves {DIGIT_BASES} (and the data "
+                      f'sets built on them), not {digits!r}.')
+    if self.data_source == 'idx' and not self.data_dir:
+      raise DataError("data_source='idx' needs data_dir: the directory with "
+                      'train-images-idx3-ubyte(.gz) and its siblings.')
+    if self.base_dataset not in DIGIT_BASES:
+      raise DataError(f'base_dataset must be one of {DIGIT_BASES}, got '
+                      f'{self.base_dataset!r}.')
+    if self.shift_pixels < 0:
+      raise DataError(f'shift_pixels must be >= 0, got {self.shift_pixels}.')
+    if self.validation_size < 0:
+      raise DataError(
+          f'validation_size must be >= 0, got {self.validation_size}.')
+    if self.overlay not in ('max', 'sum'):
+      raise DataError(f"overlay must be 'max' or 'sum', got {self.overlay!r}.")
+
+
+class DataSource:
+  """The splits of one data set, loaded once and kept in memory."""
+
+  def __init__(self, spec):
+    self.spec = spec
+    self.kind = spec.dataset if spec.dataset in (
+        'multimnist', 'affnist', 'smallnorb') else 'plain'
+    train = self._raw('train')
+    self.num_classes = (spec.synthetic_classes if spec.dataset == 'synthetic'
+                        else DATASETS[spec.dataset])
+    bad = (train.labels < 0) | (train.labels >= self.num_classes)
+    if bad.any():
+      raise DataError(
+          f'{spec.dataset}: labels must lie in [0, {self.num_classes}), found '
+          f'{np.unique(train.labels[bad])[:5].tolist()}.')
+    if spec.validation_size >= len(train):
+      raise DataError(f'validation_size {spec.validation_size} must be less '
+                      f'than the {len(train)} training examples.')
+    sizes = {'train': len(train) - spec.validation_size,
+             'test': len(self.split('test'))}
+    if spec.validation_size:
+      sizes['validation'] = spec.validation_size
+    self.info = DatasetInfo(
+        name=spec.dataset, image_shape=self._output_shape(train.images.shape),
+        num_classes=self.num_classes, split_sizes=sizes,
+        num_targets=2 if self.kind == 'multimnist' else 1)
+
+  def _output_shape(self, stored):
+    h, w, c = stored[1:]
+    if self.kind == 'multimnist':
+      return (MULTIMNIST_SIZE, MULTIMNIST_SIZE, c)
+    if self.kind == 'affnist':
+      return (self.spec.canvas_size, self.spec.canvas_size, c)
+    if self.kind == 'smallnorb':
+      return (SMALLNORB_CROP, SMALLNORB_CROP, c)
+    return (h, w, c)
+
+  @functools.lru_cache(maxsize=None)
+  def _raw(self, split):
+    spec = self.spec
+    if spec.dataset == 'synthetic':
+      n = spec.synthetic_size[0 if split == 'train' else 1]
+      return synthetic.synthetic_split(
+          spec.synthetic_shape, spec.synthetic_classes, n,
+          seed=0 if split == 'train' else 1)
+    name = spec.dataset
+    if name in ('multimnist', 'affnist'):
+      if name == 'affnist' and split == 'test' and spec.affnist_dir:
+        return affnist.load_affnist_dir(spec.affnist_dir)
+      name = spec.base_dataset
+    if spec.data_source == 'idx':
+      return ArraySplit(*idx.load_idx_split(os.path.expanduser(spec.data_dir),
+                                            split))
+    return tfds_source.load_tfds_split(name, split, spec.data_dir,
+                                       download=spec.download)
+
+  def split(self, name):
+    """Returns the `ArraySplit` of 'train', 'validation' or 'test'."""
+    if name not in SPLITS:
+      raise DataError(f'split must be one of {SPLITS}, got {name!r}.')
+    if name == 'test':
+      return self._raw('test')
+    train = self._raw('train')
+    cut = len(train) - self.spec.validation_size
+    if name == 'train':
+      return ArraySplit(train.images[:cut], train.labels[:cut])
+    if not self.spec.validation_size:
+      raise DataError("There is no 'validation' split: set validation_size "
+                      '(--validation_size) to hold examples back from train.')
+    return ArraySplit(train.images[cut:], train.labels[cut:])
+
+
+def open_source(spec):
+  """Loads the data set described by `spec` (a `DataSpec`)."""
+  return DataSource(spec)

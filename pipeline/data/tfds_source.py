@@ -1,0 +1,83 @@
+"""Data sets from TensorFlow Datasets, loaded into memory as uint8 arrays."""
+
+import socket
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from pipeline.data.base import ArraySplit, DataError
+
+# TFDS name → (image keys stacked as channels, label key).
+TFDS_DATASETS = {
+    'mnist': (('image',), 'label'),
+    'fashion_mnist': (('image',), 'label'),
+    'cifar10': (('image',), 'label'),
+    'svhn_cropped': (('image',), 'label'),
+    'smallnorb': (('image', 'image2'), 'label_category'),
+}
+# smallNORB's 96x96 stereo pairs are downsampled once, at load, as the paper did.
+SMALLNORB_SIZE = 48
+# TFDS downloads through its storage bucket first; a failed name lookup means
+# no network, and TFDS itself would retry for minutes instead of failing.
+_PROBE_HOST = ('storage.googleapis.com', 443)
+
+_OFFLINE_HINT = (
+    'For offline work use local IDX files: --data_source=idx '
+    '--data_dir=/usr/share/datasets/fashion-mnist (Debian package '
+    'dataset-fashion-mnist), or --dataset=synthetic.')
+
+
+def _network_reachable(timeout=3.0):
+  try:
+    socket.create_connection(_PROBE_HOST, timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _load_numpy(name, split, data_dir, download):
+  ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=-1,
+                 download=download)
+  return tfds.as_numpy(ds)
+
+
+def load_tfds_split(name, split, data_dir=None, download=True):
+  """Loads a whole TFDS split into memory.
+
+  Args:
+    name: one of `TFDS_DATASETS`.
+    split: a TFDS split ('train', 'test', or a slice such as 'train[:90%]').
+    data_dir: TFDS data directory (None: TFDS's default).
+    download: allow downloading and preparing the data set when missing.
+
+  Returns:
+    An `ArraySplit` with uint8 images `[N, H, W, C]` (smallNORB: the two
+    cameras as channels, 48x48) and int64 labels.
+
+  Raises:
+    DataError: for an unknown name, or data that is not prepared and cannot
+      be downloaded (the message names the offline alternative).
+  """
+  if name not in TFDS_DATASETS:
+    raise DataError(f'Unknown TFDS data set {name!r}; choose one of '
+                    f'{sorted(TFDS_DATASETS)}.')
+  try:
+    data = _load_numpy(name, split, data_dir, download=False)
+  except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    if not download:
+      raise DataError(f'TFDS data set {name} is not prepared in {data_dir} '
+                      f'and downloading is off. {_OFFLINE_HINT}') from e
+    if not _network_reachable():
+      raise DataError(
+          f'TFDS data set {name} is not prepared in {data_dir or "~/tensorflow_datasets"} '
+          f'and this machine cannot download it (no network). {_OFFLINE_HINT}'
+      ) from e
+    data = _load_numpy(name, split, data_dir, download=True)
+  image_keys, label_key = TFDS_DATASETS[name]
+  images = np.concatenate([data[k] for k in image_keys], axis=-1)
+  if name == 'smallnorb':
+    images = tf.image.resize(images, [SMALLNORB_SIZE, SMALLNORB_SIZE],
+                             method='area')
+    images = np.round(images.numpy()).clip(0, 255).astype(np.uint8)
+  return ArraySplit(images.astype(np.uint8), data[label_key].astype(np.int64))
