@@ -1,0 +1,184 @@
+"""Command-line flags of the training tools and their conversion to a config.
+
+Every value is checked before any work starts; a bad one stops the tool with
+one line that names the flag and what it accepts.
+"""
+
+from absl import flags
+
+from pipeline import config as config_lib
+from pipeline import models
+from pipeline.data import sources
+from pipeline.data.base import DataError
+
+_D = config_lib.TrainConfig()
+_M = config_lib.ModelSpec()
+_S = sources.DataSpec()
+
+
+def define_flags():
+  """Defines the training flags (idempotent)."""
+  if 'model' in flags.FLAGS:
+    return
+  # Model.
+  flags.DEFINE_enum('model', _M.name, sorted(models.MODELS), 'Model to train.')
+  flags.DEFINE_integer('routing_iterations', _M.routing_iterations,
+                       'Dynamic routing iterations (paper: 3).')
+  flags.DEFINE_boolean('stop_inner_gradients', _M.stop_inner_gradients,
+                       'Stop gradients through the inner routing iterations.')
+  flags.DEFINE_integer('conv_filters', _M.conv_filters, 'Conv1 channels.')
+  flags.DEFINE_integer('primary_channels', _M.primary_channels,
+                       'Primary capsule channels.')
+  flags.DEFINE_integer('primary_dim', _M.primary_dim, 'Primary capsule size.')
+  flags.DEFINE_integer('class_dim', _M.class_dim, 'Class capsule size.')
+  flags.DEFINE_list('decoder_units', list(map(str, _M.decoder_units)),
+                    'Hidden units of the reconstruction decoder.')
+  flags.DEFINE_boolean('use_decoder', _M.use_decoder,
+                       'Train with the reconstruction decoder.')
+  flags.DEFINE_boolean('class_bias', _M.class_bias,
+                       'Add a bias to the class capsules (+classes*dim).')
+  # Data.
+  flags.DEFINE_enum('dataset', _S.dataset, sorted(sources.DATASETS),
+                    'Data set.')
+  flags.DEFINE_string('data_dir', _S.data_dir,
+                      'TFDS data dir, or the IDX directory with '
+                      '--data_source=idx.')
+  flags.DEFINE_enum('data_source', _S.data_source, sources.DATA_SOURCES,
+                    'Where mnist/fashion_mnist come from.')
+  flags.DEFINE_enum('base_dataset', _S.base_dataset, sources.DIGIT_BASES,
+                    'Digits of multimnist / affnist.')
+  flags.DEFINE_integer('shift_pixels', _S.shift_pixels,
+                       'Training shift augmentation in pixels (paper: 2).')
+  flags.DEFINE_integer('canvas_size', _S.canvas_size,
+                       'affNIST canvas side for the translated digits.')
+  flags.DEFINE_string('affnist_dir', _S.affnist_dir,
+                      'Directory of affNIST .mat files (its test split).')
+  flags.DEFINE_enum('overlay', _S.overlay, ['max', 'sum'],
+                    'MultiMNIST overlay of the two digits.')
+  flags.DEFINE_integer('validation_size', _S.validation_size,
+                       'Training examples held back as the validation split.')
+  flags.DEFINE_boolean('download', _S.download,
+                       'Let TFDS download data that is not prepared.')
+  flags.DEFINE_list('synthetic_shape', list(map(str, _S.synthetic_shape)),
+                    'H,W,C of the synthetic data set.')
+  flags.DEFINE_integer('synthetic_classes', _S.synthetic_classes,
+                       'Classes of the synthetic data set.')
+  flags.DEFINE_list('synthetic_size', list(map(str, _S.synthetic_size)),
+                    'train,test examples of the synthetic data set.')
+  # Run.
+  flags.DEFINE_string('model_dir', _D.model_dir,
+                      'Checkpoints, summaries, config and metrics go here.')
+  flags.DEFINE_string('export_dir', _D.export_dir,
+                      'Export base (exports/<name>); empty: no export.')
+  flags.DEFINE_integer('batch_size', _D.batch_size, 'Global batch size.')
+  flags.DEFINE_integer('eval_batch_size', _D.eval_batch_size,
+                       'Global evaluation batch size.')
+  flags.DEFINE_integer('train_steps', _D.train_steps, 'Total training steps.')
+  flags.DEFINE_integer('steps_per_loop', _D.steps_per_loop,
+                       'Steps per tf.function call.')
+  flags.DEFINE_integer('log_every', _D.log_every, 'Steps between log lines.')
+  flags.DEFINE_integer('eval_every', _D.eval_every, 'Steps between evals.')
+  flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
+                       'Steps between checkpoints.')
+  flags.DEFINE_integer('max_checkpoints', _D.max_checkpoints,
+                       'Checkpoints kept.')
+  flags.DEFINE_float('learning_rate', _D.learning_rate, 'Adam learning rate.')
+  flags.DEFINE_float('lr_decay_rate', _D.lr_decay_rate,
+                     'Exponential learning-rate decay per lr_decay_steps.')
+  flags.DEFINE_integer('lr_decay_steps', _D.lr_decay_steps,
+                       'Steps per decay of lr_decay_rate.')
+  flags.DEFINE_float('reconstruction_weight', _D.reconstruction_weight,
+                     'Weight of the reconstruction loss (paper: 0.0005).')
+  flags.DEFINE_float('m_plus', _D.m_plus, 'Margin loss m+.')
+  flags.DEFINE_float('m_minus', _D.m_minus, 'Margin loss m-.')
+  flags.DEFINE_float('down_weight', _D.down_weight, 'Margin loss lambda.')
+  flags.DEFINE_enum('strategy', _D.strategy, config_lib.STRATEGIES,
+                    'tf.distribute strategy.')
+  flags.DEFINE_integer('cpu_devices', _D.cpu_devices,
+                       'Without GPUs: split the CPU into this many logical '
+                       'devices for --strategy=mirrored.')
+  flags.DEFINE_integer('seed', _D.seed, 'Seed of weights, shuffling and '
+                       'augmentation.')
+  flags.DEFINE_boolean('deterministic', _D.deterministic,
+                       'Deterministic ops and input order (reproductions).')
+  flags.DEFINE_enum('eval_split', _D.eval_split, list(sources.SPLITS),
+                    'Split evaluated during and after training.')
+
+
+def _ints(name, values, count):
+  try:
+    ints = tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f'--{name} takes {count} integers, got '
+                     f'{",".join(values)}.') from None
+  if len(ints) != count or min(ints) < 1:
+    raise ValueError(f'--{name} takes {count} positive integers, got '
+                     f'{",".join(values)}.')
+  return ints
+
+
+def _at_least(name, value, low):
+  if value < low:
+    raise ValueError(f'--{name} must be >= {low}, got {value}.')
+
+
+def config_from_flags(f=None):
+  """Builds and validates a `TrainConfig` from parsed flags.
+
+  Raises:
+    ValueError: naming the first bad flag and the values it accepts.
+  """
+  f = f or flags.FLAGS
+  for name, low in (('batch_size', 1), ('eval_batch_size', 1),
+                    ('train_steps', 1), ('steps_per_loop', 1),
+                    ('log_every', 1), ('eval_every', 1),
+                    ('checkpoint_every', 1), ('max_checkpoints', 1),
+                    ('routing_iterations', 1), ('lr_decay_steps', 1),
+                    ('conv_filters', 1), ('primary_channels', 1),
+                    ('primary_dim', 1), ('class_dim', 1), ('cpu_devices', 0),
+                    ('shift_pixels', 0), ('validation_size', 0)):
+    _at_least(name, f[name].value, low)
+  if f.learning_rate <= 0:
+    raise ValueError(f'--learning_rate must be > 0, got {f.learning_rate}.')
+  if not 0 < f.lr_decay_rate <= 1:
+    raise ValueError(f'--lr_decay_rate must be in (0, 1], got '
+                     f'{f.lr_decay_rate}.')
+  if f.reconstruction_weight < 0:
+    raise ValueError('--reconstruction_weight must be >= 0, got '
+                     f'{f.reconstruction_weight}.')
+  if f.eval_split == 'validation' and not f.validation_size:
+    raise ValueError('--eval_split=validation needs --validation_size > 0.')
+  if not f.model_dir:
+    raise ValueError('--model_dir must name a directory.')
+  model = config_lib.ModelSpec(
+      name=f.model, routing_iterations=f.routing_iterations,
+      stop_inner_gradients=f.stop_inner_gradients,
+      conv_filters=f.conv_filters, primary_channels=f.primary_channels,
+      primary_dim=f.primary_dim, class_dim=f.class_dim,
+      decoder_units=_ints('decoder_units', f.decoder_units,
+                          len(f.decoder_units)),
+      use_decoder=f.use_decoder, class_bias=f.class_bias)
+  try:
+    data = sources.DataSpec(
+        dataset=f.dataset, data_dir=f.data_dir, data_source=f.data_source,
+        base_dataset=f.base_dataset, shift_pixels=f.shift_pixels,
+        canvas_size=f.canvas_size, affnist_dir=f.affnist_dir,
+        overlay=f.overlay, validation_size=f.validation_size,
+        download=f.download,
+        synthetic_shape=_ints('synthetic_shape', f.synthetic_shape, 3),
+        synthetic_classes=f.synthetic_classes,
+        synthetic_size=_ints('synthetic_size', f.synthetic_size, 2))
+  except DataError as e:
+    raise ValueError(str(e)) from None
+  return config_lib.TrainConfig(
+      model=model, data=data, model_dir=f.model_dir, export_dir=f.export_dir,
+      batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
+      train_steps=f.train_steps, steps_per_loop=f.steps_per_loop,
+      log_every=f.log_every, eval_every=f.eval_every,
+      checkpoint_every=f.checkpoint_every, max_checkpoints=f.max_checkpoints,
+      learning_rate=f.learning_rate, lr_decay_rate=f.lr_decay_rate,
+      lr_decay_steps=f.lr_decay_steps,
+      reconstruction_weight=f.reconstruction_weight, m_plus=f.m_plus,
+      m_minus=f.m_minus, down_weight=f.down_weight, strategy=f.strategy,
+      cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
+      eval_split=f.eval_split)

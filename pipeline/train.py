@@ -1,0 +1,49 @@
+"""Trains a capsule model from flags: checkpoints, TensorBoard, eval, export.
+
+  python -m pipeline.train --flagfile=configs/fashion_mnist.flags
+  python -m pipeline.train --flagfile=configs/smoke.flags --train_steps=50
+  tensorboard --logdir=runs
+
+A run started on an existing --model_dir resumes from its latest checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from pipeline import export
+from pipeline import flags as pipeline_flags
+from pipeline import trainer as trainer_lib
+
+pipeline_flags.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    config = pipeline_flags.config_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  os.makedirs(config.model_dir, exist_ok=True)
+  with open(os.path.join(config.model_dir, 'flags.txt'), 'w') as f:
+    f.write(FLAGS.flags_into_string())
+  trainer = trainer_lib.Trainer(config)
+  results = trainer.train()
+  print(f'{results["split"]} accuracy {results["accuracy"]:.4f} (error '
+        f'{100 * results["error_rate"]:.2f}%) on {results["examples"]} '
+        f'examples after {trainer.step} steps; model_dir '
+        f'{config.model_dir}', flush=True)
+  if config.export_dir and trainer.chief:
+    path = export.export_from_checkpoint(config.model_dir, config.export_dir)
+    print(f'Exported SavedModel to {path}', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.INFO)
+  sys.exit(app.run(main))

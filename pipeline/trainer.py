@@ -1,0 +1,348 @@
+"""Distributed training of capsule models: steps, checkpoints, summaries, eval.
+
+`Trainer(config)` builds the strategy, data, model and optimizer;
+`Trainer.train()` runs to `config.train_steps`, resuming from the model
+directory's latest checkpoint, and returns the final metrics.
+"""
+
+import json
+import math
+import os
+import time
+
+from absl import logging
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline import config as config_lib
+from pipeline import losses
+from pipeline import summaries
+from pipeline.data import input_pipeline, sources
+from pipeline.export import build_model_from_config
+
+METRICS_FILE = 'metrics.json'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or a gradient became NaN or infinite; the step was not kept."""
+
+
+def make_strategy(name, cpu_devices=0):
+  """Creates the distribution strategy named by `--strategy`.
+
+  Args:
+    name: 'mirrored' (all local GPUs, else the CPU), 'multi_worker'
+      (`MultiWorkerMirroredStrategy` from TF_CONFIG) or 'one_device'.
+    cpu_devices: on a machine without GPUs, split the CPU into this many
+      logical devices for 'mirrored' (tests of multi-replica behaviour).
+      Must be set before TensorFlow initialises its devices.
+
+  Returns:
+    A `tf.distribute.Strategy`.
+  """
+  if name not in config_lib.STRATEGIES:
+    raise ValueError(f'strategy must be one of {config_lib.STRATEGIES}, got '
+                     f'{name!r}.')
+  gpus = tf.config.list_physical_devices('GPU')
+  if cpu_devices > 1 and not gpus:
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+  if name == 'multi_worker':
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == 'one_device':
+    return tf.distribute.OneDeviceStrategy('/gpu:0' if gpus else '/cpu:0')
+  if gpus:
+    return tf.distribute.MirroredStrategy()
+  cpus = [d.name for d in tf.config.list_logical_devices('CPU')]
+  return tf.distribute.MirroredStrategy(cpus)
+
+
+def is_chief(strategy):
+  """True on the worker that writes summaries, checkpoints and exports."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return (resolver.task_type == 'chief' or
+          (resolver.task_type == 'worker' and resolver.task_id == 0 and
+           'chief' not in resolver.cluster_spec().as_dict()))
+
+
+def _accuracy_hits(labels, lengths):
+  """Per-example 1.0 when the top-k capsules are exactly the k labels."""
+  k = tf.cast(tf.reduce_sum(labels, axis=-1), tf.int32)
+  # Rank of each class by length; a class is predicted when its rank < k.
+  ranks = tf.argsort(tf.argsort(-lengths, axis=-1), axis=-1)
+  predicted = tf.cast(ranks < k[:, None], labels.dtype)
+  return tf.cast(tf.reduce_all(tf.equal(predicted, labels), axis=-1),
+                 tf.float32)
+
+
+class Trainer:
+  """Trains one model under a `tf.distribute` strategy."""
+
+  def __init__(self, config, strategy=None, source=None):
+    self.config = config
+    self.strategy = strategy or make_strategy(config.strategy,
+                                              config.cpu_devices)
+    replicas = self.strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+      raise ValueError(
+          f'--batch_size={config.batch_size} does not divide over {replicas} '
+          'replicas; use a multiple of the replica count.')
+    if config.deterministic:
+      tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    self.chief = is_chief(self.strategy)
+    self.source = source or sources.open_source(config.data)
+    self.info = self.source.info
+    self.model_dir = config.model_dir
+    self.work_dir = (self.model_dir if self.chief else os.path.join(
+        self.model_dir, f'.worker-{self.strategy.cluster_resolver.task_id}'))
+    os.makedirs(self.work_dir, exist_ok=True)
+
+    with self.strategy.scope():
+      self.model = build_model_from_config(config, self.info.image_shape,
+                                           self.info.num_classes)
+      self.learning_rate = keras.optimizers.schedules.ExponentialDecay(
+          config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
+      self.optimizer = keras.optimizers.Adam(self.learning_rate)
+      self.optimizer.build(self.model.trainable_variables)
+      self.metrics = {
+          name: keras.metrics.Mean(name) for name in
+          ('loss/margin', 'loss/reconstruction', 'loss/total', 'accuracy')}
+
+    # The input position is not in the checkpoint: the distributed iterator
+    # is not trackable (TF 2.21), and the stream is a pure function of the
+    # batch number, so `train_iterator(step)` resumes it exactly.
+    with self.strategy.scope():
+      self.checkpoint = tf.train.Checkpoint(model=self.model,
+                                            optimizer=self.optimizer)
+    self.checkpoint_manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(self.work_dir, 'checkpoints'),
+        max_to_keep=config.max_checkpoints)
+    self._train_loop = tf.function(self._train_loop_fn)
+    self._eval_fn = tf.function(self._eval_step_fn)
+    self._summary_fn = tf.function(self._summary_outputs)
+
+  def train_iterator(self, start_step=0):
+    """The distributed training input, positioned at `start_step`."""
+    cfg = self.config
+    return iter(self.strategy.distribute_datasets_from_function(
+        lambda ctx: input_pipeline.make_dataset(
+            self.source, 'train', cfg.batch_size, True, ctx, seed=cfg.seed,
+            deterministic=cfg.deterministic, start_batch=start_step)))
+
+  # --- Steps -------------------------------------------------------------
+
+  @property
+  def step(self):
+    """The global step (the optimizer's iteration count), as an int."""
+    return int(self.optimizer.iterations.numpy())
+
+  def _losses(self, batch, outputs):
+    """Per-example margin, reconstruction and total losses `[batch]`."""
+    cfg = self.config
+    margin = losses.margin_loss(batch['label'], outputs['lengths'],
+                                cfg.m_plus, cfg.m_minus, cfg.down_weight)
+    if 'reconstructions' in outputs:
+      targets = batch.get('targets', batch['image'])
+      recon = losses.reconstruction_loss(targets, outputs['reconstructions'])
+    else:
+      recon = tf.zeros_like(margin)
+    return margin, recon, margin + cfg.reconstruction_weight * recon
+
+  def _replica_step(self, batch):
+    """One training step on one replica; returns whether it was finite."""
+    with tf.GradientTape() as tape:
+      outputs = self.model(batch['image'], batch['label'], training=True)
+      margin, recon, total = self._losses(batch, outputs)
+      loss = tf.nn.compute_average_loss(
+          total, global_batch_size=self.config.batch_size)
+    variables = self.model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                            for g in grads] + [tf.math.is_finite(loss)])
+    # Every replica must agree before the (all-reducing) update.
+    ctx = tf.distribute.get_replica_context()
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                         1.0 - tf.cast(finite, tf.float32))
+    ok = bad < 0.5
+    grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]
+    self.optimizer.apply_gradients(zip(grads, variables))
+    hits = _accuracy_hits(batch['label'], outputs['lengths'])
+    for name, value in (('loss/margin', margin), ('loss/reconstruction', recon),
+                        ('loss/total', total), ('accuracy', hits)):
+      self.metrics[name].update_state(value)
+    return ok
+
+  def _train_loop_fn(self, iterator, num_steps):
+    """Runs up to `num_steps` steps; returns 0, or the first bad step."""
+    bad_step = tf.constant(0, tf.int64)
+    for _ in tf.range(num_steps):
+      ok = self.strategy.run(self._replica_step, args=(next(iterator),))
+      ok = self.strategy.experimental_local_results(ok)[0]
+      if not ok:
+        bad_step = self.optimizer.iterations.read_value()
+        break
+    return bad_step
+
+  def _eval_step_fn(self, batch):
+    def replica_fn(batch):
+      outputs = self.model(batch['image'], training=False)
+      _, _, total = self._losses(batch, outputs)
+      hits = _accuracy_hits(batch['label'], outputs['lengths'])
+      return tf.reduce_sum(hits), tf.reduce_sum(total), tf.cast(
+          tf.shape(hits)[0], tf.float32)
+    results = self.strategy.run(replica_fn, args=(batch,))
+    return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None)
+            for r in results]
+
+  def _summary_outputs(self, images, labels):
+    return self.model(images, labels, training=False)
+
+  # --- Evaluation ----------------------------------------------------------
+
+  def evaluate(self, split=None):
+    """Accuracy, error rate and mean loss over a whole split.
+
+    Returns:
+      A dict with `accuracy`, `error_rate`, `loss`, `examples`, `split`.
+    """
+    split = split or self.config.eval_split
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: input_pipeline.make_dataset(
+            self.source, split, self.config.eval_batch_size, False, ctx,
+            seed=self.config.seed, deterministic=True))
+    hits = loss = count = 0.0
+    for batch in dataset:
+      h, l, n = self._eval_fn(batch)
+      hits, loss, count = hits + float(h), loss + float(l), count + float(n)
+    accuracy = hits / max(count, 1.0)
+    return {'split': split, 'examples': int(count), 'accuracy': accuracy,
+            'error_rate': 1.0 - accuracy, 'loss': loss / max(count, 1.0)}
+
+  def _write_eval(self, writer, step, results, batch):
+    logging.info('eval step %d: %s accuracy %.4f error %.4f loss %.4f on %d '
+                 'examples', step, results['split'], results['accuracy'],
+                 results['error_rate'], results['loss'], results['examples'])
+    if not self.chief:
+      return
+    outputs = self._summary_fn(batch['image'], batch['label'])
+    with writer.as_default():
+      summaries.write_scalars(step, {'accuracy': results['accuracy'],
+                                     'error_rate': results['error_rate'],
+                                     'loss/total': results['loss']})
+      summaries.write_capsule_summaries(step, batch['label'], outputs,
+                                        batch['image'])
+    path = os.path.join(self.model_dir, METRICS_FILE)
+    history = []
+    if os.path.exists(path):
+      with open(path) as f:
+        history = json.load(f).get('history', [])
+    history.append(dict(results, step=int(step)))
+    with open(path + '.tmp', 'w') as f:
+      json.dump({'latest': history[-1], 'history': history}, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+  # --- The loop -------------------------------------------------------------
+
+  def write_run_files(self):
+    """Writes the resolved config and the data description to model_dir."""
+    if not self.chief:
+      return
+    files = {
+        config_lib.CONFIG_FILE: self.config.to_json(),
+        'info.json': json.dumps({
+            'name': self.info.name, 'image_shape': list(self.info.image_shape),
+            'num_classes': self.info.num_classes,
+            'split_sizes': self.info.split_sizes,
+            'num_targets': self.info.num_targets}, indent=2),
+    }
+    for name, text in files.items():
+      path = os.path.join(self.model_dir, name)
+      with open(path + '.tmp', 'w') as f:
+        f.write(text)
+      os.replace(path + '.tmp', path)
+
+  def restore(self):
+    """Restores the latest checkpoint, if any; returns its path or None."""
+    latest = self.checkpoint_manager.latest_checkpoint
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      logging.info('Resumed from %s at step %d.', latest, self.step)
+    return latest
+
+  def train(self):
+    """Trains to `train_steps`, evaluating and checkpointing on the way.
+
+    Returns:
+      The final evaluation results (see `evaluate`).
+
+    Raises:
+      NonFiniteLossError: when a step's loss or gradients are not finite; the
+        latest checkpoint is the last good one.
+    """
+    cfg = self.config
+    self.write_run_files()
+    self.restore()
+    train_writer = tf.summary.create_file_writer(
+        os.path.join(self.work_dir, 'train'))
+    eval_writer = tf.summary.create_file_writer(
+        os.path.join(self.work_dir, 'eval'))
+    summary_batch = next(iter(input_pipeline.make_dataset(
+        self.source, cfg.eval_split, 16, False, seed=cfg.seed,
+        deterministic=True)))
+    step = self.step
+    iterator = self.train_iterator(step)
+    start_step, start_time = step, time.time()
+    last_log_step, last_log_time = step, start_time
+    results = None
+    while step < cfg.train_steps:
+      n = min(cfg.steps_per_loop, cfg.train_steps - step)
+      bad = int(self._train_loop(iterator, tf.constant(n, tf.int64)))
+      if bad:
+        raise NonFiniteLossError(
+            f'Loss or gradients became NaN/Inf at step {bad}; the step was '
+            'not kept. The latest checkpoint '
+            f'({self.checkpoint_manager.latest_checkpoint}) is the last good '
+            'one. Lower --learning_rate or check the input data.')
+      step = self.step
+      if step - last_log_step >= cfg.log_every or step >= cfg.train_steps:
+        now = time.time()
+        rate = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
+        values = {k: float(m.result()) for k, m in self.metrics.items()}
+        values['learning_rate'] = float(self.learning_rate(step - 1))
+        values['examples_per_second'] = rate
+        left = (cfg.train_steps - step) * cfg.batch_size / max(rate, 1e-9)
+        logging.info(
+            'step %d/%d  loss %.4f (margin %.4f, recon %.2f)  accuracy %.4f  '
+            '%.1f examples/s  %s left', step, cfg.train_steps,
+            values['loss/total'], values['loss/margin'],
+            values['loss/reconstruction'], values['accuracy'], rate,
+            _duration(left))
+        if self.chief:
+          with train_writer.as_default():
+            summaries.write_scalars(step, values)
+        for m in self.metrics.values():
+          m.reset_state()
+        last_log_step, last_log_time = step, now
+      if step % cfg.checkpoint_every < n or step >= cfg.train_steps:
+        self.checkpoint_manager.save(checkpoint_number=step)
+      if step % cfg.eval_every < n or step >= cfg.train_steps:
+        results = self.evaluate()
+        self._write_eval(eval_writer, step, results, summary_batch)
+    if results is None:
+      results = self.evaluate()
+      self._write_eval(eval_writer, step, results, summary_batch)
+      self.checkpoint_manager.save(checkpoint_number=step)
+    train_writer.flush()
+    eval_writer.flush()
+    logging.info('Trained %d steps in %s.', step - start_step,
+                 _duration(time.time() - start_time))
+    return results
+
+
+def _duration(seconds):
+  seconds = int(math.ceil(seconds))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
