@@ -1,0 +1,55 @@
+"""Small builders shared by the tests: tiny models, configs, IDX files."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+from pipeline import config as config_lib
+from pipeline.data import sources
+
+TINY_MODEL = dict(conv_filters=8, primary_channels=4, primary_dim=4,
+                  class_dim=4, decoder_units=(16, 32))
+
+
+def tiny_config(model_dir, **overrides):
+  """A TrainConfig of a tiny CapsNet on tiny synthetic data."""
+  data = overrides.pop('data', sources.DataSpec(
+      dataset='synthetic', synthetic_shape=(20, 20, 1), synthetic_classes=4,
+      synthetic_size=(128, 32), shift_pixels=1))
+  model = overrides.pop('model', config_lib.ModelSpec(**TINY_MODEL))
+  base = dict(model=model, data=data, model_dir=str(model_dir),
+              batch_size=8, eval_batch_size=16, train_steps=4,
+              steps_per_loop=2, log_every=2, eval_every=4,
+              checkpoint_every=2, learning_rate=3e-3, seed=1,
+              deterministic=True, strategy='one_device')
+  base.update(overrides)
+  return config_lib.TrainConfig(**base)
+
+
+def idx_bytes(array):
+  """Encodes a uint8 array as an IDX file."""
+  array = np.asarray(array, np.uint8)
+  header = struct.pack('>HBB', 0, 0x08, array.ndim)
+  header += struct.pack(f'>{array.ndim}I', *array.shape)
+  return header + array.tobytes()
+
+
+def write_idx_dir(directory, n_train=40, n_test=20, size=28, gz=True,
+                  seed=0):
+  """Writes an MNIST-layout IDX directory of random digits; returns arrays."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  out = {}
+  for split, n, prefix in (('train', n_train, 'train'),
+                           ('test', n_test, 't10k')):
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    for kind, arr, ndim in (('images', images, 3), ('labels', labels, 1)):
+      name = f'{prefix}-{kind}-idx{ndim}-ubyte' + ('.gz' if gz else '')
+      data = idx_bytes(arr)
+      with open(os.path.join(directory, name), 'wb') as f:
+        f.write(gzip.compress(data) if gz else data)
+    out[split] = (images, labels)
+  return out

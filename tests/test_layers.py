@@ -1,0 +1,91 @@
+"""Tests of pipeline.models.layers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.models import layers
+
+
+def test_squash_norm_below_one_and_direction_kept():
+  s = tf.random.normal([64, 10, 8], seed=1) * tf.random.uniform(
+      [64, 10, 1], 0, 5, seed=2)
+  v = layers.squash(s)
+  s_norm = np.linalg.norm(s.numpy(), axis=-1)
+  v_norm = np.linalg.norm(v.numpy(), axis=-1)
+  assert (v_norm < 1).all()
+  np.testing.assert_allclose(v_norm, s_norm ** 2 / (1 + s_norm ** 2),
+                             rtol=1e-4, atol=1e-6)
+  cos = np.sum(s.numpy() * v.numpy(), -1) / (s_norm * v_norm + 1e-12)
+  np.testing.assert_allclose(cos[s_norm > 1e-3], 1.0, atol=1e-5)
+
+
+def test_squash_axis():
+  s = tf.random.normal([3, 8, 5], seed=3)
+  np.testing.assert_allclose(
+      layers.squash(s, axis=1).numpy(),
+      np.transpose(layers.squash(tf.transpose(s, [0, 2, 1])).numpy(),
+                   [0, 2, 1]), rtol=1e-6)
+
+
+def test_squash_gradient_finite_at_zero():
+  s = tf.zeros([2, 4, 8])
+  with tf.GradientTape() as tape:
+    tape.watch(s)
+    v = layers.squash(s)
+    loss = tf.reduce_sum(v)
+  grad = tape.gradient(loss, s)
+  assert np.isfinite(grad.numpy()).all()
+  assert np.isfinite(v.numpy()).all()
+  np.testing.assert_array_equal(v.numpy(), 0.0)
+
+
+def test_primary_capsules_paper_shape():
+  layer = layers.PrimaryCapsules(channels=32, dim=8, kernel_size=9, strides=2)
+  out = layer(tf.random.uniform([2, 20, 20, 16]))
+  assert out.shape == (2, 1152, 8)
+  assert (np.linalg.norm(out.numpy(), axis=-1) < 1).all()
+
+
+def test_class_capsules_shapes_and_weights():
+  layer = layers.ClassCapsules(num_classes=5, dim=6, routing_iterations=2)
+  v, c = layer(tf.random.normal([3, 20, 4]))
+  assert v.shape == (3, 5, 6)
+  assert c.shape == (3, 20, 5)
+  assert layer.kernel.shape == (20, 5, 4, 6)
+  with_bias = layers.ClassCapsules(num_classes=5, dim=6, use_bias=True)
+  with_bias(tf.random.normal([1, 20, 4]))
+  assert with_bias.count_params() == 20 * 5 * 4 * 6 + 5 * 6
+
+
+def test_class_mask_single_and_multi():
+  scores = tf.constant([[0.1, 0.9, 0.3], [0.8, 0.2, 0.5]])
+  np.testing.assert_array_equal(layers.class_mask(scores, 1).numpy(),
+                                [[0, 1, 0], [1, 0, 0]])
+  np.testing.assert_array_equal(layers.class_mask(scores, 2).numpy(),
+                                [[[0, 1, 0], [0, 0, 1]],
+                                 [[1, 0, 0], [0, 0, 1]]])
+
+
+def test_decoder_masks_other_classes():
+  decoder = layers.Decoder(output_shape=(6, 6, 1), units=(8, 8))
+  poses = tf.random.normal([2, 3, 4])
+  mask = tf.constant([[1., 0., 0.], [1., 0., 0.]])
+  out = decoder(poses, mask)
+  assert out.shape == (2, 6, 6, 1)
+  # Changing a masked-out capsule leaves the reconstruction unchanged.
+  changed = tf.concat([poses[:, :1], poses[:, 1:] + 5.0], axis=1)
+  np.testing.assert_allclose(decoder(changed, mask).numpy(), out.numpy(),
+                             rtol=1e-6)
+  multi = decoder(poses, tf.one_hot([[0, 2], [1, 2]], 3))
+  assert multi.shape == (2, 2, 6, 6, 1)
+  np.testing.assert_allclose(multi[:, 0].numpy()[0], out.numpy()[0],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('layer', [
+    layers.PrimaryCapsules(4, 2, 3, 1), layers.ClassCapsules(3, 4, 2),
+    layers.Decoder((4, 4, 1), (8,))])
+def test_layer_get_config_round_trip(layer):
+  rebuilt = type(layer).from_config(layer.get_config())
+  assert rebuilt.get_config() == layer.get_config()
