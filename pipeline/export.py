@@ -17,9 +17,13 @@ from pipeline import config as config_lib
 from pipeline import models
 
 
-def build_model_from_config(config, image_shape, num_classes):
-  """Builds (and creates the variables of) the model a config describes."""
+def build_model_from_config(config, image_shape, num_classes, num_targets=1):
+  """Builds (and creates the variables of) the model a config describes.
+
+  `num_targets` objects per image (MultiMNIST: 2) get one reconstruction each.
+  """
   model = models.build_model(config.model.name, image_shape, num_classes,
+                             num_reconstructions=num_targets,
                              **config.model.kwargs())
   model(tf.zeros([1, *image_shape]), training=False)
   return model
@@ -108,7 +112,7 @@ def export_from_checkpoint(model_dir, export_base, checkpoint=None):
           f'{model_dir}/checkpoints holds no checkpoint; train first or pass '
           'a checkpoint path.')
   model = build_model_from_config(config, info['image_shape'],
-                                  info['num_classes'])
+                                  info['num_classes'], info['num_targets'])
   tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
   return export_model(model, info['image_shape'], export_base)
 

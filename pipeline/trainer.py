@@ -103,7 +103,8 @@ class Trainer:
 
     with self.strategy.scope():
       self.model = build_model_from_config(config, self.info.image_shape,
-                                           self.info.num_classes)
+                                           self.info.num_classes,
+                                           self.info.num_targets)
       self.learning_rate = keras.optimizers.schedules.ExponentialDecay(
           config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
       self.optimizer = keras.optimizers.Adam(self.learning_rate)
@@ -122,7 +123,7 @@ class Trainer:
         self.checkpoint, os.path.join(self.work_dir, 'checkpoints'),
         max_to_keep=config.max_checkpoints)
     self._train_loop = tf.function(self._train_loop_fn)
-    self._eval_fn = tf.function(self._eval_step_fn)
+    self._eval_fn = tf.function(self._eval_step_fn, reduce_retracing=True)
     self._summary_fn = tf.function(self._summary_outputs)
 
   def train_iterator(self, start_step=0):
@@ -299,7 +300,10 @@ class Trainer:
     last_log_step, last_log_time = step, start_time
     results = None
     while step < cfg.train_steps:
-      n = min(cfg.steps_per_loop, cfg.train_steps - step)
+      # Loops end exactly on log, eval and checkpoint boundaries.
+      n = min([cfg.steps_per_loop, cfg.train_steps - step] +
+              [every - step % every for every in
+               (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)])
       bad = int(self._train_loop(iterator, tf.constant(n, tf.int64)))
       if bad:
         raise NonFiniteLossError(
@@ -308,7 +312,8 @@ class Trainer:
             f'({self.checkpoint_manager.latest_checkpoint}) is the last good '
             'one. Lower --learning_rate or check the input data.')
       step = self.step
-      if step - last_log_step >= cfg.log_every or step >= cfg.train_steps:
+      done = step >= cfg.train_steps
+      if step % cfg.log_every == 0 or done:
         now = time.time()
         rate = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
         values = {k: float(m.result()) for k, m in self.metrics.items()}
@@ -327,9 +332,9 @@ class Trainer:
         for m in self.metrics.values():
           m.reset_state()
         last_log_step, last_log_time = step, now
-      if step % cfg.checkpoint_every < n or step >= cfg.train_steps:
+      if step % cfg.checkpoint_every == 0 or done:
         self.checkpoint_manager.save(checkpoint_number=step)
-      if step % cfg.eval_every < n or step >= cfg.train_steps:
+      if step % cfg.eval_every == 0 or done:
         results = self.evaluate()
         self._write_eval(eval_writer, step, results, summary_batch)
     if results is None:

@@ -36,10 +36,13 @@ def _network_reachable(timeout=3.0):
     return False
 
 
-def _load_numpy(name, split, data_dir, download):
-  ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=-1,
-                 download=download)
-  return tfds.as_numpy(ds)
+def _load_numpy(name, split, data_dir, download, keys):
+  # Large batches, concatenated: batch_size=-1 aborts the process under
+  # tfds.testing.mock_data (std::length_error in TFDS 4.9.10).
+  ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
+  ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(8192)
+  parts = list(tfds.as_numpy(ds))
+  return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
 def load_tfds_split(name, split, data_dir=None, download=True):
@@ -62,8 +65,10 @@ def load_tfds_split(name, split, data_dir=None, download=True):
   if name not in TFDS_DATASETS:
     raise DataError(f'Unknown TFDS data set {name!r}; choose one of '
                     f'{sorted(TFDS_DATASETS)}.')
+  image_keys, label_key = TFDS_DATASETS[name]
+  keys = image_keys + (label_key,)
   try:
-    data = _load_numpy(name, split, data_dir, download=False)
+    data = _load_numpy(name, split, data_dir, False, keys)
   except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
     if not download:
       raise DataError(f'TFDS data set {name} is not prepared in {data_dir} '
@@ -73,8 +78,7 @@ def load_tfds_split(name, split, data_dir=None, download=True):
           f'TFDS data set {name} is not prepared in {data_dir or "~/tensorflow_datasets"} '
           f'and this machine cannot download it (no network). {_OFFLINE_HINT}'
       ) from e
-    data = _load_numpy(name, split, data_dir, download=True)
-  image_keys, label_key = TFDS_DATASETS[name]
+    data = _load_numpy(name, split, data_dir, True, keys)
   images = np.concatenate([data[k] for k in image_keys], axis=-1)
   if name == 'smallnorb':
     images = tf.image.resize(images, [SMALLNORB_SIZE, SMALLNORB_SIZE],

@@ -1,0 +1,111 @@
+"""Tests of pipeline.trainer on tiny models and data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import trainer as trainer_lib
+from pipeline.data import sources
+
+from helpers import tiny_config
+
+NO_SHIFT = sources.DataSpec(dataset='synthetic', synthetic_shape=(20, 20, 1),
+                            synthetic_classes=4, synthetic_size=(128, 32),
+                            shift_pixels=0)
+
+
+def _weights(trainer):
+  return [w.numpy() for w in trainer.model.trainable_weights]
+
+
+def test_one_device_and_two_replica_mirrored_steps_agree(tmp_path):
+  one = trainer_lib.Trainer(
+      tiny_config(tmp_path / 'one', data=NO_SHIFT, train_steps=1,
+                  steps_per_loop=1),
+      strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
+  two = trainer_lib.Trainer(
+      tiny_config(tmp_path / 'two', data=NO_SHIFT, train_steps=1,
+                  steps_per_loop=1),
+      strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+  assert two.strategy.num_replicas_in_sync == 2
+  two.model.set_weights(one.model.get_weights())
+  before = _weights(one)
+  for t in (one, two):
+    t._train_loop(t.train_iterator(0), tf.constant(1, tf.int64))
+  after_one, after_two = _weights(one), _weights(two)
+  assert any(not np.allclose(a, b) for a, b in zip(before, after_one))
+  for a, b in zip(after_one, after_two):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_train_writes_checkpoints_metrics_and_run_files(tmp_path):
+  cfg = tiny_config(tmp_path, train_steps=6, eval_every=3)
+  results = trainer_lib.Trainer(cfg).train()
+  assert results['examples'] == 32
+  assert 0.0 <= results['accuracy'] <= 1.0
+  assert results['error_rate'] == pytest.approx(1 - results['accuracy'])
+  with open(tmp_path / 'metrics.json') as f:
+    metrics = json.load(f)
+  assert [h['step'] for h in metrics['history']] == [3, 6]
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith(
+      'ckpt-6')
+  for name in ('config.json', 'info.json'):
+    assert os.path.exists(tmp_path / name)
+
+
+def test_resume_equals_straight_run(tmp_path):
+  straight = trainer_lib.Trainer(tiny_config(tmp_path / 'a', train_steps=4))
+  straight.train()
+  first = trainer_lib.Trainer(tiny_config(tmp_path / 'b', train_steps=2))
+  first.train()
+  resumed = trainer_lib.Trainer(tiny_config(tmp_path / 'b', train_steps=4))
+  assert resumed.restore() is not None and resumed.step == 2
+  resumed.train()
+  assert resumed.step == 4
+  for a, b in zip(_weights(straight), _weights(resumed)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_training_learns_synthetic_data(tmp_path):
+  cfg = tiny_config(tmp_path, train_steps=80, steps_per_loop=10,
+                    eval_every=80, checkpoint_every=80, batch_size=16,
+                    learning_rate=0.01)
+  results = trainer_lib.Trainer(cfg).train()
+  # Chance is 0.25 on four classes.
+  assert results['accuracy'] > 0.8
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  trainer_lib.Trainer(tiny_config(tmp_path, train_steps=2)).train()
+  good = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  bad = trainer_lib.Trainer(tiny_config(
+      tmp_path, train_steps=6, reconstruction_weight=float('inf')))
+  with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 3'):
+    bad.train()
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')) == good
+
+
+def test_batch_not_divisible_by_replicas(tmp_path):
+  with pytest.raises(ValueError, match='--batch_size=7 does not divide'):
+    trainer_lib.Trainer(
+        tiny_config(tmp_path, batch_size=7),
+        strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+
+
+def test_accuracy_hits_k_hot():
+  labels = tf.constant([[1., 1., 0., 0.], [0., 1., 0., 1.], [1., 0., 0., 0.]])
+  lengths = tf.constant([[.9, .8, .1, .0], [.9, .8, .1, .7], [.2, .3, .1, 0]])
+  np.testing.assert_array_equal(
+      trainer_lib._accuracy_hits(labels, lengths).numpy(), [1., 0., 0.])
+
+
+def test_make_strategy():
+  assert isinstance(trainer_lib.make_strategy('one_device'),
+                    tf.distribute.OneDeviceStrategy)
+  mirrored = trainer_lib.make_strategy('mirrored')
+  assert mirrored.num_replicas_in_sync == 2   # conftest's two logical CPUs
+  with pytest.raises(ValueError, match='strategy must be one of'):
+    trainer_lib.make_strategy('tpu')
