@@ -35,10 +35,14 @@ class ServingModule(tf.Module):
   def __init__(self, model, image_shape):
     super().__init__()
     self.model = model
+    self.image_shape = tuple(image_shape)
     spec = tf.TensorSpec([None, *image_shape], tf.float32, name='images')
     self.serving_default = tf.function(self._predict, input_signature=[spec])
 
   def _predict(self, images):
+    # Loaded signatures do not check shapes themselves: a wrong one fails here
+    # with a message that names the expected [batch, H, W, C].
+    images = tf.ensure_shape(images, [None, *self.image_shape])
     outputs = self.model(images, training=False)
     return {
         'probabilities': outputs['lengths'],

@@ -1,0 +1,76 @@
+"""End to end: the real `python -m pipeline.train` command in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from pipeline import summaries
+
+from conftest import REPO
+
+
+def _train(*args, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run(
+      [sys.executable, '-m', 'pipeline.train', *args], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=timeout)
+
+
+def _tensor_tags(logdir):
+  acc = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return set(acc.Tags()['tensors'])
+
+
+def test_smoke_config_on_two_replicas(tmp_path):
+  model_dir, export_dir = tmp_path / 'run', tmp_path / 'exports'
+  proc = _train('--flagfile=configs/smoke.flags', '--cpu_devices=2',
+                f'--model_dir={model_dir}', f'--export_dir={export_dir}',
+                '--train_steps=20', '--eval_every=10', '--checkpoint_every=10',
+                '--log_every=10')
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0, out[-4000:]
+  assert 'device:CPU:0' in out and 'device:CPU:1' in out
+  assert 'step 20/20' in out and 'test accuracy' in out
+  assert tf.train.latest_checkpoint(str(model_dir / 'checkpoints')).endswith(
+      'ckpt-20')
+  train_tags = _tensor_tags(model_dir / 'train')
+  assert set(summaries.SCALAR_TAGS) <= train_tags
+  eval_tags = _tensor_tags(model_dir / 'eval')
+  assert set(summaries.HISTOGRAM_TAGS) <= eval_tags
+  assert {summaries.IMAGE_TAG, 'accuracy', 'error_rate'} <= eval_tags
+  metrics = json.loads((model_dir / 'metrics.json').read_text())
+  assert [h['step'] for h in metrics['history']] == [10, 20]
+  assert metrics['latest']['examples'] == 200
+  assert '--train_steps=20' in (model_dir / 'flags.txt').read_text()
+  assert tf.saved_model.contains_saved_model(str(export_dir / '1'))
+  loaded = tf.saved_model.load(str(export_dir / '1'))
+  probs = loaded.signatures['serving_default'](
+      images=tf.zeros([2, 28, 28, 1]))['probabilities']
+  assert probs.shape == (2, 10)
+
+  # The same command again resumes at the end and trains no further step.
+  again = _train('--flagfile=configs/smoke.flags', '--cpu_devices=2',
+                 f'--model_dir={model_dir}', '--train_steps=20',
+                 '--eval_every=10', '--checkpoint_every=10', '--log_every=10')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Resumed from' in again.stderr and 'at step 20' in again.stderr
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--batch_size=0'], '--batch_size must be >= 1'),
+    (['--dataset=imagenet'], 'flag --dataset=imagenet'),
+    (['--routing_iterations=0'], '--routing_iterations must be >= 1'),
+    (['--flagfile=configs/none.flags'], 'configs/none.flags'),
+])
+def test_bad_flags_stop_before_work(tmp_path, args, message):
+  proc = _train(f'--model_dir={tmp_path}/r', *args, timeout=120)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert not os.path.exists(tmp_path / 'r' / 'checkpoints')
