@@ -21,6 +21,8 @@ from pipeline.data import input_pipeline, sources
 from pipeline.export import build_model_from_config
 
 METRICS_FILE = 'metrics.json'
+# Examples behind the eval histograms (the image grid shows the first 8).
+SUMMARY_EXAMPLES = 200
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -291,8 +293,9 @@ class Trainer:
         os.path.join(self.work_dir, 'train'))
     eval_writer = tf.summary.create_file_writer(
         os.path.join(self.work_dir, 'eval'))
+    # Histograms are drawn from this fixed batch at every evaluation.
     summary_batch = next(iter(input_pipeline.make_dataset(
-        self.source, cfg.eval_split, 16, False, seed=cfg.seed,
+        self.source, cfg.eval_split, SUMMARY_EXAMPLES, False, seed=cfg.seed,
         deterministic=True)))
     step = self.step
     iterator = self.train_iterator(step)
