@@ -26,12 +26,13 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from pipeline import export
 from pipeline import flags as pipeline_flags
 from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
 
 pipeline_flags.define_flags()
-WHATS = ('input', 'train', 'inference', 'matmul')
+WHATS = ('input', 'train', 'inference', 'serving', 'matmul')
 flags.DEFINE_list('what', list(WHATS), f'What to measure, of {WHATS}.')
 flags.DEFINE_string('output', '', 'Write the figures as JSON here.')
 flags.DEFINE_integer('repeats', 5, 'Timed repetitions (the median is kept).')
@@ -109,6 +110,25 @@ def bench_inference(trainer, batch, repeats):
           'latency_batch1_ms': 1000 * latency}
 
 
+def bench_serving(trainer, batch, repeats):
+  """The exported SavedModel's serving_default beside the in-memory model."""
+  path = export.export_model(trainer.model, trainer.info.image_shape,
+                             tempfile.mkdtemp(prefix='capsnet-serving-'))
+  serve = tf.saved_model.load(path).signatures['serving_default']
+  images = tf.random.uniform([batch, *trainer.info.image_shape], seed=1)
+  throughput = _median_time(
+      lambda: serve(images=images)['probabilities'].numpy(), repeats)
+  latency = _median_time(
+      lambda: serve(images=images[:1])['probabilities'].numpy(), repeats)
+  results = {'serving_examples_per_second': batch / throughput,
+             'serving_latency_batch1_ms': 1000 * latency}
+  results.update(bench_inference(trainer, batch, repeats))
+  results['serving_throughput_vs_in_memory'] = (
+      results['serving_examples_per_second'] /
+      results['inference_examples_per_second'])
+  return results
+
+
 def bench_matmul(repeats, n=2048):
   results = {}
   for name, dtype in (('matmul_gflops', tf.float32),
@@ -147,7 +167,7 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
       'routing_iterations': config.model.routing_iterations,
   }
   trainer = None
-  if 'train' in what or 'inference' in what or 'input' in what:
+  if set(what) - {'matmul'}:
     trainer = trainer_lib.Trainer(config)
     results['image_shape'] = list(trainer.info.image_shape)
   if 'input' in what:
@@ -157,6 +177,8 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
     results.update(bench_train(trainer, repeats))
   if 'inference' in what:
     results.update(bench_inference(trainer, inference_batch, repeats))
+  if 'serving' in what:
+    results.update(bench_serving(trainer, inference_batch, repeats))
   if 'matmul' in what:
     results.update(bench_matmul(repeats))
   if trainer is not None:

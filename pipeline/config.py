@@ -8,11 +8,13 @@ model later.
 
 import dataclasses
 import json
+import os
 
 from pipeline.data.sources import DataSpec
 
 STRATEGIES = ('mirrored', 'multi_worker', 'one_device')
 CONFIG_FILE = 'config.json'
+INFO_FILE = 'info.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +81,25 @@ class TrainConfig:
       data[key] = tuple(data[key])
     model['decoder_units'] = tuple(model['decoder_units'])
     return cls(model=ModelSpec(**model), data=DataSpec(**data), **raw)
+
+
+def load_run(model_dir):
+  """Reads a training run's `config.json` and `info.json`.
+
+  Returns:
+    `(TrainConfig, info dict)`; info has `image_shape` (a tuple),
+    `num_classes`, `num_targets`, `split_sizes`, `name`.
+
+  Raises:
+    FileNotFoundError: if `model_dir` was not written by pipeline.train.
+  """
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {model_dir} is not a '
+                            'model directory written by pipeline.train.')
+  with open(path) as f:
+    config = TrainConfig.from_json(f.read())
+  with open(os.path.join(model_dir, INFO_FILE)) as f:
+    info = json.load(f)
+  info['image_shape'] = tuple(info['image_shape'])
+  return config, info

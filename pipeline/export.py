@@ -1,63 +1,153 @@
-"""SavedModel export into the versioned layout TF Serving polls.
+"""Exports a trained capsule model as a SavedModel that TF Serving loads as is.
 
-`exports/<name>/<integer version>/` is written under a temporary name in the
-same base directory and renamed when complete, so TF Serving (which polls
-integer-named directories only) never sees a half-written version, and an
-existing version is never overwritten.
+  python -m pipeline.export --model_dir=runs/fashion_mnist \
+      --export_dir=exports/capsnet_fashion_mnist
+
+Versions go to `<export_dir>/<integer>/`, the layout TF Serving polls: the
+next integer after the highest one there. Each is written under a hidden
+temporary name in the same directory and renamed when complete, so a
+half-written version is never visible, and an existing one is never
+overwritten (rename refuses a non-empty target; the next number is tried).
+
+Signatures (dynamic batch dimension, named inputs and outputs):
+  serving_default  images float32 [batch, H, W, C] in [0, 1]
+                   → probabilities [batch, classes] (capsule lengths),
+                     classes int64 [batch], poses [batch, classes, dim]
+  predict_images   images string [batch] (encoded PNG/JPEG/GIF/BMP, any
+                   size) → the same outputs; decoded and resized in the graph
+  reconstruct      images [batch, H, W, C], class_ids int64 [batch]
+                   → reconstructions [batch, H, W, C], poses
+  decode           poses [batch, classes, dim], class_ids int64 [batch]
+                   → reconstructions (to inspect or perturb a pose)
+`assets.extra/tf_serving_warmup_requests` holds one PredictionLog per
+signature, so TF Serving warms the model up before it takes traffic.
 """
 
-import json
 import os
 import shutil
+import sys
 import tempfile
 
+from absl import app
+from absl import flags
+import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import models
 
-
-def build_model_from_config(config, image_shape, num_classes, num_targets=1):
-  """Builds (and creates the variables of) the model a config describes.
-
-  `num_targets` objects per image (MultiMNIST: 2) get one reconstruction each.
-  """
-  model = models.build_model(config.model.name, image_shape, num_classes,
-                             num_reconstructions=num_targets,
-                             **config.model.kwargs())
-  model(tf.zeros([1, *image_shape]), training=False)
-  return model
+WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 
 
 class ServingModule(tf.Module):
-  """The model wrapped with the serving signatures."""
+  """A built capsule model wrapped with the serving signatures."""
 
   def __init__(self, model, image_shape):
     super().__init__()
     self.model = model
-    self.image_shape = tuple(image_shape)
-    spec = tf.TensorSpec([None, *image_shape], tf.float32, name='images')
-    self.serving_default = tf.function(self._predict, input_signature=[spec])
+    self.image_shape = tuple(int(d) for d in image_shape)
+    images = tf.TensorSpec([None, *self.image_shape], tf.float32, 'images')
+    class_ids = tf.TensorSpec([None], tf.int64, 'class_ids')
+    self.serving_default = tf.function(self._predict, input_signature=[images])
+    self.predict_images = tf.function(
+        self._predict_encoded,
+        input_signature=[tf.TensorSpec([None], tf.string, 'images')])
+    self.has_decoder = getattr(model, 'decoder', None) is not None
+    if self.has_decoder:
+      num_classes = model.num_classes
+      dim = model.class_capsules.dim
+      self.reconstruct = tf.function(self._reconstruct,
+                                     input_signature=[images, class_ids])
+      self.decode = tf.function(self._decode, input_signature=[
+          tf.TensorSpec([None, num_classes, dim], tf.float32, 'poses'),
+          class_ids])
 
-  def _predict(self, images):
+  def _check(self, images):
     # Loaded signatures do not check shapes themselves: a wrong one fails here
     # with a message that names the expected [batch, H, W, C].
-    images = tf.ensure_shape(images, [None, *self.image_shape])
-    outputs = self.model(images, training=False)
+    return tf.ensure_shape(images, [None, *self.image_shape])
+
+  def _predict(self, images):
+    outputs = self.model(self._check(images), training=False)
     return {
         'probabilities': outputs['lengths'],
         'classes': tf.argmax(outputs['lengths'], axis=-1),
         'poses': outputs['poses'],
     }
 
+  def _decode_one(self, data):
+    h, w, c = self.image_shape
+    image = tf.io.decode_image(data, channels=c, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    return tf.image.resize(image, [h, w])
+
+  def _predict_encoded(self, images):
+    decoded = tf.map_fn(self._decode_one, images,
+                        fn_output_signature=tf.TensorSpec(self.image_shape,
+                                                          tf.float32))
+    return self._predict(decoded)
+
+  def _mask(self, class_ids):
+    return tf.one_hot(class_ids, self.model.num_classes)
+
+  def _reconstruct(self, images, class_ids):
+    outputs = self.model(self._check(images), training=False)
+    return {'reconstructions': self.model.reconstruct(outputs['poses'],
+                                                      self._mask(class_ids)),
+            'poses': outputs['poses']}
+
+  def _decode(self, poses, class_ids):
+    return {'reconstructions': self.model.reconstruct(poses,
+                                                      self._mask(class_ids))}
+
   def signatures(self):
-    return {'serving_default': self.serving_default}
+    sigs = {'serving_default': self.serving_default,
+            'predict_images': self.predict_images}
+    if self.has_decoder:
+      sigs.update(reconstruct=self.reconstruct, decode=self.decode)
+    return sigs
+
+
+def warmup_inputs(image_shape, num_classes, class_dim, has_decoder):
+  """One small input dict per signature, for the warmup file."""
+  images = np.zeros([2, *image_shape], np.float32)
+  png = tf.io.encode_png(tf.zeros(
+      [image_shape[0], image_shape[1], 1 if image_shape[2] == 1 else 3],
+      tf.uint8)).numpy()
+  inputs = {'serving_default': {'images': images},
+            'predict_images': {'images': np.array([png], object)}}
+  if has_decoder:
+    ids = np.zeros([2], np.int64)
+    inputs['reconstruct'] = {'images': images, 'class_ids': ids}
+    inputs['decode'] = {
+        'poses': np.zeros([2, num_classes, class_dim], np.float32),
+        'class_ids': ids}
+  return inputs
+
+
+def write_warmup(path, model_name, inputs):
+  """Writes TF Serving warmup records: a PredictionLog per signature."""
+  # Imported here: only exporting needs the serving protos.
+  from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for signature, tensors in inputs.items():
+      request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+          name=model_name, signature_name=signature))
+      for key, value in tensors.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+      log = prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request))
+      writer.write(log.SerializeToString())
 
 
 def next_version(export_base):
   """The next integer version under `export_base` (1 for an empty base)."""
-  versions = [int(d) for d in tf.io.gfile.listdir(export_base)
-              if d.rstrip('/').isdigit()] if tf.io.gfile.isdir(export_base) else []
+  if not os.path.isdir(export_base):
+    return 1
+  versions = [int(d) for d in os.listdir(export_base) if d.isdigit()]
   return max(versions, default=0) + 1
 
 
@@ -67,21 +157,27 @@ def export_model(model, image_shape, export_base):
   Args:
     model: a built model whose call returns `lengths` and `poses`.
     image_shape: `(H, W, C)` of its inputs.
-    export_base: the model's base directory (`exports/<name>`).
+    export_base: the model's base directory (`exports/<name>`); its last
+      path component names the model in the warmup requests.
 
   Returns:
     The path of the new version directory.
+
+  Raises:
+    PermissionError / OSError: if `export_base` cannot be written.
   """
+  export_base = os.path.abspath(export_base)
   os.makedirs(export_base, exist_ok=True)
   module = ServingModule(model, image_shape)
   tmp = tempfile.mkdtemp(prefix='.tmp-export-', dir=export_base)
   try:
     tf.saved_model.save(module, tmp, signatures=module.signatures())
+    write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(export_base),
+                 warmup_inputs(module.image_shape, model.num_classes,
+                               model.class_capsules.dim, module.has_decoder))
     while True:
       target = os.path.join(export_base, str(next_version(export_base)))
       try:
-        # rename() refuses to replace a non-empty directory, so a version
-        # taken meanwhile by another exporter is never overwritten.
         os.rename(tmp, target)
         return target
       except OSError:
@@ -92,22 +188,20 @@ def export_model(model, image_shape, export_base):
       shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_from_checkpoint(model_dir, export_base, checkpoint=None):
-  """Rebuilds the model of a training run and exports a checkpoint of it.
+def load_checkpointed_model(model_dir, checkpoint=None):
+  """Rebuilds a training run's model and restores a checkpoint into it.
 
   Args:
-    model_dir: the run's model directory (holds `config.json`, `info.json`
-      and `checkpoints/`).
-    export_base: where versions go.
+    model_dir: the run's model directory.
     checkpoint: a checkpoint path; None for the latest.
 
   Returns:
-    The path of the new version directory.
+    `(model, info dict)`.
 
   Raises:
-    FileNotFoundError: if the run has no config or no checkpoint.
+    FileNotFoundError: for a directory without run files or checkpoints.
   """
-  config, info = load_run(model_dir)
+  config, info = config_lib.load_run(model_dir)
   if checkpoint is None:
     checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir,
                                                          'checkpoints'))
@@ -115,21 +209,36 @@ def export_from_checkpoint(model_dir, export_base, checkpoint=None):
       raise FileNotFoundError(
           f'{model_dir}/checkpoints holds no checkpoint; train first or pass '
           'a checkpoint path.')
-  model = build_model_from_config(config, info['image_shape'],
-                                  info['num_classes'], info['num_targets'])
+  model = models.build_from_spec(config.model, info['image_shape'],
+                                 info['num_classes'], info['num_targets'])
   tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+  return model, info
+
+
+def export_from_checkpoint(model_dir, export_base, checkpoint=None):
+  """Exports a checkpoint of a training run; returns the version path."""
+  model, info = load_checkpointed_model(model_dir, checkpoint)
   return export_model(model, info['image_shape'], export_base)
 
 
-def load_run(model_dir):
-  """Reads a run's `config.json` and `info.json` → `(TrainConfig, dict)`."""
-  path = os.path.join(model_dir, config_lib.CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {model_dir} is not a '
-                            'model directory written by pipeline.train.')
-  with tf.io.gfile.GFile(path) as f:
-    config = config_lib.TrainConfig.from_json(f.read())
-  with tf.io.gfile.GFile(os.path.join(model_dir, 'info.json')) as f:
-    info = json.load(f)
-  info['image_shape'] = tuple(info['image_shape'])
-  return config, info
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  if not f.model_dir or not f.export_dir:
+    raise app.UsageError('--model_dir and --export_dir are both required.')
+  try:
+    path = export_from_checkpoint(f.model_dir, f.export_dir,
+                                  f.checkpoint or None)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
+  print(f'Exported SavedModel to {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('model_dir', None, 'Model directory of a training run.')
+  flags.DEFINE_string('export_dir', None, 'Export base (exports/<name>).')
+  flags.DEFINE_string('checkpoint', None, 'A checkpoint path (default: the '
+                      'latest in model_dir/checkpoints).')
+  sys.exit(app.run(main))

@@ -158,18 +158,7 @@ def config_from_flags(f=None):
       decoder_units=_ints('decoder_units', f.decoder_units,
                           len(f.decoder_units)),
       use_decoder=f.use_decoder, class_bias=f.class_bias)
-  try:
-    data = sources.DataSpec(
-        dataset=f.dataset, data_dir=f.data_dir, data_source=f.data_source,
-        base_dataset=f.base_dataset, shift_pixels=f.shift_pixels,
-        canvas_size=f.canvas_size, affnist_dir=f.affnist_dir,
-        overlay=f.overlay, validation_size=f.validation_size,
-        download=f.download,
-        synthetic_shape=_ints('synthetic_shape', f.synthetic_shape, 3),
-        synthetic_classes=f.synthetic_classes,
-        synthetic_size=_ints('synthetic_size', f.synthetic_size, 2))
-  except DataError as e:
-    raise ValueError(str(e)) from None
+  data = data_spec_from_flags(f)
   return config_lib.TrainConfig(
       model=model, data=data, model_dir=f.model_dir, export_dir=f.export_dir,
       batch_size=f.batch_size, eval_batch_size=f.eval_batch_size,
@@ -182,3 +171,31 @@ def config_from_flags(f=None):
       m_minus=f.m_minus, down_weight=f.down_weight, strategy=f.strategy,
       cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
       eval_split=f.eval_split)
+
+
+def data_spec_from_flags(f=None):
+  """Builds the `DataSpec` the data flags describe.
+
+  Raises:
+    ValueError: naming the bad flag.
+  """
+  f = f or flags.FLAGS
+  try:
+    return sources.DataSpec(
+        dataset=f.dataset, data_dir=f.data_dir, data_source=f.data_source,
+        base_dataset=f.base_dataset, shift_pixels=f.shift_pixels,
+        canvas_size=f.canvas_size, affnist_dir=f.affnist_dir,
+        overlay=f.overlay, validation_size=f.validation_size,
+        download=f.download,
+        synthetic_shape=_ints('synthetic_shape', f.synthetic_shape, 3),
+        synthetic_classes=f.synthetic_classes,
+        synthetic_size=_ints('synthetic_size', f.synthetic_size, 2))
+  except DataError as e:
+    raise ValueError(str(e)) from None
+
+
+# Flags that describe the data (an explicit one overrides a run's config).
+DATA_FLAGS = ('dataset', 'data_dir', 'data_source', 'base_dataset',
+              'shift_pixels', 'canvas_size', 'affnist_dir', 'overlay',
+              'validation_size', 'download', 'synthetic_shape',
+              'synthetic_classes', 'synthetic_size')

@@ -18,7 +18,7 @@ from pipeline import config as config_lib
 from pipeline import losses
 from pipeline import summaries
 from pipeline.data import input_pipeline, sources
-from pipeline.export import build_model_from_config
+from pipeline import models
 
 METRICS_FILE = 'metrics.json'
 # Examples behind the eval histograms (the image grid shows the first 8).
@@ -104,9 +104,9 @@ class Trainer:
     os.makedirs(self.work_dir, exist_ok=True)
 
     with self.strategy.scope():
-      self.model = build_model_from_config(config, self.info.image_shape,
-                                           self.info.num_classes,
-                                           self.info.num_targets)
+      self.model = models.build_from_spec(config.model, self.info.image_shape,
+                                          self.info.num_classes,
+                                          self.info.num_targets)
       self.learning_rate = keras.optimizers.schedules.ExponentialDecay(
           config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
       self.optimizer = keras.optimizers.Adam(self.learning_rate)
@@ -256,7 +256,7 @@ class Trainer:
       return
     files = {
         config_lib.CONFIG_FILE: self.config.to_json(),
-        'info.json': json.dumps({
+        config_lib.INFO_FILE: json.dumps({
             'name': self.info.name, 'image_shape': list(self.info.image_shape),
             'num_classes': self.info.num_classes,
             'split_sizes': self.info.split_sizes,

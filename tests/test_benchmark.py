@@ -35,7 +35,7 @@ def test_command_writes_all_keys(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.run(
       [sys.executable, '-m', 'pipeline.benchmark', *TINY_FLAGS,
-       '--what=input,train,inference,matmul', '--repeats=2',
+       '--what=input,train,inference,serving,matmul', '--repeats=2',
        '--input_batches=5', '--inference_batch_size=10',
        f'--model_dir={tmp_path}/m', f'--output={out}'],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -44,7 +44,8 @@ def test_command_writes_all_keys(tmp_path):
   for key in ('train_examples_per_second', 'inference_examples_per_second',
               'input_examples_per_second', 'matmul_gflops',
               'forward_flops_per_example', 'train_fraction_of_matmul_peak',
-              'latency_batch1_ms', 'tensorflow', 'precision'):
+              'latency_batch1_ms', 'serving_examples_per_second',
+              'serving_latency_batch1_ms', 'tensorflow', 'precision'):
     assert key in figures, key
   assert figures['input_examples_per_second'] > 0
   assert figures['train_examples_per_second'] > 0

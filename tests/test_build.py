@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-TOOLS = ('train', 'benchmark')
+TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client')
 
 
 def _read_build():
@@ -70,7 +70,8 @@ def _project_imports(path):
       top = name.split('.')[0]
       if top == 'pipeline':
         target = _module_file(name)
-      elif top in ('helpers', 'conftest') and path.startswith('tests/'):
+      elif (path.startswith('tests/') and
+            os.path.exists(os.path.join(REPO, 'tests', top + '.py'))):
         target = f'tests/{top}.py'
       else:
         continue

@@ -11,18 +11,30 @@ import tensorflow as tf
 from pipeline import export
 from pipeline import trainer as trainer_lib
 
+from conftest import REPO
 from helpers import tiny_config
 
 # Runs in a fresh interpreter that imports no project code.
 _LOAD_SCRIPT = '''
 import sys, numpy as np, tensorflow as tf
-path, data = sys.argv[1], np.load(sys.argv[2])
-loaded = tf.saved_model.load(path)
-out = loaded.signatures['serving_default'](images=tf.constant(data['images']))
+path, data = sys.argv[1], np.load(sys.argv[2], allow_pickle=True)
+sigs = tf.saved_model.load(path).signatures
+out = sigs['serving_default'](images=tf.constant(data['images']))
 np.testing.assert_allclose(out['probabilities'].numpy(), data['lengths'],
                            atol=1e-5)
 np.testing.assert_allclose(out['poses'].numpy(), data['poses'], atol=1e-5)
 np.testing.assert_array_equal(out['classes'].numpy(), data['classes'])
+enc = sigs['predict_images'](images=tf.constant(list(data['pngs'])))
+np.testing.assert_allclose(enc['probabilities'].numpy(), data['png_lengths'],
+                           atol=1e-5)
+rec = sigs['reconstruct'](images=tf.constant(data['images']),
+                          class_ids=tf.constant(data['classes']))
+np.testing.assert_allclose(rec['reconstructions'].numpy(), data['recon'],
+                           atol=1e-5)
+dec = sigs['decode'](poses=tf.constant(data['poses']),
+                     class_ids=tf.constant(data['classes']))
+np.testing.assert_allclose(dec['reconstructions'].numpy(), data['recon'],
+                           atol=1e-5)
 assert not any(m.startswith('pipeline') for m in sys.modules)
 print('LOADED OK')
 '''
@@ -44,9 +56,15 @@ def test_export_loads_in_fresh_process_and_agrees(trained, tmp_path):
   images = np.random.default_rng(0).uniform(size=[5, 20, 20, 1]).astype(
       np.float32)
   out = trainer.model(images, training=False)
+  classes = np.argmax(out['lengths'].numpy(), -1)
+  quantized = np.round(images * 255).astype(np.uint8)
+  pngs = np.array([tf.io.encode_png(im).numpy() for im in quantized], object)
+  png_out = trainer.model(quantized.astype(np.float32) / 255, training=False)
+  recon = trainer.model.reconstruct(out['poses'], tf.one_hot(classes, 4))
   np.savez(tmp_path / 'ref.npz', images=images,
            lengths=out['lengths'].numpy(), poses=out['poses'].numpy(),
-           classes=np.argmax(out['lengths'].numpy(), -1))
+           classes=classes, pngs=pngs,
+           png_lengths=png_out['lengths'].numpy(), recon=recon.numpy())
   env = dict(os.environ, PYTHONPATH='')
   proc = subprocess.run(
       [sys.executable, '-c', _LOAD_SCRIPT, path, str(tmp_path / 'ref.npz')],
@@ -75,6 +93,53 @@ def test_batch_dimension_is_dynamic_and_shape_checked(trained, tmp_path):
     assert fn(images=tf.zeros([batch, 20, 20, 1]))['classes'].shape == (batch,)
   with pytest.raises(tf.errors.InvalidArgumentError, match=r'\?,20,20,1'):
     fn(images=tf.zeros([2, 28, 28, 1]))
+
+
+def test_saved_model_cli_lists_signatures_and_warmup_parses(trained, tmp_path):
+  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  _, model_dir = trained
+  path = export.export_from_checkpoint(str(model_dir), str(tmp_path / 'cli'))
+  proc = subprocess.run(['saved_model_cli', 'show', '--dir', path, '--all'],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for name in ('serving_default', 'predict_images', 'reconstruct', 'decode'):
+    assert f"signature_def['{name}']" in proc.stdout
+  assert '(-1, 20, 20, 1)' in proc.stdout
+  records = list(tf.data.TFRecordDataset(
+      os.path.join(path, export.WARMUP_FILE)).as_numpy_iterator())
+  signatures = []
+  for record in records:
+    log = prediction_log_pb2.PredictionLog.FromString(record)
+    assert log.predict_log.request.model_spec.name == 'cli'
+    signatures.append(log.predict_log.request.model_spec.signature_name)
+  assert sorted(signatures) == ['decode', 'predict_images', 'reconstruct',
+                                'serving_default']
+
+
+def test_wrong_dtype_and_bytes_are_rejected(trained, tmp_path):
+  _, model_dir = trained
+  sigs = tf.saved_model.load(export.export_from_checkpoint(
+      str(model_dir), str(tmp_path / 'bad'))).signatures
+  with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError),
+                     match='float32|int32'):
+    sigs['serving_default'](images=tf.zeros([1, 20, 20, 1], tf.int32))
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    sigs['predict_images'](images=tf.constant([b'not an image']))
+
+
+def test_export_command(trained, tmp_path):
+  _, model_dir = trained
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.export', f'--model_dir={model_dir}',
+       f'--export_dir={tmp_path}/cmd'], cwd=REPO, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f'{tmp_path}/cmd/1' in proc.stdout
+  bad = subprocess.run(
+      [sys.executable, '-m', 'pipeline.export', f'--model_dir={tmp_path}',
+       f'--export_dir={tmp_path}/cmd'], cwd=REPO, capture_output=True,
+      text=True, timeout=300)
+  assert bad.returncode != 0 and 'not a model directory' in bad.stderr
 
 
 def test_missing_run_files(tmp_path):

@@ -1,5 +1,7 @@
 """Capsule models and the registry that builds them by name."""
 
+import tensorflow as tf
+
 from pipeline.models.capsnet import CapsNet
 
 MODELS = {'capsnet': CapsNet}
@@ -25,3 +27,22 @@ def build_model(name, input_shape, num_classes, **kwargs):
         f'Unknown model {name!r}; choose one of {sorted(MODELS)}.')
   return MODELS[name](input_shape=input_shape, num_classes=num_classes,
                       **kwargs)
+
+
+def build_from_spec(spec, image_shape, num_classes, num_targets=1):
+  """Builds the model a `config.ModelSpec` describes and creates its weights.
+
+  Args:
+    spec: a `pipeline.config.ModelSpec`.
+    image_shape: `(H, W, C)` of the inputs.
+    num_classes: number of classes.
+    num_targets: objects per image; each gets its own reconstruction
+      (MultiMNIST: 2).
+
+  Returns:
+    The built model.
+  """
+  model = build_model(spec.name, tuple(image_shape), num_classes,
+                      num_reconstructions=num_targets, **spec.kwargs())
+  model(tf.zeros([1, *image_shape]), training=False)
+  return model

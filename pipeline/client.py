@@ -1,0 +1,148 @@
+"""Sends images to TF Serving over REST or gRPC and prints the predictions.
+
+  tensorflow_model_server --model_name=capsnet \
+      --model_base_path=$PWD/exports/capsnet_fashion_mnist \
+      --port=8500 --rest_api_port=8501
+  python -m pipeline.client --server=localhost:8501 --protocol=rest \
+      --model_name=capsnet shoe.png shirt.png
+  python -m pipeline.client --server=localhost:8500 --protocol=grpc \
+      --model_name=capsnet --dataset=fashion_mnist --data_source=idx \
+      --data_dir=/usr/share/datasets/fashion-mnist --num_examples=5
+
+Image files go to the `predict_images` signature as encoded bytes (decoded
+and resized by the model); data set samples go to `serving_default` as
+float32 arrays.
+"""
+
+import base64
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from pipeline import flags as pipeline_flags
+from pipeline.data import input_pipeline, sources
+
+
+class ServingError(RuntimeError):
+  """The server refused a request or could not be reached."""
+
+
+def _rest_value(value):
+  if value.dtype == object:
+    return [{'b64': base64.b64encode(v).decode('ascii')} for v in value]
+  return value.tolist()
+
+
+def predict_rest(server, model_name, inputs, signature='serving_default',
+                 timeout=30.0):
+  """Calls `POST /v1/models/<model_name>:predict` (columnar format).
+
+  Args:
+    server: `host:port` of the REST API.
+    model_name: the served model's name.
+    inputs: name → numpy array (object arrays of bytes are sent as base64).
+    signature: the signature to call.
+    timeout: seconds.
+
+  Returns:
+    name → numpy array of the signature's outputs.
+
+  Raises:
+    ServingError: with the server's message, or when it is unreachable.
+  """
+  body = json.dumps({'signature_name': signature,
+                     'inputs': {k: _rest_value(np.asarray(v))
+                                for k, v in inputs.items()}}).encode()
+  url = f'http://{server}/v1/models/{model_name}:predict'
+  request = urllib.request.Request(
+      url, data=body, headers={'Content-Type': 'application/json'})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      payload = json.load(response)
+  except urllib.error.HTTPError as e:
+    raise ServingError(f'{url}: HTTP {e.code}: {e.read().decode()[:500]}') from e
+  except urllib.error.URLError as e:
+    raise ServingError(f'{url}: cannot reach the server ({e.reason}).') from e
+  outputs = payload['outputs']
+  if not isinstance(outputs, dict):
+    raise ServingError(f'{url}: expected named outputs, got {outputs!r:.200}')
+  return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def predict_grpc(server, model_name, inputs, signature='serving_default',
+                 timeout=30.0):
+  """Calls `PredictionService.Predict` over gRPC; same contract as REST."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model_name
+  request.model_spec.signature_name = signature
+  for key, value in inputs.items():
+    request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+  with grpc.insecure_channel(server) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+      response = stub.Predict(request, timeout=timeout)
+    except grpc.RpcError as e:
+      raise ServingError(f'{server}: {e.code().name}: {e.details()}') from e
+  return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+PROTOCOLS = {'rest': predict_rest, 'grpc': predict_grpc}
+
+
+def read_image_files(paths):
+  """Reads encoded image files into an object array of bytes."""
+  data = []
+  for path in paths:
+    try:
+      with open(path, 'rb') as f:
+        data.append(f.read())
+    except OSError as e:
+      raise ServingError(f'Cannot read image {path}: {e.strerror}.') from e
+  return np.array(data, dtype=object)
+
+
+def main(argv):
+  f = flags.FLAGS
+  paths = argv[1:]
+  try:
+    if paths:
+      inputs, signature, names = ({'images': read_image_files(paths)},
+                                  'predict_images', paths)
+    else:
+      source = sources.open_source(pipeline_flags.data_spec_from_flags(f))
+      batch = next(iter(input_pipeline.make_dataset(
+          source, f.split, f.num_examples, False, deterministic=True)))
+      inputs, signature = {'images': batch['image'].numpy()}, 'serving_default'
+      truth = batch['label'].numpy().argmax(1)
+      names = [f'{f.dataset} {f.split}[{i}] (label {t})'
+               for i, t in enumerate(truth)]
+    outputs = PROTOCOLS[f.protocol](f.server, f.model_name, inputs, signature,
+                                    f.timeout)
+  except (ServingError, ValueError) as e:
+    raise app.UsageError(str(e)) from None
+  for name, cls, probs in zip(names, outputs['classes'],
+                              outputs['probabilities']):
+    shown = ' '.join(f'{p:.2f}' for p in probs)
+    print(f'{name}: class {int(cls)} (p={probs[int(cls)]:.3f})  [{shown}]')
+  return 0
+
+
+if __name__ == '__main__':
+  pipeline_flags.define_flags()
+  flags.DEFINE_string('server', 'localhost:8501', 'host:port of TF Serving '
+                      '(REST: 8501, gRPC: 8500 by default).')
+  flags.DEFINE_enum('protocol', 'rest', sorted(PROTOCOLS), 'API to use.')
+  flags.DEFINE_string('model_name', 'capsnet', 'The served model name.')
+  flags.DEFINE_enum('split', 'test', list(sources.SPLITS), 'Split to sample.')
+  flags.DEFINE_integer('num_examples', 5, 'Data set examples to send.')
+  flags.DEFINE_float('timeout', 30.0, 'Seconds per request.')
+  sys.exit(app.run(main))

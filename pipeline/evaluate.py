@@ -1,0 +1,258 @@
+"""Evaluates a SavedModel or a training checkpoint on any data set split.
+
+  python -m pipeline.evaluate --model_dir=runs/fashion_mnist --split=test \
+      --output=eval.json --figures=docs/fashion_mnist
+  python -m pipeline.evaluate --saved_model=exports/capsnet_fashion_mnist/1 \
+      --dataset=fashion_mnist --data_source=idx \
+      --data_dir=/usr/share/datasets/fashion-mnist
+
+With --model_dir the run's own data set is used unless data flags are given.
+Writes accuracy, error rate, per-class accuracy and the confusion matrix as
+JSON (MultiMNIST: an example counts only when both digits are the top two).
+--figures=DIR writes PNGs: inputs beside reconstructions, the paper's
+Figure 4 (each pose dimension perturbed from -0.25 to 0.25 and decoded) and
+the confusion matrix.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import export
+from pipeline import flags as pipeline_flags
+from pipeline.data import input_pipeline, sources
+
+# Paper Figure 4: perturbations of each dimension, -0.25 to 0.25 by 0.05.
+PERTURBATIONS = np.round(np.arange(-0.25, 0.2501, 0.05), 2)
+
+
+class Predictor:
+  """Class-capsule lengths and poses, and decoding, from either model form."""
+
+  def __init__(self, predict_fn, decode_fn, image_shape, num_classes):
+    self._predict = predict_fn
+    self._decode = decode_fn
+    self.image_shape = tuple(image_shape)
+    self.num_classes = num_classes
+
+  @classmethod
+  def from_saved_model(cls, path):
+    if not tf.saved_model.contains_saved_model(path):
+      raise FileNotFoundError(f'{path} holds no SavedModel; pass a version '
+                              'directory such as exports/<name>/1.')
+    sigs = tf.saved_model.load(path).signatures
+    serve = sigs['serving_default']
+    spec = serve.structured_input_signature[1]['images']
+    lengths_spec = serve.structured_outputs['probabilities']
+
+    def predict(images):
+      out = serve(images=images)
+      return out['probabilities'], out['poses']
+
+    decode = None
+    if 'decode' in sigs:
+      decode = lambda poses, ids: sigs['decode'](  # pylint: disable=g-long-lambda
+          poses=poses, class_ids=ids)['reconstructions']
+    return cls(predict, decode, spec.shape[1:], lengths_spec.shape[-1])
+
+  @classmethod
+  def from_checkpoint(cls, model_dir, checkpoint=None):
+    model, info = export.load_checkpointed_model(model_dir, checkpoint)
+    predict = tf.function(lambda x: (lambda o: (o['lengths'], o['poses']))(
+        model(x, training=False)))
+    decode = None
+    if getattr(model, 'decoder', None) is not None:
+      decode = tf.function(lambda poses, ids: model.reconstruct(
+          poses, tf.one_hot(ids, model.num_classes)))
+    return cls(predict, decode, info['image_shape'], info['num_classes'])
+
+  def predict(self, images):
+    lengths, poses = self._predict(tf.convert_to_tensor(images, tf.float32))
+    return lengths.numpy(), poses.numpy()
+
+  def decode(self, poses, class_ids):
+    if self._decode is None:
+      raise ValueError('This model has no decoder; figures need one.')
+    return self._decode(tf.constant(poses, tf.float32),
+                        tf.constant(class_ids, tf.int64)).numpy()
+
+
+def evaluate(predictor, source, split, batch_size=500):
+  """Runs the predictor over a whole split.
+
+  Returns:
+    A dict: split, examples, accuracy, error_rate, per_class_accuracy, and
+    for single-label data the confusion_matrix (rows: true, columns:
+    predicted); for two-object data (MultiMNIST) accuracy counts an example
+    only when both labels are the two longest capsules.
+  """
+  if tuple(source.info.image_shape) != predictor.image_shape:
+    raise ValueError(
+        f'The model takes images {predictor.image_shape} but '
+        f'{source.info.name} gives {source.info.image_shape}; pass the data '
+        'flags of the data set the model was trained on.')
+  k = source.info.num_targets
+  classes = source.info.num_classes
+  hits = examples = 0
+  class_hits = np.zeros(classes)
+  class_counts = np.zeros(classes)
+  confusion = np.zeros([classes, classes], np.int64)
+  for batch in input_pipeline.make_dataset(source, split, batch_size, False,
+                                           deterministic=True):
+    labels = batch['label'].numpy()
+    lengths, _ = predictor.predict(batch['image'])
+    top = np.argsort(-lengths, axis=1)[:, :k]
+    predicted = np.zeros_like(labels)
+    np.put_along_axis(predicted, top, 1.0, axis=1)
+    correct = (predicted == labels).all(axis=1)
+    hits += int(correct.sum())
+    examples += len(labels)
+    class_counts += labels.sum(0)
+    class_hits += (labels * predicted).sum(0)
+    if k == 1:
+      np.add.at(confusion, (labels.argmax(1), top[:, 0]), 1)
+  accuracy = hits / max(examples, 1)
+  results = {
+      'split': split, 'dataset': source.info.name, 'examples': examples,
+      'accuracy': accuracy, 'error_rate': 1.0 - accuracy,
+      'per_class_accuracy': (class_hits / np.maximum(class_counts, 1)).tolist(),
+  }
+  if k == 1:
+    results['confusion_matrix'] = confusion.tolist()
+  else:
+    results['both_digits_accuracy'] = accuracy
+  return results
+
+
+def _to_png(array, path, scale=1):
+  """Writes a float [H, W, C] image in [0, 1] as PNG (C 1 or 3)."""
+  array = np.clip(np.asarray(array, np.float32), 0, 1)
+  if array.shape[-1] not in (1, 3):
+    array = array[..., :1]
+  if scale > 1:
+    array = array.repeat(scale, 0).repeat(scale, 1)
+  data = tf.io.encode_png(tf.constant(np.round(array * 255).astype(np.uint8)))
+  tf.io.write_file(path, data)
+
+
+def _grid(tiles, cols):
+  """Stacks `[n, H, W, C]` tiles into a grid with `cols` columns."""
+  n, h, w, c = tiles.shape
+  rows = -(-n // cols)
+  grid = np.ones([rows * (h + 2), cols * (w + 2), c], np.float32)
+  for i, tile in enumerate(tiles):
+    r, col = divmod(i, cols)
+    grid[r * (h + 2) + 1:r * (h + 2) + 1 + h,
+         col * (w + 2) + 1:col * (w + 2) + 1 + w] = tile
+  return grid
+
+
+def write_figures(predictor, source, split, results, directory, examples=8):
+  """Writes reconstructions.png, perturbations.png and confusion.png.
+
+  Returns:
+    The paths written.
+  """
+  os.makedirs(directory, exist_ok=True)
+  batch = next(iter(input_pipeline.make_dataset(
+      source, split, examples, False, deterministic=True)))
+  images = batch['image'].numpy()
+  display = batch.get('targets', batch['image']).numpy()
+  lengths, poses = predictor.predict(images)
+  paths = []
+  k = source.info.num_targets
+  top = np.argsort(-lengths, axis=1)[:, :k]
+  # Each row: the input, then the reconstruction of each predicted object.
+  tiles = []
+  for i in range(len(images)):
+    tiles.append(np.clip(images[i], 0, 1) if display.ndim == 4 else
+                 np.clip(display[i].max(0), 0, 1))
+    for j in range(k):
+      tiles.append(predictor.decode(poses[i:i + 1], top[i, j:j + 1])[0])
+  path = os.path.join(directory, 'reconstructions.png')
+  _to_png(_grid(np.stack(tiles), 1 + k), path, scale=3)
+  paths.append(path)
+  # Figure 4: one row per pose dimension of the first example's winner.
+  pose, winner = poses[0], top[0, 0]
+  dims = pose.shape[-1]
+  perturbed = np.repeat(pose[None], dims * len(PERTURBATIONS), axis=0)
+  for d in range(dims):
+    for j, delta in enumerate(PERTURBATIONS):
+      perturbed[d * len(PERTURBATIONS) + j, winner, d] += delta
+  decoded = predictor.decode(perturbed, np.full([len(perturbed)], winner))
+  path = os.path.join(directory, 'perturbations.png')
+  _to_png(_grid(decoded, len(PERTURBATIONS)), path, scale=3)
+  paths.append(path)
+  if 'confusion_matrix' in results:
+    cm = np.asarray(results['confusion_matrix'], np.float32)
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    path = os.path.join(directory, 'confusion.png')
+    _to_png(1.0 - cm[..., None], path, scale=24)
+    paths.append(path)
+  return paths
+
+
+def _source_for(f, run_config):
+  explicit = any(f[name].present for name in pipeline_flags.DATA_FLAGS)
+  if run_config is not None and not explicit:
+    return sources.open_source(run_config.data)
+  return sources.open_source(pipeline_flags.data_spec_from_flags(f))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  # --model_dir is shared with training, where it has a default; here it
+  # counts only when given.
+  model_dir = f.model_dir if f['model_dir'].present else None
+  if bool(f.saved_model) == bool(model_dir):
+    raise app.UsageError('Pass exactly one of --saved_model (a version '
+                         'directory) or --model_dir (a training run).')
+  try:
+    if f.saved_model:
+      predictor, run_config = Predictor.from_saved_model(f.saved_model), None
+    else:
+      run_config, _ = config_lib.load_run(model_dir)
+      predictor = Predictor.from_checkpoint(model_dir,
+                                            f.checkpoint or None)
+    source = _source_for(f, run_config)
+    results = evaluate(predictor, source, f.split, f.eval_batch_size)
+    if f.figures:
+      results['figures'] = write_figures(predictor, source, f.split, results,
+                                         f.figures)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+  print(f'{results["dataset"]} {results["split"]}: accuracy '
+        f'{results["accuracy"]:.4f} (error {100 * results["error_rate"]:.2f}%)'
+        f' on {results["examples"]} examples')
+  for path in results.get('figures', []):
+    print(f'Wrote {path}')
+  if f.output:
+    with open(f.output, 'w') as out:
+      json.dump(results, out, indent=2)
+    print(f'Wrote {f.output}')
+  return 0
+
+
+def define_flags():
+  pipeline_flags.define_flags()
+  flags.DEFINE_string('saved_model', None, 'A SavedModel version directory.')
+  flags.DEFINE_string('checkpoint', None, 'With --model_dir: a checkpoint '
+                      'path (default: the latest).')
+  flags.DEFINE_enum('split', 'test', list(sources.SPLITS), 'Split to score.')
+  flags.DEFINE_string('output', None, 'Write the results as JSON here.')
+  flags.DEFINE_string('figures', None, 'Write PNG figures into this folder.')
+
+
+if __name__ == '__main__':
+  define_flags()
+  logging.set_verbosity(logging.WARNING)
+  sys.exit(app.run(main))

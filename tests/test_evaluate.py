@@ -1,0 +1,96 @@
+"""Tests of pipeline.evaluate: metrics from checkpoints and SavedModels."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import evaluate
+from pipeline import export
+from pipeline import trainer as trainer_lib
+from pipeline.data import sources
+
+from conftest import REPO
+from helpers import tiny_config
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp('eval_run')
+  trainer = trainer_lib.Trainer(tiny_config(model_dir, train_steps=4))
+  results = trainer.train()
+  path = export.export_from_checkpoint(str(model_dir), str(model_dir / 'exp'))
+  return trainer, results, model_dir, path
+
+
+def test_checkpoint_and_saved_model_agree_with_trainer(run):
+  trainer, trained, model_dir, path = run
+  for predictor in (evaluate.Predictor.from_checkpoint(str(model_dir)),
+                    evaluate.Predictor.from_saved_model(path)):
+    results = evaluate.evaluate(predictor, trainer.source, 'test', 10)
+    assert results['examples'] == 32
+    assert results['accuracy'] == pytest.approx(trained['accuracy'])
+    cm = np.array(results['confusion_matrix'])
+    assert cm.sum() == 32 and cm.trace() == round(32 * results['accuracy'])
+    per_class = np.diag(cm) / cm.sum(1)
+    np.testing.assert_allclose(results['per_class_accuracy'], per_class)
+
+
+def test_two_object_accuracy_needs_both():
+  class Fixed:
+    image_shape = (36, 36, 1)
+
+    def predict(self, images):
+      n = len(images)
+      lengths = np.zeros([n, 10], np.float32)
+      lengths[:, :2] = [0.9, 0.8]    # always predicts classes 0 and 1
+      return lengths, np.zeros([n, 10, 4])
+
+  spec = sources.DataSpec(dataset='synthetic', synthetic_shape=(28, 28, 1))
+  src = sources.open_source(spec)
+  # Reuse the synthetic digits as MultiMNIST's base to get k-hot labels.
+  src.kind = 'multimnist'
+  src.info = src.info.__class__(name='multimnist', image_shape=(36, 36, 1),
+                                num_classes=10, split_sizes={},
+                                num_targets=2)
+  results = evaluate.evaluate(Fixed(), src, 'test', 50)
+  labels = []
+  from pipeline.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  for batch in input_pipeline.make_dataset(src, 'test', 50, False,
+                                           deterministic=True):
+    labels.append(batch['label'].numpy())
+  labels = np.concatenate(labels)
+  expected = ((labels[:, 0] == 1) & (labels[:, 1] == 1)).mean()
+  assert results['both_digits_accuracy'] == pytest.approx(expected)
+  assert 'confusion_matrix' not in results
+
+
+def test_shape_mismatch_is_explained(run):
+  _, _, model_dir, _ = run
+  predictor = evaluate.Predictor.from_checkpoint(str(model_dir))
+  src = sources.open_source(sources.DataSpec(synthetic_size=(20, 10)))
+  with pytest.raises(ValueError, match=r'takes images \(20, 20, 1\)'):
+    evaluate.evaluate(predictor, src, 'test')
+
+
+def test_command_with_figures(run, tmp_path):
+  _, trained, _, path = run
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.evaluate', f'--saved_model={path}',
+       '--dataset=synthetic', '--synthetic_shape=20,20,1',
+       '--synthetic_classes=4', '--synthetic_size=128,32',
+       f'--output={tmp_path}/e.json', f'--figures={tmp_path}/figs'],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / 'e.json').read_text())
+  assert results['accuracy'] == pytest.approx(trained['accuracy'])
+  for name in ('reconstructions.png', 'perturbations.png', 'confusion.png'):
+    data = (tmp_path / 'figs' / name).read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n'
+  bad = subprocess.run([sys.executable, '-m', 'pipeline.evaluate'], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'exactly one of' in bad.stderr
