@@ -162,7 +162,7 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
       'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
       'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
       'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
-      'precision': 'float32', 'batch_size': config.batch_size,
+      'precision': config.model.precision, 'batch_size': config.batch_size,
       'dataset': config.data.dataset,
       'routing_iterations': config.model.routing_iterations,
   }

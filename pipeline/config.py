@@ -13,6 +13,7 @@ import os
 from pipeline.data.sources import DataSpec
 
 STRATEGIES = ('mirrored', 'multi_worker', 'one_device')
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 CONFIG_FILE = 'config.json'
 INFO_FILE = 'info.json'
 
@@ -30,11 +31,18 @@ class ModelSpec:
   decoder_units: tuple = (512, 1024)
   use_decoder: bool = True
   class_bias: bool = False
+  jit_compile: bool = True
+  precision: str = 'float32'
+
+  def __post_init__(self):
+    if self.precision not in PRECISIONS:
+      raise ValueError(f'precision must be one of {PRECISIONS}, got '
+                       f'{self.precision!r}.')
 
   def kwargs(self):
-    """Keyword arguments of the model constructor (all but `name`)."""
+    """Keyword arguments of the model constructor (all but name, precision)."""
     options = dataclasses.asdict(self)
-    del options['name']
+    del options['name'], options['precision']
     return options
 
 

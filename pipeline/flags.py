@@ -37,6 +37,13 @@ def define_flags():
                        'Train with the reconstruction decoder.')
   flags.DEFINE_boolean('class_bias', _M.class_bias,
                        'Add a bias to the class capsules (+classes*dim).')
+  flags.DEFINE_boolean('jit_compile', _M.jit_compile,
+                       'Compile the class capsules (u_hat, routing) with XLA '
+                       'in training steps.')
+  flags.DEFINE_enum('precision', _M.precision, config_lib.PRECISIONS,
+                    'float32, or mixed precision: 16-bit convolutions and '
+                    'decoder, float32 routing, squash and losses '
+                    '(mixed_float16 adds loss scaling; for GPUs).')
   # Data.
   flags.DEFINE_enum('dataset', _S.dataset, sorted(sources.DATASETS),
                     'Data set.')
@@ -157,7 +164,8 @@ def config_from_flags(f=None):
       primary_dim=f.primary_dim, class_dim=f.class_dim,
       decoder_units=_ints('decoder_units', f.decoder_units,
                           len(f.decoder_units)),
-      use_decoder=f.use_decoder, class_bias=f.class_bias)
+      use_decoder=f.use_decoder, class_bias=f.class_bias,
+      jit_compile=f.jit_compile, precision=f.precision)
   data = data_spec_from_flags(f)
   return config_lib.TrainConfig(
       model=model, data=data, model_dir=f.model_dir, export_dir=f.export_dir,

@@ -110,6 +110,10 @@ class Trainer:
       self.learning_rate = keras.optimizers.schedules.ExponentialDecay(
           config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
       self.optimizer = keras.optimizers.Adam(self.learning_rate)
+      self.loss_scaling = config.model.precision == 'mixed_float16'
+      if self.loss_scaling:
+        self.optimizer = keras.mixed_precision.LossScaleOptimizer(
+            self.optimizer)
       self.optimizer.build(self.model.trainable_variables)
       self.metrics = {
           name: keras.metrics.Mean(name) for name in
@@ -162,10 +166,17 @@ class Trainer:
       margin, recon, total = self._losses(batch, outputs)
       loss = tf.nn.compute_average_loss(
           total, global_batch_size=self.config.batch_size)
+      scaled = (self.optimizer.get_scaled_loss(loss) if self.loss_scaling
+                else loss)
     variables = self.model.trainable_variables
-    grads = tape.gradient(loss, variables)
+    grads = tape.gradient(scaled, variables)
+    if self.loss_scaling:
+      grads = self.optimizer.get_unscaled_gradients(grads)
+    # With loss scaling, overflowing gradients are the optimizer's business
+    # (it skips the step and lowers the scale); only the loss must be finite.
+    checked = [] if self.loss_scaling else grads
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
-                            for g in grads] + [tf.math.is_finite(loss)])
+                            for g in checked] + [tf.math.is_finite(loss)])
     # Every replica must agree before the (all-reducing) update.
     ctx = tf.distribute.get_replica_context()
     bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM,

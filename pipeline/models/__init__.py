@@ -1,6 +1,7 @@
 """Capsule models and the registry that builds them by name."""
 
 import tensorflow as tf
+import tf_keras as keras
 
 from pipeline.models.capsnet import CapsNet
 
@@ -40,9 +41,17 @@ def build_from_spec(spec, image_shape, num_classes, num_targets=1):
       (MultiMNIST: 2).
 
   Returns:
-    The built model.
+    The built model. With a mixed precision, its layers compute in 16 bits
+    (variables stay float32); routing, squash and the outputs are float32.
   """
-  model = build_model(spec.name, tuple(image_shape), num_classes,
-                      num_reconstructions=num_targets, **spec.kwargs())
+  previous = keras.mixed_precision.global_policy()
+  # Layers take the global policy when they are constructed; set it only for
+  # this model so other models in the process keep theirs.
+  keras.mixed_precision.set_global_policy(spec.precision)
+  try:
+    model = build_model(spec.name, tuple(image_shape), num_classes,
+                        num_reconstructions=num_targets, **spec.kwargs())
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
   model(tf.zeros([1, *image_shape]), training=False)
   return model

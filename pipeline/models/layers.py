@@ -52,7 +52,8 @@ class PrimaryCapsules(keras.layers.Layer):
     x = self.conv(inputs)
     h, w = x.shape[1], x.shape[2]
     x = tf.reshape(x, [-1, h * w * self.channels, self.dim])
-    return squash(x)
+    # Squash (and everything after it up to the decoder) runs in float32.
+    return squash(tf.cast(x, tf.float32))
 
   def get_config(self):
     config = super().get_config()
@@ -75,13 +76,19 @@ class ClassCapsules(keras.layers.Layer):
   """
 
   def __init__(self, num_classes=10, dim=16, routing_iterations=3,
-               stop_inner_gradients=False, use_bias=False, **kwargs):
+               stop_inner_gradients=False, use_bias=False, jit_compile=False,
+               **kwargs):
     super().__init__(**kwargs)
     self.num_classes = num_classes
     self.dim = dim
     self.routing_iterations = routing_iterations
     self.stop_inner_gradients = stop_inner_gradients
     self.use_bias = use_bias
+    self.jit_compile = jit_compile
+    # XLA fuses u_hat and the routing passes over it (memory-bound chains of
+    # small ops); used in training steps only, so exported signatures hold
+    # plain TF ops that any TF Serving build runs.
+    self._compiled = tf.function(self._capsules, jit_compile=True)
 
   def build(self, input_shape):
     in_caps, in_dim = int(input_shape[-2]), int(input_shape[-1])
@@ -95,7 +102,7 @@ class ClassCapsules(keras.layers.Layer):
           initializer='zeros')
     super().build(input_shape)
 
-  def call(self, inputs):
+  def _capsules(self, inputs):
     u = tf.cast(inputs, tf.float32)
     kernel = tf.cast(self.kernel, tf.float32)
     u_hat = tf.einsum('bid,iodk->biok', u, kernel)
@@ -104,12 +111,17 @@ class ClassCapsules(keras.layers.Layer):
         u_hat, self.routing_iterations,
         stop_inner_gradients=self.stop_inner_gradients, bias=bias)
 
+  def call(self, inputs, training=None):
+    if self.jit_compile and training:
+      return self._compiled(inputs)
+    return self._capsules(inputs)
+
   def get_config(self):
     config = super().get_config()
     config.update(num_classes=self.num_classes, dim=self.dim,
                   routing_iterations=self.routing_iterations,
                   stop_inner_gradients=self.stop_inner_gradients,
-                  use_bias=self.use_bias)
+                  use_bias=self.use_bias, jit_compile=self.jit_compile)
     return config
 
 
