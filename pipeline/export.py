@@ -37,6 +37,11 @@ from pipeline import config as config_lib
 from pipeline import models
 
 WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
+# Signatures run large requests in chunks of this many images, so memory
+# stays bounded (u_hat alone is ~0.7 MB per MNIST image in float32).
+SERVING_CHUNK = 128
+_PREDICT_DTYPES = {'probabilities': tf.float32, 'classes': tf.int64,
+                   'poses': tf.float32}
 
 
 class ServingModule(tf.Module):
@@ -67,13 +72,37 @@ class ServingModule(tf.Module):
     # with a message that names the expected [batch, H, W, C].
     return tf.ensure_shape(images, [None, *self.image_shape])
 
-  def _predict(self, images):
-    outputs = self.model(self._check(images), training=False)
+  def _chunked(self, fn, dtypes, *tensors):
+    """Applies `fn` to consecutive chunks of the batch and concatenates.
+
+    `dtypes` maps each output of `fn` to its dtype.
+    """
+    n = tf.shape(tensors[0])[0]
+    chunks = (n + SERVING_CHUNK - 1) // SERVING_CHUNK
+
+    def body(i, acc):
+      start = i * SERVING_CHUNK
+      size = tf.minimum(SERVING_CHUNK, n - start)
+      part = fn(*[t[start:start + size] for t in tensors])
+      return i + 1, {k: acc[k].write(i, v) for k, v in part.items()}
+
+    acc = {k: tf.TensorArray(d, size=chunks, infer_shape=False)
+           for k, d in dtypes.items()}
+    _, acc = tf.while_loop(lambda i, _: i < chunks, body, (0, acc),
+                           parallel_iterations=1)
+    return {k: v.concat() for k, v in acc.items()}
+
+  def _predict_chunk(self, images):
+    outputs = self.model(images, training=False)
     return {
         'probabilities': outputs['lengths'],
         'classes': tf.argmax(outputs['lengths'], axis=-1),
         'poses': outputs['poses'],
     }
+
+  def _predict(self, images):
+    return self._chunked(self._predict_chunk, _PREDICT_DTYPES,
+                         self._check(images))
 
   def _decode_one(self, data):
     h, w, c = self.image_shape
@@ -90,15 +119,24 @@ class ServingModule(tf.Module):
   def _mask(self, class_ids):
     return tf.one_hot(class_ids, self.model.num_classes)
 
-  def _reconstruct(self, images, class_ids):
-    outputs = self.model(self._check(images), training=False)
+  def _reconstruct_chunk(self, images, class_ids):
+    outputs = self.model(images, training=False)
     return {'reconstructions': self.model.reconstruct(outputs['poses'],
                                                       self._mask(class_ids)),
             'poses': outputs['poses']}
 
-  def _decode(self, poses, class_ids):
+  def _reconstruct(self, images, class_ids):
+    return self._chunked(self._reconstruct_chunk,
+                         {'reconstructions': tf.float32, 'poses': tf.float32},
+                         self._check(images), class_ids)
+
+  def _decode_chunk(self, poses, class_ids):
     return {'reconstructions': self.model.reconstruct(poses,
                                                       self._mask(class_ids))}
+
+  def _decode(self, poses, class_ids):
+    return self._chunked(self._decode_chunk, {'reconstructions': tf.float32},
+                         poses, class_ids)
 
   def signatures(self):
     sigs = {'serving_default': self.serving_default,

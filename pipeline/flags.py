@@ -4,6 +4,8 @@ Every value is checked before any work starts; a bad one stops the tool with
 one line that names the flag and what it accepts.
 """
 
+import os
+
 from absl import flags
 
 from pipeline import config as config_lib
@@ -110,6 +112,48 @@ def define_flags():
                        'Deterministic ops and input order (reproductions).')
   flags.DEFINE_enum('eval_split', _D.eval_split, list(sources.SPLITS),
                     'Split evaluated during and after training.')
+
+
+def check_flagfiles(argv):
+  """Finds a flagfile that includes itself (directly or through others).
+
+  absl only warns and skips such a file, running with whatever is left;
+  this turns it into an error before any work starts.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    None, or a one-line message naming the cycle.
+  """
+  def includes(path):
+    try:
+      with open(path) as f:
+        lines = f.read().splitlines()
+    except OSError:
+      return []  # absl reports a missing flagfile itself.
+    return [line.strip().split('=', 1)[1] for line in lines
+            if line.strip().startswith('--flagfile=')]
+
+  def visit(path, chain):
+    real = os.path.realpath(path)
+    if real in chain:
+      names = [os.path.relpath(p) for p in chain[chain.index(real):]]
+      return (f'--flagfile {os.path.relpath(real)} includes itself '
+              f'({" -> ".join(names + [os.path.relpath(real)])}); remove '
+              'the cycle.')
+    for child in includes(path):
+      found = visit(child, chain + [real])
+      if found:
+        return found
+    return None
+
+  for arg in argv[1:]:
+    if arg.startswith('--flagfile='):
+      found = visit(arg.split('=', 1)[1], [])
+      if found:
+        return found
+  return None
 
 
 def _ints(name, values, count):

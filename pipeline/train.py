@@ -16,6 +16,7 @@ from absl import logging
 
 from pipeline import export
 from pipeline import flags as pipeline_flags
+from pipeline import run_guard
 from pipeline import trainer as trainer_lib
 
 pipeline_flags.define_flags()
@@ -29,11 +30,25 @@ def main(argv):
     config = pipeline_flags.config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  os.makedirs(config.model_dir, exist_ok=True)
-  with open(os.path.join(config.model_dir, 'flags.txt'), 'w') as f:
-    f.write(FLAGS.flags_into_string())
+  try:
+    run_guard.check_writable(config.model_dir, '--model_dir')
+    if config.export_dir:
+      run_guard.check_writable(config.export_dir, '--export_dir')
+  except run_guard.RunGuardError as e:
+    raise app.UsageError(str(e)) from None
   trainer = trainer_lib.Trainer(config)
-  results = trainer.train()
+  if trainer.chief:
+    with open(os.path.join(config.model_dir, 'flags.txt'), 'w') as f:
+      f.write(FLAGS.flags_into_string())
+  try:
+    results = trainer.train()
+  except run_guard.RunGuardError as e:
+    raise app.UsageError(str(e)) from None
+  if 'preempted' in results:
+    print(f'Stopped by {results["preempted"]} at step {results["step"]}; '
+          'the checkpoint is saved. Run the same command to resume.',
+          flush=True)
+    return 0
   print(f'{results["split"]} accuracy {results["accuracy"]:.4f} (error '
         f'{100 * results["error_rate"]:.2f}%) on {results["examples"]} '
         f'examples after {trainer.step} steps; model_dir '
@@ -45,5 +60,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cycle = pipeline_flags.check_flagfiles(sys.argv)
+  if cycle:
+    sys.exit(f'FATAL Flags parsing error: {cycle}')
   logging.set_verbosity(logging.INFO)
   sys.exit(app.run(main))

@@ -16,6 +16,7 @@ import tf_keras as keras
 
 from pipeline import config as config_lib
 from pipeline import losses
+from pipeline import run_guard
 from pipeline import summaries
 from pipeline.data import input_pipeline, sources
 from pipeline import models
@@ -131,6 +132,15 @@ class Trainer:
     self._train_loop = tf.function(self._train_loop_fn)
     self._eval_fn = tf.function(self._eval_step_fn, reduce_retracing=True)
     self._summary_fn = tf.function(self._summary_outputs)
+
+  def _any_worker(self, flag):
+    """True when `flag` is set on any worker (all of them must stop)."""
+    if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      return bool(flag)
+    value = tf.constant(1.0 if flag else 0.0)
+    per_replica = self.strategy.run(lambda: tf.identity(value))
+    return bool(self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica,
+                                     axis=None) > 0)
 
   def train_iterator(self, start_step=0):
     """The distributed training input, positioned at `start_step`."""
@@ -280,23 +290,63 @@ class Trainer:
       os.replace(path + '.tmp', path)
 
   def restore(self):
-    """Restores the latest checkpoint, if any; returns its path or None."""
-    latest = self.checkpoint_manager.latest_checkpoint
-    if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
-      logging.info('Resumed from %s at step %d.', latest, self.step)
-    return latest
+    """Restores the newest readable checkpoint; returns its path or None.
+
+    A checkpoint that fails to restore (corrupt or truncated files) is
+    reported, moved into `checkpoints/corrupt/` rather than deleted, and the
+    one before it is tried.
+    """
+    directory = self.checkpoint_manager.directory
+    candidates = list(self.checkpoint_manager.checkpoints)
+    while candidates:
+      path = candidates.pop()
+      try:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+      except (tf.errors.OpError, ValueError, AssertionError, IndexError,
+              KeyError, RuntimeError) as e:  # What damaged files raise.
+        aside = run_guard.quarantine_checkpoint(path)
+        logging.error('Checkpoint %s cannot be restored (%s: %s); moved its '
+                      'files to %s, trying the previous one.', path,
+                      type(e).__name__, str(e).splitlines()[0][:200], aside)
+        self._rewrite_checkpoint_state(directory, candidates)
+        continue
+      logging.info('Resumed from %s at step %d.', path, self.step)
+      return path
+    return None
+
+  def _rewrite_checkpoint_state(self, directory, remaining):
+    state = os.path.join(directory, 'checkpoint')
+    if remaining:
+      tf.compat.v1.train.update_checkpoint_state(
+          directory, remaining[-1], all_model_checkpoint_paths=remaining)
+    elif os.path.exists(state):
+      os.remove(state)
+    self.checkpoint_manager = tf.train.CheckpointManager(
+        self.checkpoint, directory, max_to_keep=self.config.max_checkpoints)
 
   def train(self):
     """Trains to `train_steps`, evaluating and checkpointing on the way.
 
+    Holds the model directory's lock for the whole run. On SIGTERM it
+    saves a checkpoint at the current step and returns early, with
+    `preempted` set in the results.
+
     Returns:
-      The final evaluation results (see `evaluate`).
+      The final evaluation results (see `evaluate`); `preempted` names the
+      signal when the run stopped early.
 
     Raises:
       NonFiniteLossError: when a step's loss or gradients are not finite; the
         latest checkpoint is the last good one.
+      run_guard.RunGuardError: when another trainer holds the model directory
+        or it is not writable.
     """
+    run_guard.check_writable(self.work_dir, '--model_dir')
+    with run_guard.RunLock(self.work_dir), \
+        run_guard.PreemptionWatcher() as preemption:
+      return self._train(preemption)
+
+  def _train(self, preemption):
     cfg = self.config
     self.write_run_files()
     self.restore()
@@ -351,6 +401,16 @@ class Trainer:
       if step % cfg.eval_every == 0 or done:
         results = self.evaluate()
         self._write_eval(eval_writer, step, results, summary_batch)
+      if not done and self._any_worker(preemption.requested):
+        if step % cfg.checkpoint_every:
+          self.checkpoint_manager.save(checkpoint_number=step)
+        train_writer.flush()
+        eval_writer.flush()
+        logging.warning(
+            'Stopped by %s at step %d: checkpoint saved in %s. Run the same '
+            'command to resume.', preemption.requested or 'a peer worker',
+            step, self.checkpoint_manager.directory)
+        return {'preempted': preemption.requested or 'peer', 'step': step}
     if results is None:
       results = self.evaluate()
       self._write_eval(eval_writer, step, results, summary_batch)

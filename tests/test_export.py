@@ -145,3 +145,20 @@ def test_export_command(trained, tmp_path):
 def test_missing_run_files(tmp_path):
   with pytest.raises(FileNotFoundError, match='not a model directory'):
     export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
+
+
+def test_large_request_runs_in_chunks(trained, tmp_path):
+  trainer, model_dir = trained
+  sigs = tf.saved_model.load(export.export_from_checkpoint(
+      str(model_dir), str(tmp_path / 'big'))).signatures
+  n = 2 * export.SERVING_CHUNK + 17
+  images = tf.random.uniform([n, 20, 20, 1], seed=3)
+  out = sigs['serving_default'](images=images)
+  expected = trainer.model(images, training=False)['lengths'].numpy()
+  np.testing.assert_allclose(out['probabilities'].numpy(), expected,
+                             atol=1e-5)
+  rec = sigs['reconstruct'](images=images, class_ids=tf.zeros([n], tf.int64))
+  assert rec['reconstructions'].shape == (n, 20, 20, 1)
+  graph = sigs['serving_default'].graph.as_graph_def()
+  ops = {node.op for f in graph.library.function for node in f.node_def}
+  assert 'While' in ops or 'StatelessWhile' in ops

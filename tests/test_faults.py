@@ -1,0 +1,180 @@
+"""Faults injected for real into the real commands: kill -9, SIGTERM, a
+corrupt checkpoint, a second trainer, concurrent exports, cyclic flagfiles."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import trainer as trainer_lib
+
+from conftest import REPO
+from helpers import tiny_config
+
+TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
+        '--primary_channels=4', '--class_dim=4', '--decoder_units=16,32',
+        '--synthetic_shape=20,20,1', '--synthetic_size=128,32',
+        '--batch_size=8', '--eval_batch_size=16', '--steps_per_loop=1',
+        '--log_every=1', '--strategy=one_device', '--export_dir=',
+        '--deterministic']
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+
+
+def _start(model_dir, *args):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'pipeline.train', *TINY,
+       f'--model_dir={model_dir}', *args], cwd=REPO, env=ENV,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(proc, step, timeout=300):
+  """Reads the log until a line reports `step`; returns the lines read."""
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if f' step {step}/' in line:
+      return lines
+  raise AssertionError(f'step {step} never logged:\n' + ''.join(lines[-30:]))
+
+
+def _run(model_dir, *args):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.train', *TINY,
+       f'--model_dir={model_dir}', *args], cwd=REPO, env=ENV,
+      capture_output=True, text=True, timeout=600)
+  return proc
+
+
+def _weights(model_dir):
+  reader = tf.train.load_checkpoint(
+      tf.train.latest_checkpoint(str(model_dir / 'checkpoints')))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith('model/')}
+
+
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
+  args = ['--train_steps=12', '--checkpoint_every=2', '--eval_every=100']
+  straight = _run(tmp_path / 'straight', *args)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  kill_at = random.Random().randint(3, 10)
+  proc = _start(tmp_path / 'killed', *args)
+  _wait_for_step(proc, kill_at)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  rerun = _run(tmp_path / 'killed', *args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resumed from' in rerun.stderr, f'killed at step {kill_at}'
+  a, b = _weights(tmp_path / 'straight'), _weights(tmp_path / 'killed')
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], atol=1e-6,
+                               err_msg=f'{key}, killed at step {kill_at}')
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+  proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
+                '--eval_every=1000')
+  _wait_for_step(proc, 3)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  line = [l for l in out.splitlines() if l.startswith('Stopped by SIGTERM')]
+  assert line, out[-3000:]
+  stopped = int(line[0].split('at step ')[1].split(';')[0])
+  assert stopped >= 3
+  latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  assert latest.endswith(f'ckpt-{stopped}')
+  resumed = _run(tmp_path, f'--train_steps={stopped + 2}',
+                 '--checkpoint_every=1000', '--eval_every=1000')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'at step {stopped}.' in resumed.stderr
+
+
+def test_second_trainer_on_same_model_dir_is_refused(tmp_path):
+  first = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
+                 '--eval_every=1000')
+  try:
+    _wait_for_step(first, 1)
+    second = _run(tmp_path, '--train_steps=5')
+    assert second.returncode != 0
+    assert 'in use by another trainer (pid' in second.stderr
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  # The crashed first run leaves no stuck lock.
+  third = _run(tmp_path, '--train_steps=2', '--checkpoint_every=1000',
+               '--eval_every=1000')
+  assert third.returncode == 0, third.stderr[-3000:]
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage_index'])
+def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, damage):
+  trainer_lib.Trainer(tiny_config(tmp_path, train_steps=4)).train()
+  ckpt_dir = tmp_path / 'checkpoints'
+  latest = tf.train.latest_checkpoint(str(ckpt_dir))
+  assert latest.endswith('ckpt-4')
+  if damage == 'truncate':
+    data = ckpt_dir / 'ckpt-4.data-00000-of-00001'
+    data.write_bytes(data.read_bytes()[:100])
+  else:
+    (ckpt_dir / 'ckpt-4.index').write_bytes(b'\x00garbage' * 10)
+  resumed = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=6))
+  assert resumed.restore().endswith('ckpt-2')
+  assert resumed.step == 2
+  assert sorted(os.listdir(ckpt_dir / 'corrupt')) == [
+      'ckpt-4.data-00000-of-00001', 'ckpt-4.index']
+  assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith('ckpt-2')
+  resumed.train()
+  assert resumed.step == 6
+
+
+def test_unwritable_dirs_fail_before_training(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  proc = _run(tmp_path / 'run', f'--export_dir={blocker}/exports',
+              '--train_steps=2')
+  assert proc.returncode != 0
+  assert '--export_dir' in proc.stderr and 'not writable' in proc.stderr
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_flagfile_that_includes_itself(tmp_path):
+  flagfile = tmp_path / 'loop.flags'
+  flagfile.write_text(f'--flagfile={flagfile}\n--batch_size=4\n')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.train', f'--flagfile={flagfile}'],
+      cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert 'includes itself' in proc.stderr
+
+
+_EXPORT = '''
+import sys
+sys.path.insert(0, sys.argv[3])
+from pipeline import export
+print(export.export_from_checkpoint(sys.argv[1], sys.argv[2]))
+'''
+
+
+def test_concurrent_exports_never_share_a_version(tmp_path):
+  trainer_lib.Trainer(tiny_config(tmp_path / 'run', train_steps=2)).train()
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', _EXPORT, str(tmp_path / 'run'),
+       str(tmp_path / 'exp'), REPO], env=ENV, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for _ in range(3)]
+  paths = []
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-2000:]
+    paths.append(out.strip().splitlines()[-1])
+  assert sorted(os.path.basename(p) for p in paths) == ['1', '2', '3']
+  assert sorted(os.listdir(tmp_path / 'exp')) == ['1', '2', '3']
