@@ -139,7 +139,7 @@ class Trainer:
       return bool(flag)
     value = tf.constant(1.0 if flag else 0.0)
     per_replica = self.strategy.run(lambda: tf.identity(value))
-    return bool(self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica,
+    return bool(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
                                      axis=None) > 0)
 
   def train_iterator(self, start_step=0):
