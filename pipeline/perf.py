@@ -1,0 +1,293 @@
+"""Throughput measurements of the pipeline: input, training, inference,
+serving, matmul peak, per-layer timings and scaling with batch and routing.
+
+`pipeline.benchmark` is the command-line tool over these functions. Every
+figure is a median over repeated timed runs after warm-up.
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline import export
+from pipeline import trainer as trainer_lib
+from pipeline.data import input_pipeline
+
+WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
+
+
+def _median_time(fn, repeats, warmup=1):
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def model_flops(model):
+  """Forward FLOPs per example (2 x multiply-adds) of a CapsNet.
+
+  Counts the convolutions, the u_hat transforms, routing's weighted sums and
+  agreements, and the decoder; elementwise ops are left out.
+  """
+  h, w, _ = model.image_shape
+  total = 0
+  for conv in (model.conv1, model.primary.conv):
+    kh, kw, cin, cout = conv.kernel.shape
+    stride = conv.strides[0]
+    h, w = (h - kh) // stride + 1, (w - kw) // stride + 1
+    total += 2 * h * w * kh * kw * cin * cout
+  caps = model.class_capsules
+  in_caps, classes, _, dim = caps.kernel.shape
+  total += 2 * int(tf.size(caps.kernel))
+  total += 4 * in_caps * classes * dim * caps.routing_iterations
+  if model.decoder is not None:
+    dense = model.decoder.hidden + [model.decoder.out]
+    total += model.num_reconstructions * sum(
+        2 * int(tf.size(d.kernel)) for d in dense)
+  return int(total)
+
+
+def bench_input(config, source, batches, repeats):
+  ds = input_pipeline.make_dataset(source, 'train', config.batch_size, True,
+                                   seed=config.seed)
+  it = iter(ds)
+
+  def run():
+    for _ in range(batches):
+      next(it)
+  seconds = _median_time(run, repeats)
+  return {'input_examples_per_second': batches * config.batch_size / seconds}
+
+
+def bench_train(trainer, repeats):
+  cfg = trainer.config
+  iterator = trainer.train_iterator(0)
+  steps = tf.constant(cfg.steps_per_loop, tf.int64)
+  seconds = _median_time(lambda: int(trainer._train_loop(iterator, steps)),  # pylint: disable=protected-access
+                         repeats)
+  step = seconds / cfg.steps_per_loop
+  return {'train_step_seconds': step,
+          'train_examples_per_second': cfg.batch_size / step}
+
+
+def bench_inference(trainer, batch, repeats):
+  images = tf.random.uniform([batch, *trainer.info.image_shape], seed=1)
+  predict = tf.function(lambda x: trainer.model(x, training=False)['lengths'])
+  seconds = _median_time(lambda: predict(images).numpy(), repeats)
+  latency = _median_time(lambda: predict(images[:1]).numpy(), repeats)
+  return {'inference_examples_per_second': batch / seconds,
+          'inference_batch': batch,
+          'latency_batch1_ms': 1000 * latency}
+
+
+def bench_serving(trainer, batch, repeats):
+  """The exported SavedModel's serving_default beside the in-memory model."""
+  path = export.export_model(trainer.model, trainer.info.image_shape,
+                             tempfile.mkdtemp(prefix='capsnet-serving-'))
+  serve = tf.saved_model.load(path).signatures['serving_default']
+  images = tf.random.uniform([batch, *trainer.info.image_shape], seed=1)
+  throughput = _median_time(
+      lambda: serve(images=images)['probabilities'].numpy(), repeats)
+  latency = _median_time(
+      lambda: serve(images=images[:1])['probabilities'].numpy(), repeats)
+  results = {'serving_examples_per_second': batch / throughput,
+             'serving_latency_batch1_ms': 1000 * latency}
+  results.update(bench_inference(trainer, batch, repeats))
+  results['serving_throughput_vs_in_memory'] = (
+      results['serving_examples_per_second'] /
+      results['inference_examples_per_second'])
+  return results
+
+
+def bench_matmul(repeats, n=2048):
+  results = {}
+  for name, dtype in (('matmul_gflops', tf.float32),
+                      ('matmul_bf16_gflops', tf.bfloat16)):
+    a = tf.cast(tf.random.uniform([n, n], seed=1), dtype)
+    b = tf.cast(tf.random.uniform([n, n], seed=2), dtype)
+    mm = tf.function(lambda x, y: tf.reduce_sum(
+        tf.cast(tf.linalg.matmul(x, y), tf.float32)))
+    seconds = _median_time(lambda: mm(a, b).numpy(), repeats)
+    results[name] = 2 * n ** 3 / seconds / 1e9
+  return results
+
+
+def run_benchmarks(config, what, repeats=5, input_batches=200,
+                   inference_batch=100):
+  """Runs the chosen measurements; returns a dict of figures.
+
+  Args:
+    config: a `TrainConfig` (model, data and batch size of the timings).
+    what: a subset of `WHATS`.
+    repeats: timed repetitions per figure.
+    input_batches: batches per input timing.
+    inference_batch: batch size of the inference timing.
+  """
+  unknown = set(what) - set(WHATS)
+  if unknown:
+    raise ValueError(f'--what takes {WHATS}, got {sorted(unknown)}.')
+  results = {
+      'tensorflow': tf.__version__, 'python': platform.python_version(),
+      'machine': platform.machine(), 'cpu_count': os.cpu_count(),
+      'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
+      'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
+      'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
+      'precision': config.model.precision, 'batch_size': config.batch_size,
+      'dataset': config.data.dataset,
+      'routing_iterations': config.model.routing_iterations,
+  }
+  trainer = None
+  if set(what) - {'matmul'}:
+    trainer = trainer_lib.Trainer(config)
+    results['image_shape'] = list(trainer.info.image_shape)
+  if 'input' in what:
+    results.update(bench_input(config, trainer.source, input_batches,
+                               repeats))
+  if 'train' in what:
+    results.update(bench_train(trainer, repeats))
+  if 'inference' in what:
+    results.update(bench_inference(trainer, inference_batch, repeats))
+  if 'serving' in what:
+    results.update(bench_serving(trainer, inference_batch, repeats))
+  if 'matmul' in what:
+    results.update(bench_matmul(repeats))
+  if 'layers' in what:
+    results.update(layer_timings(trainer.model, config.batch_size, repeats))
+  if trainer is not None:
+    flops = model_flops(trainer.model)
+    results['forward_flops_per_example'] = flops
+    results['train_flops_per_example'] = 3 * flops
+    if 'train_examples_per_second' in results and 'matmul_gflops' in results:
+      results['train_fraction_of_matmul_peak'] = (
+          results['train_examples_per_second'] * 3 * flops / 1e9 /
+          results['matmul_gflops'])
+    if ('inference_examples_per_second' in results and
+        'matmul_gflops' in results):
+      results['inference_fraction_of_matmul_peak'] = (
+          results['inference_examples_per_second'] * flops / 1e9 /
+          results['matmul_gflops'])
+  results['peak_rss_mb'] = resource.getrusage(
+      resource.RUSAGE_SELF).ru_maxrss / 1024
+  return results
+
+
+def _fwd_bwd(fn, inputs, variables):
+  """A tf.function running `fn` forward and its gradient backward."""
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      out = fn(*inputs)
+      total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32))
+                        for o in tf.nest.flatten(out)])
+    grads = tape.gradient(total, list(inputs) + list(variables))
+    return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32))
+                     for g in grads if g is not None])
+  return step
+
+
+def layer_timings(model, batch, repeats):
+  """Forward+backward seconds per training step of each part of a CapsNet.
+
+  Each part runs alone on inputs of its real shape, so the parts add up to
+  about the whole step; the gap is the losses, the input and the glue.
+  """
+  images = tf.random.uniform([batch, *model.image_shape], seed=1)
+  labels = tf.one_hot(tf.range(batch) % model.num_classes, model.num_classes)
+  conv1_out = model.conv1(images)
+  primary_out = model.primary(conv1_out)
+  poses, _ = model.class_capsules(primary_out, training=True)
+  parts = {
+      'conv1': (model.conv1, [images], model.conv1.trainable_variables),
+      'primary_capsules': (model.primary, [conv1_out],
+                           model.primary.trainable_variables),
+      'class_capsules': (lambda u: model.class_capsules(u, training=True),
+                         [primary_out],
+                         model.class_capsules.trainable_variables),
+  }
+  if model.decoder is not None:
+    parts['decoder'] = (lambda p: model.reconstruct(p, labels), [poses],
+                        model.decoder.trainable_variables)
+  results = {}
+  for name, (fn, inputs, variables) in parts.items():
+    step = _fwd_bwd(fn, inputs, variables)
+    results[f'layer_seconds/{name}'] = _median_time(
+        lambda: step().numpy(), repeats)
+  variables = model.trainable_variables
+  optimizer = keras.optimizers.Adam(0.0)
+  zeros = [tf.zeros_like(v) for v in variables]
+  update = tf.function(lambda: optimizer.apply_gradients(zip(zeros,
+                                                             variables)))
+  results['layer_seconds/adam_update'] = _median_time(update, repeats)
+  results['layer_seconds/sum'] = sum(
+      v for k, v in results.items() if k.startswith('layer_seconds/'))
+  return results
+
+
+def print_table(results):
+  """Prints the figures as an aligned two-column table."""
+  width = max(len(k) for k in results)
+  for key, value in results.items():
+    if isinstance(value, float):
+      shown = f'{value:,.4f}' if abs(value) < 10 else f'{value:,.2f}'
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+      print(key)
+      for row in value:
+        print('  ' + '  '.join(f'{k}={v:.4g}' if isinstance(v, float) else
+                               f'{k}={v}' for k, v in row.items()))
+      continue
+    else:
+      shown = value
+    print(f'{key:<{width}}  {shown}')
+
+
+def _child_train(flag_args, batch, iterations):
+  """Training throughput and peak RSS of one configuration, in a fresh
+  process (peak RSS only grows within a process)."""
+  out = tempfile.mktemp(suffix='.json')
+  cmd = [sys.executable, '-m', 'pipeline.benchmark', *flag_args,
+         '--what=train', f'--batch_size={batch}',
+         f'--routing_iterations={iterations}', f'--output={out}']
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+  with open(out) as f:
+    figures = json.load(f)
+  os.remove(out)
+  return {'batch_size': batch, 'routing_iterations': iterations,
+          'train_examples_per_second': figures['train_examples_per_second'],
+          'peak_rss_mb': figures['peak_rss_mb']}
+
+
+def scaling(flag_args, batches, iterations, base_batch):
+  """Throughput and peak memory over batch sizes and routing iterations.
+
+  Returns:
+    A dict: `by_batch` and `by_routing_iterations` rows, and the linear fit
+    of peak memory against batch size (MB per example, intercept, R^2).
+  """
+  by_batch = [_child_train(flag_args, b, 3) for b in batches]
+  by_iterations = [_child_train(flag_args, base_batch, i) for i in iterations]
+  x = np.array([r['batch_size'] for r in by_batch], np.float64)
+  y = np.array([r['peak_rss_mb'] for r in by_batch], np.float64)
+  slope, intercept = np.polyfit(x, y, 1)
+  fitted = slope * x + intercept
+  r2 = 1 - ((y - fitted) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-9)
+  return {'by_batch': by_batch, 'by_routing_iterations': by_iterations,
+          'peak_mb_per_example': float(slope),
+          'peak_mb_intercept': float(intercept),
+          'peak_mb_linear_fit_r2': float(r2)}

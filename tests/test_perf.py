@@ -1,0 +1,40 @@
+"""Tests of pipeline.perf (figures are checked for shape, never for speed)."""
+
+import pytest
+import tensorflow as tf
+
+from pipeline import perf
+from pipeline import trainer as trainer_lib
+from pipeline.models import CapsNet
+
+from helpers import tiny_config
+
+
+def test_paper_model_flops():
+  model = CapsNet()
+  model(tf.zeros([1, 28, 28, 1]))
+  # Conv1 16.6M + PrimaryCaps 382.2M + u_hat 2.9M + routing 2.2M + decoder
+  # 2.8M multiply-adds x 2: the 0.41 GFLOP the performance issue quotes.
+  assert perf.model_flops(model) == pytest.approx(0.4068e9, rel=1e-3)
+
+
+def test_layer_timings_cover_every_part(tmp_path):
+  trainer = trainer_lib.Trainer(tiny_config(tmp_path))
+  timings = perf.layer_timings(trainer.model, 8, repeats=1)
+  parts = ('conv1', 'primary_capsules', 'class_capsules', 'decoder',
+           'adam_update')
+  for part in parts:
+    assert timings[f'layer_seconds/{part}'] > 0
+  assert timings['layer_seconds/sum'] == pytest.approx(
+      sum(timings[f'layer_seconds/{p}'] for p in parts))
+
+
+def test_unknown_measurement(tmp_path):
+  with pytest.raises(ValueError, match='--what takes'):
+    perf.run_benchmarks(tiny_config(tmp_path), ['disk'])
+
+
+def test_print_table(capsys):
+  perf.print_table({'a': 1.5, 'rows': [{'batch_size': 8, 'x': 2.0}]})
+  out = capsys.readouterr().out
+  assert 'a     1.5000' in out and 'batch_size=8  x=2' in out
