@@ -71,6 +71,7 @@ class TrainConfig:
   m_plus: float = 0.9
   m_minus: float = 0.1
   down_weight: float = 0.5
+  spread_anneal_steps: int = 10000
   strategy: str = 'mirrored'
   cpu_devices: int = 0
   seed: int = 0

@@ -212,7 +212,9 @@ def export_model(model, image_shape, export_base):
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(export_base),
                  warmup_inputs(module.image_shape, model.num_classes,
-                               model.class_capsules.dim, module.has_decoder))
+                               model.class_capsules.dim
+                               if module.has_decoder else None,
+                               module.has_decoder))
     while True:
       target = os.path.join(export_base, str(next_version(export_base)))
       try:

@@ -101,6 +101,9 @@ def define_flags():
   flags.DEFINE_float('m_plus', _D.m_plus, 'Margin loss m+.')
   flags.DEFINE_float('m_minus', _D.m_minus, 'Margin loss m-.')
   flags.DEFINE_float('down_weight', _D.down_weight, 'Margin loss lambda.')
+  flags.DEFINE_integer('spread_anneal_steps', _D.spread_anneal_steps,
+                       'matrix_capsnet: steps over which the spread-loss '
+                       'margin grows from 0.2 to 0.9.')
   flags.DEFINE_enum('strategy', _D.strategy, config_lib.STRATEGIES,
                     'tf.distribute strategy.')
   flags.DEFINE_integer('cpu_devices', _D.cpu_devices,
@@ -187,7 +190,8 @@ def config_from_flags(f=None):
                     ('routing_iterations', 1), ('lr_decay_steps', 1),
                     ('conv_filters', 1), ('primary_channels', 1),
                     ('primary_dim', 1), ('class_dim', 1), ('cpu_devices', 0),
-                    ('shift_pixels', 0), ('validation_size', 0)):
+                    ('shift_pixels', 0), ('validation_size', 0),
+                    ('spread_anneal_steps', 1)):
     _at_least(name, f[name].value, low)
   if f.learning_rate <= 0:
     raise ValueError(f'--learning_rate must be > 0, got {f.learning_rate}.')
@@ -220,7 +224,8 @@ def config_from_flags(f=None):
       learning_rate=f.learning_rate, lr_decay_rate=f.lr_decay_rate,
       lr_decay_steps=f.lr_decay_steps,
       reconstruction_weight=f.reconstruction_weight, m_plus=f.m_plus,
-      m_minus=f.m_minus, down_weight=f.down_weight, strategy=f.strategy,
+      m_minus=f.m_minus, down_weight=f.down_weight,
+      spread_anneal_steps=f.spread_anneal_steps, strategy=f.strategy,
       cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
       eval_split=f.eval_split)
 

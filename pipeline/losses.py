@@ -45,3 +45,33 @@ def reconstruction_loss(images, reconstructions):
   diff = tf.cast(reconstructions, tf.float32) - tf.cast(images, tf.float32)
   return tf.reduce_sum(tf.reshape(tf.square(diff), [tf.shape(diff)[0], -1]),
                        axis=-1)
+
+
+def spread_loss(labels, activations, margin):
+  """The EM-routing paper's spread loss, per example.
+
+  L = sum_{i != t} max(0, m - (a_t - a_i))^2, with the margin m annealed
+  from 0.2 to 0.9 over training (see `spread_margin`).
+
+  Args:
+    labels: one-hot `[batch, classes]`.
+    activations: class capsule activations `[batch, classes]`.
+    margin: m, a scalar.
+
+  Returns:
+    `[batch]` float32 losses.
+  """
+  labels = tf.cast(labels, tf.float32)
+  activations = tf.cast(activations, tf.float32)
+  if not labels.shape.is_compatible_with(activations.shape):
+    raise ValueError(f'labels {labels.shape} and activations '
+                     f'{activations.shape} must both be [batch, classes].')
+  target = tf.reduce_sum(labels * activations, axis=-1, keepdims=True)
+  gaps = tf.square(tf.nn.relu(margin - (target - activations)))
+  return tf.reduce_sum((1.0 - labels) * gaps, axis=-1)
+
+
+def spread_margin(step, anneal_steps, start=0.2, end=0.9):
+  """The spread-loss margin at `step`: linear from `start` to `end`."""
+  progress = tf.minimum(tf.cast(step, tf.float32) / float(anneal_steps), 1.0)
+  return start + (end - start) * progress

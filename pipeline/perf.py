@@ -22,6 +22,7 @@ import tf_keras as keras
 from pipeline import export
 from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
+from pipeline.models import CapsNet
 
 WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
 
@@ -166,8 +167,10 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
   if 'matmul' in what:
     results.update(bench_matmul(repeats))
   if 'layers' in what:
+    if not isinstance(trainer.model, CapsNet):
+      raise ValueError('--what=layers times the parts of a CapsNet only.')
     results.update(layer_timings(trainer.model, config.batch_size, repeats))
-  if trainer is not None:
+  if trainer is not None and isinstance(trainer.model, CapsNet):
     flops = model_flops(trainer.model)
     results['forward_flops_per_example'] = flops
     results['train_flops_per_example'] = 3 * flops

@@ -158,10 +158,20 @@ class Trainer:
     return int(self.optimizer.iterations.numpy())
 
   def _losses(self, batch, outputs):
-    """Per-example margin, reconstruction and total losses `[batch]`."""
+    """Per-example class, reconstruction and total losses `[batch]`.
+
+    The class loss is the margin loss (CapsNet) or the spread loss with its
+    annealed margin (matrix_capsnet); it is logged as `loss/margin`.
+    """
     cfg = self.config
-    margin = losses.margin_loss(batch['label'], outputs['lengths'],
-                                cfg.m_plus, cfg.m_minus, cfg.down_weight)
+    if cfg.model.name == 'matrix_capsnet':
+      margin = losses.spread_loss(
+          batch['label'], outputs['lengths'],
+          losses.spread_margin(self.optimizer.iterations,
+                               cfg.spread_anneal_steps))
+    else:
+      margin = losses.margin_loss(batch['label'], outputs['lengths'],
+                                  cfg.m_plus, cfg.m_minus, cfg.down_weight)
     if 'reconstructions' in outputs:
       targets = batch.get('targets', batch['image'])
       recon = losses.reconstruction_loss(targets, outputs['reconstructions'])

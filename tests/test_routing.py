@@ -93,3 +93,97 @@ def test_bad_arguments():
     routing.dynamic_routing(tf.zeros([1, 2, 3, 4]), 0)
   with pytest.raises(ValueError, match='rank 4'):
     routing.dynamic_routing(tf.zeros([2, 3, 4]), 1)
+
+
+def reference_em(votes, act, beta_u, beta_a, iterations, child_ids=None,
+                 final_lambda=0.01, floor=1e-4, eps=1e-7):
+  """EM routing (Hinton et al. 2018, Procedure 1) in NumPy, float64.
+
+  votes [b, P, K, C, D]; act [b, P, K]; child_ids [P*K] or None.
+  """
+  b, p, k, c, _ = votes.shape
+  ids = np.arange(p * k) if child_ids is None else np.asarray(child_ids)
+  lambdas = routing.lambda_schedule(iterations, final_lambda)
+  # Every parent of a child starts with an equal share.
+  per_child = np.bincount(ids)[ids].reshape(p, k)
+  r = np.ones([b, p, k, c]) / (per_child[None, :, :, None] * c)
+  for t, lam in enumerate(lambdas):
+    rw = r * act[..., None]
+    r_sum = rw.sum(axis=2)                                   # [b,P,C]
+    mu = np.einsum('bpkc,bpkcd->bpcd', rw, votes) / (r_sum[..., None] + eps)
+    var = np.einsum('bpkc,bpkcd->bpcd', rw,
+                    (votes - mu[:, :, None]) ** 2) / (r_sum[..., None] + eps)
+    var += floor
+    share = r_sum / (r_sum.mean(axis=2, keepdims=True) + eps)
+    cost = ((beta_u[None, None, :, None] + 0.5 * np.log(var)) *
+            share[..., None]).sum(-1)
+    a_out = 1 / (1 + np.exp(-lam * (beta_a[None, None] - cost)))
+    if t == iterations - 1:
+      break
+    log_p = -(((votes - mu[:, :, None]) ** 2) / (2 * var[:, :, None]) +
+              0.5 * np.log(var[:, :, None]) + 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_num = np.log(a_out + eps)[:, :, None, :] + log_p      # [b,P,K,C]
+    num = np.exp(log_num)
+    per_slot = num.sum(-1).reshape(b, -1)                     # [b, P*K]
+    den = np.zeros([b, ids.max() + 1])
+    for j, child in enumerate(ids):
+      den[:, child] += per_slot[:, j]
+    r = num / den[:, ids].reshape(b, p, k)[..., None]
+  return mu, a_out, r
+
+
+@pytest.mark.parametrize('conv', [False, True])
+def test_em_routing_matches_numpy_reference(conv):
+  rng = np.random.default_rng(3)
+  b, p, k, c, d = 2, (3 if conv else 1), 4, 3, 16
+  votes = rng.normal(size=[b, p, k, c, d]).astype(np.float32)
+  act = rng.uniform(0.2, 1.0, size=[b, p, k]).astype(np.float32)
+  beta_u = rng.normal(size=[c]).astype(np.float32)
+  beta_a = rng.normal(size=[c]).astype(np.float32)
+  ids = np.array([0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7]) if conv else None
+  mu, a_out, r = routing.em_routing(
+      votes, act, beta_u, beta_a, 3,
+      child_ids=None if ids is None else tf.constant(ids, tf.int32),
+      num_children=None if ids is None else 8)
+  ref = reference_em(votes.astype(np.float64), act.astype(np.float64),
+                     beta_u.astype(np.float64), beta_a.astype(np.float64), 3,
+                     ids)
+  np.testing.assert_allclose(mu.numpy(), ref[0], atol=1e-5)
+  np.testing.assert_allclose(a_out.numpy(), ref[1], atol=1e-5)
+  np.testing.assert_allclose(r.numpy(), ref[2], atol=1e-5)
+
+
+def test_em_assignments_sum_to_one_over_all_parents_of_a_child():
+  ids = tf.constant([0, 1, 2, 1, 2, 3], tf.int32)
+  _, _, r = routing.em_routing(tf.random.normal([2, 2, 3, 4, 16], seed=1),
+                               tf.random.uniform([2, 2, 3], seed=2),
+                               tf.zeros([4]), tf.zeros([4]), 3,
+                               child_ids=ids, num_children=4)
+  per_slot = tf.reduce_sum(r, -1).numpy().reshape(2, -1)
+  for row in per_slot:
+    np.testing.assert_allclose(np.bincount(ids.numpy(), weights=row), 1.0,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize('case', ['single_child', 'near_zero_activations'])
+def test_em_routing_finite_values_and_gradients(case):
+  if case == 'single_child':
+    votes = tf.Variable(tf.random.normal([2, 1, 1, 3, 16], seed=4))
+    act = tf.Variable(tf.ones([2, 1, 1]))
+  else:
+    votes = tf.Variable(tf.random.normal([2, 1, 6, 3, 16], seed=5))
+    act = tf.Variable(tf.fill([2, 1, 6], 1e-12))
+  beta_u, beta_a = tf.Variable(tf.zeros([3])), tf.Variable(tf.zeros([3]))
+  with tf.GradientTape() as tape:
+    mu, a_out, _ = routing.em_routing(votes, act, beta_u, beta_a, 3)
+    loss = tf.reduce_sum(mu) + tf.reduce_sum(a_out)
+  for value in (mu, a_out):
+    assert np.isfinite(value.numpy()).all()
+  for grad in tape.gradient(loss, [votes, act, beta_u, beta_a]):
+    assert np.isfinite(grad.numpy()).all()
+
+
+def test_lambda_schedule_rises_to_final():
+  lambdas = routing.lambda_schedule(3, 0.01)
+  assert lambdas[-1] == pytest.approx(0.01)
+  assert lambdas[0] < lambdas[1] < lambdas[2]

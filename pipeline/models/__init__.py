@@ -1,11 +1,14 @@
 """Capsule models and the registry that builds them by name."""
 
+import inspect
+
 import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models.capsnet import CapsNet
+from pipeline.models.matrix_capsnet import MatrixCapsNet
 
-MODELS = {'capsnet': CapsNet}
+MODELS = {'capsnet': CapsNet, 'matrix_capsnet': MatrixCapsNet}
 
 
 def build_model(name, input_shape, num_classes, **kwargs):
@@ -30,6 +33,12 @@ def build_model(name, input_shape, num_classes, **kwargs):
                       **kwargs)
 
 
+def accepted_options(name, options):
+  """The entries of `options` that model `name`'s constructor takes."""
+  params = inspect.signature(MODELS[name].__init__).parameters
+  return {k: v for k, v in options.items() if k in params}
+
+
 def build_from_spec(spec, image_shape, num_classes, num_targets=1):
   """Builds the model a `config.ModelSpec` describes and creates its weights.
 
@@ -49,8 +58,9 @@ def build_from_spec(spec, image_shape, num_classes, num_targets=1):
   # this model so other models in the process keep theirs.
   keras.mixed_precision.set_global_policy(spec.precision)
   try:
+    options = dict(spec.kwargs(), num_reconstructions=num_targets)
     model = build_model(spec.name, tuple(image_shape), num_classes,
-                        num_reconstructions=num_targets, **spec.kwargs())
+                        **accepted_options(spec.name, options))
   finally:
     keras.mixed_precision.set_global_policy(previous)
   model(tf.zeros([1, *image_shape]), training=False)

@@ -92,3 +92,110 @@ def routing_function(num_iterations, stop_inner_gradients=False,
                   stop_inner_gradients)
   return _ROUTING_FNS[(int(num_iterations), bool(stop_inner_gradients),
                        tf.as_dtype(dtype))]
+
+
+def lambda_schedule(num_iterations, final_lambda=0.01):
+  """Inverse temperatures of EM routing's iterations, rising to final_lambda.
+
+  lambda_t = final_lambda * (1 - 0.95^(t+1)), normalised so the last one is
+  final_lambda: early iterations keep parent activations soft, the last is
+  the most decisive.
+  """
+  raw = [1.0 - 0.95 ** (t + 1) for t in range(num_iterations)]
+  return [final_lambda * r / raw[-1] for r in raw]
+
+
+def em_routing(votes, activations, beta_u, beta_a, num_iterations=3,
+               child_ids=None, num_children=None, final_lambda=0.01,
+               variance_floor=1e-4, epsilon=1e-7):
+  """EM routing of "Matrix Capsules with EM Routing" (Hinton et al. 2018).
+
+  Parents are laid out as P positions x C types; each position sees a patch
+  of K children (for a fully connected layer, P = 1 and K = all children).
+  In a convolutional layer a child lies in the patches of several positions:
+  `child_ids` names the child of every (position, patch slot), and the
+  E-step normalises each child's assignments over every parent whose
+  receptive field holds it, not per patch.
+
+  M-step: R scaled by the child activations (not renormalised afterwards),
+  per-dimension means and variances (with a floor), cost_h = (beta_u +
+  log sigma_h) * share_j, a = sigmoid(lambda (beta_a - sum_h cost_h)), where
+  share_j is parent j's sum of R relative to the mean over the parents at its
+  position (the paper's raw sum of R saturates the sigmoid on real layer
+  sizes: hundreds of children per parent).
+  E-step in log space: log a_j + log N(V_ij; mu_j, sigma_j), normalised with
+  logsumexp; no raw Gaussian density is ever formed.
+
+  Args:
+    votes: `[batch, P, K, C, D]` votes of children for parents (D = 16).
+    activations: `[batch, P, K]` the children's activations per patch slot.
+    beta_u: `[C]` learned cost offset per parent type.
+    beta_a: `[C]` learned activation offset per parent type.
+    num_iterations: EM iterations (paper: 3).
+    child_ids: int `[P * K]` child index of every (position, slot), or None
+      when every slot is its own child.
+    num_children: number of distinct children (with `child_ids`).
+    final_lambda: inverse temperature of the last iteration.
+    variance_floor: added to every variance.
+    epsilon: keeps sums of assignments away from zero.
+
+  Returns:
+    `(poses [batch, P, C, D], activations [batch, P, C], assignments
+    [batch, P, K, C])`; assignments sum to 1 over all parents of a child.
+  """
+  votes = tf.convert_to_tensor(votes, tf.float32)
+  a_in = tf.convert_to_tensor(activations, tf.float32)[..., None, None]
+  shape = tf.shape(votes)
+  batch, positions, slots, parents = shape[0], shape[1], shape[2], shape[3]
+  beta_u = tf.reshape(tf.cast(beta_u, tf.float32), [1, 1, 1, -1, 1])
+  beta_a = tf.reshape(tf.cast(beta_a, tf.float32), [1, 1, -1])
+  log_2pi = tf.math.log(2.0 * 3.141592653589793)
+  lambdas = lambda_schedule(num_iterations, final_lambda)
+
+  if child_ids is None:
+    # Each slot is its own child: start uniform over its C parents.
+    assignments = tf.ones_like(votes[..., 0]) / tf.cast(parents, tf.float32)
+  else:
+    # Uniform over every parent of the child: 1 / (C x patches holding it).
+    counts = tf.math.unsorted_segment_sum(
+        tf.ones_like(child_ids, tf.float32), child_ids, num_children)
+    per_slot = tf.reshape(tf.gather(counts, child_ids), [positions, slots])
+    assignments = tf.ones_like(votes[..., 0]) / (
+        per_slot[None, :, :, None] * tf.cast(parents, tf.float32))
+
+  for t, inverse_temperature in enumerate(lambdas):
+    # M-step.
+    r = assignments[..., None] * a_in                       # [b,P,K,C,1]
+    r_sum = tf.reduce_sum(r, axis=2, keepdims=True)         # [b,P,1,C,1]
+    mean = tf.reduce_sum(r * votes, axis=2, keepdims=True) / (r_sum + epsilon)
+    variance = tf.reduce_sum(r * tf.square(votes - mean), axis=2,
+                             keepdims=True) / (r_sum + epsilon)
+    variance = variance + variance_floor
+    log_sigma = 0.5 * tf.math.log(variance)
+    # The data a parent explains, relative to the mean parent at its
+    # position: with raw sums (hundreds of children) the cost saturates the
+    # sigmoid and every activation sticks at 0 or 1.
+    share = r_sum / (tf.reduce_mean(r_sum, axis=3, keepdims=True) + epsilon)
+    cost = tf.reduce_sum((beta_u + log_sigma) * share, axis=-1)  # [b,P,1,C]
+    a_out = tf.sigmoid(inverse_temperature * (beta_a - cost[:, :, 0]))
+    if t == len(lambdas) - 1:
+      break
+    # E-step, in log space.
+    log_p = -tf.reduce_sum(
+        tf.square(votes - mean) / (2.0 * variance) + log_sigma + 0.5 * log_2pi,
+        axis=-1)                                            # [b,P,K,C]
+    log_num = tf.math.log(a_out + epsilon)[:, :, None, :] + log_p
+    if child_ids is None:
+      log_den = tf.reduce_logsumexp(log_num, axis=-1, keepdims=True)
+    else:
+      local = tf.reduce_logsumexp(log_num, axis=-1)         # [b,P,K]
+      flat = tf.transpose(tf.reshape(local, [batch, -1]))   # [P*K, b]
+      peak = tf.stop_gradient(
+          tf.math.unsorted_segment_max(flat, child_ids, num_children))
+      total = tf.math.unsorted_segment_sum(
+          tf.exp(flat - tf.gather(peak, child_ids)), child_ids, num_children)
+      per_child = tf.math.log(total) + peak                 # [children, b]
+      log_den = tf.reshape(tf.transpose(tf.gather(per_child, child_ids)),
+                           [batch, positions, slots, 1])
+    assignments = tf.exp(log_num - log_den)
+  return mean[:, :, 0], a_out, assignments

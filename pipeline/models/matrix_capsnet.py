@@ -1,0 +1,219 @@
+"""Matrix capsules with EM routing (Hinton, Sabour, Frosst 2018).
+
+ReLU Conv1 (A, 5x5, stride 2) → PrimaryCaps (B types of 4x4 poses plus a
+sigmoid activation, 1x1) → ConvCaps1 (C, K=3, stride 2) → ConvCaps2 (D, K=3,
+stride 1) → class capsules (transforms shared across positions, with
+Coordinate Addition). On 32x32 inputs the grid goes 14 → 6 → 4 (VALID).
+With A=B=C=D=32 and 5 classes on 2-channel input: 317,194 parameters (the
+paper's "310K").
+"""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.models import routing
+
+POSE = 4  # Poses are 4x4 matrices.
+
+
+def _patch_table(height, width, kernel, stride):
+  """Input positions `[out_h * out_w, kernel * kernel]` of every patch."""
+  out_h = (height - kernel) // stride + 1
+  out_w = (width - kernel) // stride + 1
+  table = np.empty([out_h * out_w, kernel * kernel], np.int32)
+  for oy in range(out_h):
+    for ox in range(out_w):
+      rows = oy * stride + np.arange(kernel)
+      cols = ox * stride + np.arange(kernel)
+      table[oy * out_w + ox] = (rows[:, None] * width + cols[None, :]).ravel()
+  return table, out_h, out_w
+
+
+class PrimaryMatrixCapsules(keras.layers.Layer):
+  """1x1 convolutions to B capsule types: 4x4 poses and sigmoid activations.
+
+  Input `[batch, H, W, A]` → poses `[batch, H, W, B, 16]`, activations
+  `[batch, H, W, B]`.
+  """
+
+  def __init__(self, types=32, **kwargs):
+    super().__init__(**kwargs)
+    self.types = types
+    self.pose_conv = keras.layers.Conv2D(types * POSE * POSE, 1, name='pose')
+    self.activation_conv = keras.layers.Conv2D(types, 1, activation='sigmoid',
+                                               name='activation')
+
+  def call(self, inputs):
+    poses = self.pose_conv(inputs)
+    h, w = poses.shape[1], poses.shape[2]
+    poses = tf.reshape(tf.cast(poses, tf.float32),
+                       [-1, h, w, self.types, POSE * POSE])
+    return poses, tf.cast(self.activation_conv(inputs), tf.float32)
+
+
+class ConvMatrixCapsules(keras.layers.Layer):
+  """Convolutional capsules routed by EM over K x K x B-child patches.
+
+  Transforms `[K, K, B, C, 4, 4]` are shared across positions. A child in
+  several patches has its assignments normalised over all their parents.
+  """
+
+  def __init__(self, types=32, kernel_size=3, strides=1, routing_iterations=3,
+               final_lambda=0.01, **kwargs):
+    super().__init__(**kwargs)
+    self.types = types
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.routing_iterations = routing_iterations
+    self.final_lambda = final_lambda
+
+  def build(self, input_shape):
+    _, h, w, in_types, _ = input_shape
+    k = self.kernel_size
+    table, self.out_h, self.out_w = _patch_table(h, w, k, self.strides)
+    if self.out_h < 1 or self.out_w < 1:
+      raise ValueError(f'{self.name}: a {h}x{w} capsule grid is smaller than '
+                       f'the {k}x{k} kernel.')
+    self.in_types = in_types
+    self.positions = tf.constant(table)
+    self.child_ids = tf.constant(
+        (table[:, :, None] * in_types + np.arange(in_types)).reshape(-1))
+    self.num_children = h * w * in_types
+    self.kernel = self.add_weight(
+        name='kernel', shape=[k * k, in_types, self.types, POSE, POSE],
+        initializer=keras.initializers.RandomNormal(stddev=0.5))
+    self.beta_u = self.add_weight(name='beta_u', shape=[self.types],
+                                  initializer='zeros')
+    self.beta_a = self.add_weight(name='beta_a', shape=[self.types],
+                                  initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, poses, activations):
+    batch = tf.shape(poses)[0]
+    h, w = poses.shape[1], poses.shape[2]
+    flat_poses = tf.reshape(poses, [batch, h * w, self.in_types, POSE, POSE])
+    flat_act = tf.reshape(activations, [batch, h * w, self.in_types])
+    patch_poses = tf.gather(flat_poses, self.positions, axis=1)
+    patch_act = tf.gather(flat_act, self.positions, axis=1)
+    votes = tf.einsum('bpkixy,kicyz->bpkicxz', patch_poses,
+                      tf.cast(self.kernel, tf.float32))
+    positions = self.out_h * self.out_w
+    k2 = self.kernel_size ** 2
+    votes = tf.reshape(votes, [batch, positions, k2 * self.in_types,
+                               self.types, POSE * POSE])
+    patch_act = tf.reshape(patch_act, [batch, positions, k2 * self.in_types])
+    out_poses, out_act, _ = routing.em_routing(
+        votes, patch_act, self.beta_u, self.beta_a, self.routing_iterations,
+        child_ids=self.child_ids, num_children=self.num_children,
+        final_lambda=self.final_lambda)
+    return (tf.reshape(out_poses, [batch, self.out_h, self.out_w, self.types,
+                                   POSE * POSE]),
+            tf.reshape(out_act, [batch, self.out_h, self.out_w, self.types]))
+
+
+class ClassMatrixCapsules(keras.layers.Layer):
+  """Class capsules: one transform per (child type, class), shared across
+  positions, with Coordinate Addition (the scaled centre of each child's
+  position added to the first two elements of its vote's right column)."""
+
+  def __init__(self, num_classes, routing_iterations=3, final_lambda=0.01,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.num_classes = num_classes
+    self.routing_iterations = routing_iterations
+    self.final_lambda = final_lambda
+
+  def build(self, input_shape):
+    _, h, w, in_types, _ = input_shape
+    self.in_types = in_types
+    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w,
+                         indexing='ij')
+    offsets = np.zeros([h * w, 1, 1, POSE, POSE], np.float32)
+    offsets[:, 0, 0, 0, POSE - 1] = ys.ravel()
+    offsets[:, 0, 0, 1, POSE - 1] = xs.ravel()
+    self.coordinates = tf.constant(offsets)
+    self.kernel = self.add_weight(
+        name='kernel', shape=[in_types, self.num_classes, POSE, POSE],
+        initializer=keras.initializers.RandomNormal(stddev=0.5))
+    self.beta_u = self.add_weight(name='beta_u', shape=[self.num_classes],
+                                  initializer='zeros')
+    self.beta_a = self.add_weight(name='beta_a', shape=[self.num_classes],
+                                  initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, poses, activations):
+    batch = tf.shape(poses)[0]
+    h, w = poses.shape[1], poses.shape[2]
+    flat = tf.reshape(poses, [batch, h * w, self.in_types, POSE, POSE])
+    votes = tf.einsum('bpixy,icyz->bpicxz', flat,
+                      tf.cast(self.kernel, tf.float32)) + self.coordinates
+    votes = tf.reshape(votes, [batch, 1, h * w * self.in_types,
+                               self.num_classes, POSE * POSE])
+    act = tf.reshape(activations, [batch, 1, h * w * self.in_types])
+    out_poses, out_act, _ = routing.em_routing(
+        votes, act, self.beta_u, self.beta_a, self.routing_iterations,
+        final_lambda=self.final_lambda)
+    return out_poses[:, 0], out_act[:, 0]
+
+
+class MatrixCapsNet(keras.Model):
+  """The smallNORB model of the EM routing paper.
+
+  `call(images, labels=None, training=False)` returns `lengths` (the class
+  capsules' activations, `[batch, classes]`) and `poses` (`[batch, classes,
+  16]`, the flattened 4x4 pose matrices). It has no decoder.
+  """
+
+  def __init__(self, input_shape=(32, 32, 2), num_classes=5, channels_a=32,
+               types_b=32, types_c=32, types_d=32, routing_iterations=3,
+               final_lambda=0.01, **kwargs):
+    super().__init__(**kwargs)
+    self.image_shape = tuple(int(d) for d in input_shape)
+    if len(self.image_shape) != 3:
+      raise ValueError(
+          f'input_shape must be (height, width, channels), got {input_shape}.')
+    if routing_iterations < 1:
+      raise ValueError(
+          f'routing_iterations must be >= 1, got {routing_iterations}.')
+    self.num_classes = int(num_classes)
+    self._config = dict(
+        input_shape=self.image_shape, num_classes=self.num_classes,
+        channels_a=channels_a, types_b=types_b, types_c=types_c,
+        types_d=types_d,
+        routing_iterations=int(routing_iterations),
+        final_lambda=float(final_lambda))
+    self.conv1 = keras.layers.Conv2D(channels_a, 5, strides=2,
+                                     activation='relu', name='conv1')
+    self.primary = PrimaryMatrixCapsules(types_b, name='primary_caps')
+    self.conv_caps1 = ConvMatrixCapsules(types_c, 3, 2,
+                                         routing_iterations, final_lambda,
+                                         name='conv_caps1')
+    self.conv_caps2 = ConvMatrixCapsules(types_d, 3, 1,
+                                         routing_iterations, final_lambda,
+                                         name='conv_caps2')
+    self.class_capsules = ClassMatrixCapsules(num_classes, routing_iterations,
+                                              final_lambda, name='class_caps')
+    self.decoder = None
+
+  def call(self, images, labels=None, training=False):
+    del labels, training  # No decoder: the labels mask nothing.
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
+      raise ValueError(
+          'MatrixCapsNet expects images of shape '
+          f'[batch, {", ".join(map(str, self.image_shape))}], got '
+          f'{images.shape}.')
+    x = self.conv1(images)
+    poses, act = self.primary(x)
+    poses, act = self.conv_caps1(poses, act)
+    poses, act = self.conv_caps2(poses, act)
+    poses, act = self.class_capsules(poses, act)
+    return {'lengths': act, 'poses': poses}
+
+  def get_config(self):
+    return dict(self._config)
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
