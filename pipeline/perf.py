@@ -169,7 +169,8 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
   if 'layers' in what:
     if not isinstance(trainer.model, CapsNet):
       raise ValueError('--what=layers times the parts of a CapsNet only.')
-    results.update(layer_timings(trainer.model, config.batch_size, repeats))
+    results.update(layer_timings(trainer.model, config.batch_size, repeats,
+                                 trainer.strategy))
   if trainer is not None and isinstance(trainer.model, CapsNet):
     flops = model_flops(trainer.model)
     results['forward_flops_per_example'] = flops
@@ -203,7 +204,7 @@ def _fwd_bwd(fn, inputs, variables):
   return step
 
 
-def layer_timings(model, batch, repeats):
+def layer_timings(model, batch, repeats, strategy=None):
   """Forward+backward seconds per training step of each part of a CapsNet.
 
   Each part runs alone on inputs of its real shape, so the parts add up to
@@ -231,7 +232,8 @@ def layer_timings(model, batch, repeats):
     results[f'layer_seconds/{name}'] = _median_time(
         lambda: step().numpy(), repeats)
   variables = model.trainable_variables
-  optimizer = keras.optimizers.Adam(0.0)
+  with (strategy or tf.distribute.get_strategy()).scope():
+    optimizer = keras.optimizers.Adam(0.0)
   zeros = [tf.zeros_like(v) for v in variables]
   update = tf.function(lambda: optimizer.apply_gradients(zip(zeros,
                                                              variables)))

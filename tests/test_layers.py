@@ -8,8 +8,9 @@ from pipeline.models import layers
 
 
 def test_squash_norm_below_one_and_direction_kept():
-  s = tf.random.normal([64, 10, 8], seed=1) * tf.random.uniform(
-      [64, 10, 1], 0, 5, seed=2)
+  rng = np.random.default_rng(1)
+  s = tf.constant((rng.normal(size=[64, 10, 8]) *
+                   rng.uniform(0, 5, size=[64, 10, 1])).astype(np.float32))
   v = layers.squash(s)
   s_norm = np.linalg.norm(s.numpy(), axis=-1)
   v_norm = np.linalg.norm(v.numpy(), axis=-1)
@@ -17,7 +18,7 @@ def test_squash_norm_below_one_and_direction_kept():
   np.testing.assert_allclose(v_norm, s_norm ** 2 / (1 + s_norm ** 2),
                              rtol=1e-4, atol=1e-6)
   cos = np.sum(s.numpy() * v.numpy(), -1) / (s_norm * v_norm + 1e-12)
-  np.testing.assert_allclose(cos[s_norm > 1e-3], 1.0, atol=1e-5)
+  np.testing.assert_allclose(cos[s_norm > 1e-2], 1.0, atol=1e-5)
 
 
 def test_squash_axis():

@@ -21,21 +21,29 @@ def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients):
   batch = tf.shape(u_hat)[0]
   in_caps = tf.shape(u_hat)[1]
   out_caps = tf.shape(u_hat)[2]
-  # Routing logits start at zero for every example (b_ij <- 0).
-  logits = tf.zeros(tf.stack([batch, in_caps, out_caps]), dtype=u_hat.dtype)
   # Inner iterations may route on a gradient-stopped copy; the last one always
   # uses u_hat itself, so the loss reaches the transforms either way.
   u_inner = tf.stop_gradient(u_hat) if stop_inner_gradients else u_hat
+  logits = None
   for i in range(num_iterations):
     last = i == num_iterations - 1
     u = u_hat if last else u_inner
-    # Coupling coefficients: softmax over the parent (class) capsules, so each
-    # child distributes its output among parents (c_ij sums to 1 over j).
-    coupling = tf.nn.softmax(logits, axis=2)
-    s = tf.einsum('bio,biod->bod', coupling, u) + bias
+    if logits is None:
+      # Logits start at zero (b_ij <- 0), so the first coupling is uniform:
+      # c_ij = 1 / out_caps. Written out, not as a softmax of zeros, which
+      # XLA would constant-fold into a [batch, in, out] constant.
+      share = 1.0 / tf.cast(out_caps, u_hat.dtype)
+      coupling = tf.fill(tf.stack([batch, in_caps, out_caps]), share)
+      s = tf.reduce_sum(u, axis=1) * share + bias
+    else:
+      # Coupling coefficients: softmax over the parent (class) capsules, so
+      # each child distributes its output among parents (sum over j is 1).
+      coupling = tf.nn.softmax(logits, axis=2)
+      s = tf.einsum('bio,biod->bod', coupling, u) + bias
     v = layers.squash(s, axis=-1)
     if not last:
-      logits = logits + tf.einsum('biod,bod->bio', u, v)
+      agreement = tf.einsum('biod,bod->bio', u, v)
+      logits = agreement if logits is None else logits + agreement
   return v, coupling
 
 
