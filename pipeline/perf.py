@@ -189,16 +189,22 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
   return results
 
 
-def _fwd_bwd(fn, inputs, variables):
-  """A tf.function running `fn` forward and its gradient backward."""
+def _fwd_bwd(fn, inputs, variables, input_grads=True):
+  """A tf.function running `fn` forward and its gradient backward.
+
+  `input_grads`: also differentiate with respect to the inputs (as training
+  does for every part but the first, whose input is the data).
+  """
   @tf.function
   def step():
     with tf.GradientTape() as tape:
-      tape.watch(inputs)
+      if input_grads:
+        tape.watch(inputs)
       out = fn(*inputs)
       total = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32))
                         for o in tf.nest.flatten(out)])
-    grads = tape.gradient(total, list(inputs) + list(variables))
+    sources = (list(inputs) if input_grads else []) + list(variables)
+    grads = tape.gradient(total, sources)
     return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32))
                      for g in grads if g is not None])
   return step
@@ -228,7 +234,7 @@ def layer_timings(model, batch, repeats, strategy=None):
                         model.decoder.trainable_variables)
   results = {}
   for name, (fn, inputs, variables) in parts.items():
-    step = _fwd_bwd(fn, inputs, variables)
+    step = _fwd_bwd(fn, inputs, variables, input_grads=name != 'conv1')
     results[f'layer_seconds/{name}'] = _median_time(
         lambda: step().numpy(), repeats)
   variables = model.trainable_variables
