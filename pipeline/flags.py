@@ -11,6 +11,7 @@ from absl import flags
 from pipeline import config as config_lib
 from pipeline import models
 from pipeline.data import sources
+from pipeline.data import tfds_source
 from pipeline.data.base import DataError
 
 _D = config_lib.TrainConfig()
@@ -64,6 +65,10 @@ def define_flags():
                       'Directory of affNIST .mat files (its test split).')
   flags.DEFINE_enum('overlay', _S.overlay, ['max', 'sum'],
                     'MultiMNIST overlay of the two digits.')
+  flags.DEFINE_enum('viewpoints', _S.viewpoints,
+                    sorted(tfds_source.VIEWPOINTS),
+                    'smallnorb: all, or a novel-viewpoint split (train on '
+                    'familiar azimuths/elevations, test on novel ones).')
   flags.DEFINE_integer('validation_size', _S.validation_size,
                        'Training examples held back as the validation split.')
   flags.DEFINE_boolean('download', _S.download,
@@ -246,7 +251,8 @@ def data_spec_from_flags(f=None):
         download=f.download,
         synthetic_shape=_ints('synthetic_shape', f.synthetic_shape, 3),
         synthetic_classes=f.synthetic_classes,
-        synthetic_size=_ints('synthetic_size', f.synthetic_size, 2))
+        synthetic_size=_ints('synthetic_size', f.synthetic_size, 2),
+        viewpoints=f.viewpoints)
   except DataError as e:
     raise ValueError(str(e)) from None
 
@@ -255,4 +261,4 @@ def data_spec_from_flags(f=None):
 DATA_FLAGS = ('dataset', 'data_dir', 'data_source', 'base_dataset',
               'shift_pixels', 'canvas_size', 'affnist_dir', 'overlay',
               'validation_size', 'download', 'synthetic_shape',
-              'synthetic_classes', 'synthetic_size')
+              'synthetic_classes', 'synthetic_size', 'viewpoints')

@@ -51,6 +51,8 @@ def test_smallnorb_info_through_mock_data():
     (dict(shift_pixels=-1), 'shift_pixels'),
     (dict(validation_size=-1), 'validation_size'),
     (dict(overlay='mean'), 'overlay'),
+    (dict(viewpoints='azimuth'), 'smallnorb only'),
+    (dict(dataset='smallnorb', viewpoints='roll'), 'viewpoints must be'),
 ])
 def test_bad_specs(kwargs, match):
   with pytest.raises(DataError, match=match):

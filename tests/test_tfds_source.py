@@ -38,3 +38,24 @@ def test_not_prepared_offline_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_source, '_network_reachable', lambda: False)
   with pytest.raises(DataError, match='cannot download it'):
     tfds_source.load_tfds_split('mnist', 'train', str(tmp_path))
+
+
+@pytest.mark.parametrize('viewpoints,key,familiar', [
+    ('azimuth', 'label_azimuth', {15, 16, 17, 0, 1, 2}),
+    ('elevation', 'label_elevation', {0, 1, 2})])
+def test_smallnorb_novel_viewpoint_splits(viewpoints, key, familiar):
+  with tfds.testing.mock_data(num_examples=60):
+    everything = tfds.as_numpy(tfds.load('smallnorb', split='test').batch(100))
+    views = np.concatenate([b[key] for b in everything])
+    train = tfds_source.load_tfds_split('smallnorb', 'train',
+                                        viewpoints=viewpoints)
+    test = tfds_source.load_tfds_split('smallnorb', 'test',
+                                       viewpoints=viewpoints)
+  novel = ~np.isin(views, list(familiar))
+  assert len(test) == novel.sum()
+  assert 0 < len(train) < 60
+
+
+def test_viewpoints_only_for_smallnorb():
+  with pytest.raises(DataError, match='smallnorb only'):
+    tfds_source.load_tfds_split('mnist', 'train', viewpoints='azimuth')

@@ -49,6 +49,8 @@ class DataSpec:
     synthetic_shape: `(H, W, C)` of the 'synthetic' images.
     synthetic_classes: classes of 'synthetic'.
     synthetic_size: `(train, test)` examples of 'synthetic'.
+    viewpoints: smallNORB: 'all', or the EM paper's novel-viewpoint split
+      'azimuth' / 'elevation' (train on familiar viewpoints, test on novel).
   """
   dataset: str = 'synthetic'
   data_dir: str = None
@@ -63,6 +65,7 @@ class DataSpec:
   synthetic_shape: tuple = (28, 28, 1)
   synthetic_classes: int = 10
   synthetic_size: tuple = (2000, 500)
+  viewpoints: str = 'all'
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
@@ -87,6 +90,13 @@ class DataSpec:
     if self.validation_size < 0:
       raise DataError(
           f'validation_size must be >= 0, got {self.validation_size}.')
+    if self.viewpoints not in tfds_source.VIEWPOINTS:
+      raise DataError(f'viewpoints must be one of '
+                      f'{sorted(tfds_source.VIEWPOINTS)}, got '
+                      f'{self.viewpoints!r}.')
+    if self.viewpoints != 'all' and self.dataset != 'smallnorb':
+      raise DataError(f'viewpoints={self.viewpoints!r} applies to smallnorb '
+                      'only.')
     if self.overlay not in ('max', 'sum'):
       raise DataError(f"overlay must be 'max' or 'sum', got {self.overlay!r}.")
 
@@ -145,7 +155,8 @@ class DataSource:
       return ArraySplit(*idx.load_idx_split(os.path.expanduser(spec.data_dir),
                                             split))
     return tfds_source.load_tfds_split(name, split, spec.data_dir,
-                                       download=spec.download)
+                                       download=spec.download,
+                                       viewpoints=spec.viewpoints)
 
   def split(self, name):
     """Returns the `ArraySplit` of 'train', 'validation' or 'test'."""

@@ -18,6 +18,15 @@ TFDS_DATASETS = {
 }
 # smallNORB's 96x96 stereo pairs are downsampled once, at load, as the paper did.
 SMALLNORB_SIZE = 48
+# The EM paper's novel-viewpoint experiments: train on the familiar
+# viewpoints of the training split, test on the novel ones of the test split.
+# Azimuth labels 0..17 are 0, 20, ..., 340 degrees: familiar are 300-40;
+# elevation labels 0..8 are 30..70 degrees: familiar are the 3 lowest.
+VIEWPOINTS = {
+    'all': None,
+    'azimuth': ('label_azimuth', (15, 16, 17, 0, 1, 2)),
+    'elevation': ('label_elevation', (0, 1, 2)),
+}
 # TFDS downloads through its storage bucket first; a failed name lookup means
 # no network, and TFDS itself would retry for minutes instead of failing.
 _PROBE_HOST = ('storage.googleapis.com', 443)
@@ -45,7 +54,8 @@ def _load_numpy(name, split, data_dir, download, keys):
   return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
-def load_tfds_split(name, split, data_dir=None, download=True):
+def load_tfds_split(name, split, data_dir=None, download=True,
+                    viewpoints='all'):
   """Loads a whole TFDS split into memory.
 
   Args:
@@ -53,6 +63,9 @@ def load_tfds_split(name, split, data_dir=None, download=True):
     split: a TFDS split ('train', 'test', or a slice such as 'train[:90%]').
     data_dir: TFDS data directory (None: TFDS's default).
     download: allow downloading and preparing the data set when missing.
+    viewpoints: smallNORB only: 'all', or a novel-viewpoint experiment
+      ('azimuth', 'elevation'): a 'train...' split keeps the familiar
+      viewpoints, any other split the novel ones.
 
   Returns:
     An `ArraySplit` with uint8 images `[N, H, W, C]` (smallNORB: the two
@@ -65,8 +78,15 @@ def load_tfds_split(name, split, data_dir=None, download=True):
   if name not in TFDS_DATASETS:
     raise DataError(f'Unknown TFDS data set {name!r}; choose one of '
                     f'{sorted(TFDS_DATASETS)}.')
+  if viewpoints not in VIEWPOINTS:
+    raise DataError(f'viewpoints must be one of {sorted(VIEWPOINTS)}, got '
+                    f'{viewpoints!r}.')
+  if viewpoints != 'all' and name != 'smallnorb':
+    raise DataError(f'viewpoints={viewpoints!r} applies to smallnorb only.')
   image_keys, label_key = TFDS_DATASETS[name]
   keys = image_keys + (label_key,)
+  if VIEWPOINTS[viewpoints]:
+    keys += (VIEWPOINTS[viewpoints][0],)
   try:
     data = _load_numpy(name, split, data_dir, False, keys)
   except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
@@ -79,6 +99,12 @@ def load_tfds_split(name, split, data_dir=None, download=True):
           f'and this machine cannot download it (no network). {_OFFLINE_HINT}'
       ) from e
     data = _load_numpy(name, split, data_dir, True, keys)
+  if VIEWPOINTS[viewpoints]:
+    key, familiar = VIEWPOINTS[viewpoints]
+    keep = np.isin(data[key], familiar)
+    if not split.startswith('train'):
+      keep = ~keep
+    data = {k: v[keep] for k, v in data.items()}
   images = np.concatenate([data[k] for k in image_keys], axis=-1)
   if name == 'smallnorb':
     images = tf.image.resize(images, [SMALLNORB_SIZE, SMALLNORB_SIZE],
