@@ -80,7 +80,7 @@ def test_reconstruction_mask_label_in_training_prediction_at_inference():
 
 
 def test_few_steps_lower_loss():
-  tf.random.set_seed(0)
+  keras.utils.set_random_seed(0)
   model = CapsNet(input_shape=(20, 20, 1), num_classes=4, **TINY_MODEL)
   images = tf.random.uniform([16, 20, 20, 1], seed=2)
   labels = tf.one_hot(tf.range(16) % 4, 4)

@@ -56,7 +56,7 @@ def test_spread_loss_hand_computed():
 
 
 def test_few_steps_lower_spread_loss():
-  tf.random.set_seed(1)
+  keras.utils.set_random_seed(1)
   model = MatrixCapsNet(input_shape=(20, 20, 1), num_classes=3, **SMALL)
   images = tf.random.uniform([6, 20, 20, 1], seed=3)
   labels = tf.one_hot([0, 1, 2, 0, 1, 2], 3)

@@ -3,10 +3,11 @@
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline.models import base
 from pipeline.models import layers
 
 
-class CapsNet(keras.Model):
+class CapsNet(base.CapsuleModel):
   """Conv1 → PrimaryCapsules → ClassCapsules (dynamic routing) → Decoder.
 
   `jit_compile=True` compiles the class capsules (u_hat and routing) with
@@ -31,13 +32,7 @@ class CapsNet(keras.Model):
                class_bias=False, use_decoder=True, decoder_units=(512, 1024),
                num_reconstructions=1, jit_compile=False, **kwargs):
     super().__init__(**kwargs)
-    self.image_shape = tuple(int(d) for d in input_shape)
-    if len(self.image_shape) != 3:
-      raise ValueError(
-          f'input_shape must be (height, width, channels), got {input_shape}.')
-    if routing_iterations < 1:
-      raise ValueError(
-          f'routing_iterations must be >= 1, got {routing_iterations}.')
+    self._set_shape(input_shape, num_classes, routing_iterations)
     self._config = dict(
         input_shape=self.image_shape, num_classes=int(num_classes),
         conv_filters=conv_filters, conv_kernel=conv_kernel,
@@ -49,7 +44,6 @@ class CapsNet(keras.Model):
         decoder_units=tuple(decoder_units),
         num_reconstructions=int(num_reconstructions),
         jit_compile=bool(jit_compile))
-    self.num_classes = int(num_classes)
     self.num_reconstructions = int(num_reconstructions)
     self.conv1 = keras.layers.Conv2D(conv_filters, conv_kernel,
                                      activation='relu', name='conv1')
@@ -62,23 +56,17 @@ class CapsNet(keras.Model):
     self.decoder = (layers.Decoder(self.image_shape, decoder_units,
                                    name='decoder') if use_decoder else None)
 
-  def _check_inputs(self, images, labels):
-    shape = images.shape
-    if shape.rank != 4 or tuple(shape[1:]) != self.image_shape:
-      raise ValueError(
-          f'CapsNet expects images of shape [batch, {", ".join(map(str, self.image_shape))}], '
-          f'got {shape}. Build the model with input_shape matching the data '
-          '(the data set description gives it).')
+  def _check_labels(self, labels):
     if labels is not None and labels.shape[-1] != self.num_classes:
       raise ValueError(
           f'labels must be one-hot or k-hot [batch, {self.num_classes}] for a '
           f'{self.num_classes}-class model, got {labels.shape}.')
 
   def call(self, images, labels=None, training=False):
-    images = tf.convert_to_tensor(images)
+    images = self._check_images(images)
     if labels is not None:
       labels = tf.convert_to_tensor(labels)
-    self._check_inputs(images, labels)
+    self._check_labels(labels)
     x = self.conv1(images)
     primary = self.primary(x)
     poses, coupling = self.class_capsules(primary, training=training)
@@ -96,10 +84,3 @@ class CapsNet(keras.Model):
     if self.decoder is None:
       raise ValueError('This CapsNet was built with use_decoder=False.')
     return tf.cast(self.decoder(poses, mask), tf.float32)
-
-  def get_config(self):
-    return dict(self._config)
-
-  @classmethod
-  def from_config(cls, config):
-    return cls(**config)

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline.models import base
 from pipeline.models import routing
 
 POSE = 4  # Poses are 4x4 matrices.
@@ -157,7 +158,7 @@ class ClassMatrixCapsules(keras.layers.Layer):
     return out_poses[:, 0], out_act[:, 0]
 
 
-class MatrixCapsNet(keras.Model):
+class MatrixCapsNet(base.CapsuleModel):
   """The smallNORB model of the EM routing paper.
 
   `call(images, labels=None, training=False)` returns `lengths` (the class
@@ -169,14 +170,7 @@ class MatrixCapsNet(keras.Model):
                types_b=32, types_c=32, types_d=32, routing_iterations=3,
                final_lambda=0.01, **kwargs):
     super().__init__(**kwargs)
-    self.image_shape = tuple(int(d) for d in input_shape)
-    if len(self.image_shape) != 3:
-      raise ValueError(
-          f'input_shape must be (height, width, channels), got {input_shape}.')
-    if routing_iterations < 1:
-      raise ValueError(
-          f'routing_iterations must be >= 1, got {routing_iterations}.')
-    self.num_classes = int(num_classes)
+    self._set_shape(input_shape, num_classes, routing_iterations)
     self._config = dict(
         input_shape=self.image_shape, num_classes=self.num_classes,
         channels_a=channels_a, types_b=types_b, types_c=types_c,
@@ -198,22 +192,9 @@ class MatrixCapsNet(keras.Model):
 
   def call(self, images, labels=None, training=False):
     del labels, training  # No decoder: the labels mask nothing.
-    images = tf.convert_to_tensor(images)
-    if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
-      raise ValueError(
-          'MatrixCapsNet expects images of shape '
-          f'[batch, {", ".join(map(str, self.image_shape))}], got '
-          f'{images.shape}.')
-    x = self.conv1(images)
+    x = self.conv1(self._check_images(images))
     poses, act = self.primary(x)
     poses, act = self.conv_caps1(poses, act)
     poses, act = self.conv_caps2(poses, act)
     poses, act = self.class_capsules(poses, act)
     return {'lengths': act, 'poses': poses}
-
-  def get_config(self):
-    return dict(self._config)
-
-  @classmethod
-  def from_config(cls, config):
-    return cls(**config)
