@@ -57,7 +57,8 @@ def test_smoke_config_on_two_replicas(tmp_path):
 
   # The same command again resumes at the end and trains no further step.
   again = _train('--flagfile=configs/smoke.flags', '--cpu_devices=2',
-                 f'--model_dir={model_dir}', '--train_steps=20',
+                 f'--model_dir={model_dir}', '--export_dir=',
+                 '--train_steps=20',
                  '--eval_every=10', '--checkpoint_every=10', '--log_every=10')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'Resumed from' in again.stderr and 'at step 20' in again.stderr
