@@ -17,6 +17,7 @@ import tf_keras as keras
 from pipeline import config as config_lib
 from pipeline import losses
 from pipeline import run_guard
+from pipeline import strategies
 from pipeline import summaries
 from pipeline.data import input_pipeline, sources
 from pipeline import models
@@ -28,47 +29,6 @@ SUMMARY_EXAMPLES = 200
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or a gradient became NaN or infinite; the step was not kept."""
-
-
-def make_strategy(name, cpu_devices=0):
-  """Creates the distribution strategy named by `--strategy`.
-
-  Args:
-    name: 'mirrored' (all local GPUs, else the CPU), 'multi_worker'
-      (`MultiWorkerMirroredStrategy` from TF_CONFIG) or 'one_device'.
-    cpu_devices: on a machine without GPUs, split the CPU into this many
-      logical devices for 'mirrored' (tests of multi-replica behaviour).
-      Must be set before TensorFlow initialises its devices.
-
-  Returns:
-    A `tf.distribute.Strategy`.
-  """
-  if name not in config_lib.STRATEGIES:
-    raise ValueError(f'strategy must be one of {config_lib.STRATEGIES}, got '
-                     f'{name!r}.')
-  gpus = tf.config.list_physical_devices('GPU')
-  if cpu_devices > 1 and not gpus:
-    cpu = tf.config.list_physical_devices('CPU')[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
-  if name == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  if name == 'one_device':
-    return tf.distribute.OneDeviceStrategy('/gpu:0' if gpus else '/cpu:0')
-  if gpus:
-    return tf.distribute.MirroredStrategy()
-  cpus = [d.name for d in tf.config.list_logical_devices('CPU')]
-  return tf.distribute.MirroredStrategy(cpus)
-
-
-def is_chief(strategy):
-  """True on the worker that writes summaries, checkpoints and exports."""
-  resolver = getattr(strategy, 'cluster_resolver', None)
-  if resolver is None or not resolver.task_type:
-    return True
-  return (resolver.task_type == 'chief' or
-          (resolver.task_type == 'worker' and resolver.task_id == 0 and
-           'chief' not in resolver.cluster_spec().as_dict()))
 
 
 def _accuracy_hits(labels, lengths):
@@ -86,8 +46,8 @@ class Trainer:
 
   def __init__(self, config, strategy=None, source=None):
     self.config = config
-    self.strategy = strategy or make_strategy(config.strategy,
-                                              config.cpu_devices)
+    self.strategy = strategy or strategies.make_strategy(
+        config.strategy, config.cpu_devices)
     replicas = self.strategy.num_replicas_in_sync
     if config.batch_size % replicas:
       raise ValueError(
@@ -96,7 +56,7 @@ class Trainer:
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    self.chief = is_chief(self.strategy)
+    self.chief = strategies.is_chief(self.strategy)
     self.source = source or sources.open_source(config.data)
     self.info = self.source.info
     self.model_dir = config.model_dir

@@ -105,15 +105,6 @@ def test_accuracy_hits_k_hot():
       trainer_lib._accuracy_hits(labels, lengths).numpy(), [1., 0., 0.])
 
 
-def test_make_strategy():
-  assert isinstance(trainer_lib.make_strategy('one_device'),
-                    tf.distribute.OneDeviceStrategy)
-  mirrored = trainer_lib.make_strategy('mirrored')
-  assert mirrored.num_replicas_in_sync == 2   # conftest's two logical CPUs
-  with pytest.raises(ValueError, match='strategy must be one of'):
-    trainer_lib.make_strategy('tpu')
-
-
 def _final_loss(tmp_path, precision):
   cfg = tiny_config(tmp_path / precision, train_steps=200, steps_per_loop=20,
                     log_every=200, eval_every=200, checkpoint_every=200,

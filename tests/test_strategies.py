@@ -1,0 +1,20 @@
+"""Tests of pipeline.strategies."""
+
+import pytest
+import tensorflow as tf
+
+from pipeline import strategies
+
+
+def test_make_strategy():
+  assert isinstance(strategies.make_strategy('one_device'),
+                    tf.distribute.OneDeviceStrategy)
+  mirrored = strategies.make_strategy('mirrored')
+  assert mirrored.num_replicas_in_sync == 2   # conftest's two logical CPUs
+  with pytest.raises(ValueError, match='strategy must be one of'):
+    strategies.make_strategy('tpu')
+
+
+def test_single_process_strategies_are_chief():
+  assert strategies.is_chief(tf.distribute.OneDeviceStrategy('/cpu:0'))
+  assert strategies.is_chief(strategies.make_strategy('mirrored'))
