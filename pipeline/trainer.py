@@ -366,11 +366,14 @@ class Trainer:
         for m in self.metrics.values():
           m.reset_state()
         last_log_step, last_log_time = step, now
+      paused = time.time()
       if step % cfg.checkpoint_every == 0 or done:
         self.checkpoint_manager.save(checkpoint_number=step)
       if step % cfg.eval_every == 0 or done:
         results = self.evaluate()
         self._write_eval(eval_writer, step, results, summary_batch)
+      # examples/s counts training only, not checkpoints and evaluations.
+      last_log_time += time.time() - paused
       if not done and self._any_worker(preemption.requested):
         if step % cfg.checkpoint_every:
           self.checkpoint_manager.save(checkpoint_number=step)
