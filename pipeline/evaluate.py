@@ -65,8 +65,12 @@ class Predictor:
   @classmethod
   def from_checkpoint(cls, model_dir, checkpoint=None):
     model, info = export.load_checkpointed_model(model_dir, checkpoint)
-    predict = tf.function(lambda x: (lambda o: (o['lengths'], o['poses']))(
-        model(x, training=False)))
+
+    @tf.function
+    def predict(images):
+      outputs = model(images, training=False)
+      return outputs['lengths'], outputs['poses']
+
     decode = None
     if getattr(model, 'decoder', None) is not None:
       decode = tf.function(lambda poses, ids: model.reconstruct(
