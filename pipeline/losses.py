@@ -1,4 +1,5 @@
-"""Losses of the capsule papers: margin loss and reconstruction loss."""
+"""Losses of the capsule papers (margin, reconstruction, spread) and the
+baseline CNN's softmax cross-entropy."""
 
 import tensorflow as tf
 
@@ -75,3 +76,25 @@ def spread_margin(step, anneal_steps, start=0.2, end=0.9):
   """The spread-loss margin at `step`: linear from `start` to `end`."""
   progress = tf.minimum(tf.cast(step, tf.float32) / float(anneal_steps), 1.0)
   return start + (end - start) * progress
+
+
+def softmax_cross_entropy(labels, logits):
+  """The baseline CNN's softmax cross-entropy, per example.
+
+  k-hot labels (two objects in MultiMNIST) become a target distribution
+  with equal mass on each present class.
+
+  Args:
+    labels: one-hot or k-hot targets `[batch, classes]`.
+    logits: unnormalised class scores `[batch, classes]`.
+
+  Returns:
+    `[batch]` float32 losses.
+  """
+  labels = tf.cast(labels, tf.float32)
+  logits = tf.cast(logits, tf.float32)
+  if not labels.shape.is_compatible_with(logits.shape):
+    raise ValueError(f'labels {labels.shape} and logits {logits.shape} must '
+                     'both be [batch, classes].')
+  targets = labels / tf.maximum(tf.reduce_sum(labels, -1, keepdims=True), 1.0)
+  return tf.nn.softmax_cross_entropy_with_logits(targets, logits)

@@ -120,11 +120,14 @@ class Trainer:
   def _losses(self, batch, outputs):
     """Per-example class, reconstruction and total losses `[batch]`.
 
-    The class loss is the margin loss (CapsNet) or the spread loss with its
-    annealed margin (matrix_capsnet); it is logged as `loss/margin`.
+    The class loss is the margin loss (CapsNet), the spread loss with its
+    annealed margin (matrix_capsnet) or the softmax cross-entropy
+    (baseline_cnn); it is logged as `loss/margin` for all three.
     """
     cfg = self.config
-    if cfg.model.name == 'matrix_capsnet':
+    if cfg.model.name == 'baseline_cnn':
+      margin = losses.softmax_cross_entropy(batch['label'], outputs['logits'])
+    elif cfg.model.name == 'matrix_capsnet':
       margin = losses.spread_loss(
           batch['label'], outputs['lengths'],
           losses.spread_margin(self.optimizer.iterations,

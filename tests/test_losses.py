@@ -46,3 +46,19 @@ def test_reconstruction_loss_is_sum_of_squares_per_example():
                        [[[0.5], [0.5]], [[0.5], [0.5]]]])
   np.testing.assert_allclose(
       losses.reconstruction_loss(images, recon).numpy(), [1.0, 1.0])
+
+
+def test_softmax_cross_entropy_one_hot_and_k_hot():
+  logits = tf.constant([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+  log_p = tf.nn.log_softmax(logits).numpy()
+  one_hot = tf.constant([[1.0, 0, 0], [0, 0, 1.0]])
+  np.testing.assert_allclose(
+      losses.softmax_cross_entropy(one_hot, logits).numpy(),
+      [-log_p[0, 0], -log_p[1, 2]], rtol=1e-6)
+  k_hot = tf.constant([[1.0, 1.0, 0], [0, 1.0, 1.0]])
+  np.testing.assert_allclose(
+      losses.softmax_cross_entropy(k_hot, logits).numpy(),
+      [-(log_p[0, 0] + log_p[0, 1]) / 2, -(log_p[1, 1] + log_p[1, 2]) / 2],
+      rtol=1e-6)
+  with pytest.raises(ValueError, match='logits'):
+    losses.softmax_cross_entropy(one_hot, tf.zeros([2, 4]))

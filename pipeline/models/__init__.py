@@ -1,14 +1,17 @@
-"""Capsule models and the registry that builds them by name."""
+"""Capsule models, the paper's baseline CNN, and the registry that builds
+them by name."""
 
 import inspect
 
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline.models.baseline_cnn import BaselineCNN
 from pipeline.models.capsnet import CapsNet
 from pipeline.models.matrix_capsnet import MatrixCapsNet
 
-MODELS = {'capsnet': CapsNet, 'matrix_capsnet': MatrixCapsNet}
+MODELS = {'capsnet': CapsNet, 'matrix_capsnet': MatrixCapsNet,
+          'baseline_cnn': BaselineCNN}
 
 
 def build_model(name, input_shape, num_classes, **kwargs):

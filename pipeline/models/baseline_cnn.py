@@ -1,0 +1,69 @@
+"""The baseline CNN the CapsNet paper compares against (Sabour et al. 2017).
+
+"Three convolutional layers of 256, 256, 128 channels. Each has 5x5 kernels
+and stride of 1. The last convolutional layers are followed by two fully
+connected layers of size 328, 192. The last fully connected layer is
+connected with dropout to a 10 class softmax layer with cross entropy loss."
+The paper does not say where it pools; here each convolution ('same'
+padding, ReLU) is followed by 2x2 max-pooling, which keeps the fully
+connected input at 3x3x128 for 28x28 images (5x5x128 at 40x40).
+"""
+
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.models import base
+
+
+class BaselineCNN(base.CapsuleModel):
+  """Conv-pool x3 → FC 328 → FC 192 → dropout → softmax.
+
+  It answers the capsule models' contract so the trainer, export and
+  evaluation treat it alike. `call(images, labels=None, training=False)`
+  returns a dict:
+    lengths: `[batch, classes]` softmax probabilities (what capsule lengths
+      are for CapsNet: the class scores every tool ranks by).
+    logits: `[batch, classes]` float32, what the cross-entropy loss takes.
+    poses: `[batch, classes, 1]` the logits, one dimension per class: the
+      serving signatures return poses for every model.
+  It has no decoder, so no reconstructions. `labels` are accepted and
+  ignored (the capsule models mask their decoder with them).
+  """
+
+  def __init__(self, input_shape=(28, 28, 1), num_classes=10,
+               conv_channels=(256, 256, 128), conv_kernel=5,
+               fc_units=(328, 192), dropout=0.5, **kwargs):
+    super().__init__(**kwargs)
+    self._set_shape(input_shape, num_classes, routing_iterations=1)
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f'dropout must lie in [0, 1), got {dropout}.')
+    self._config = dict(
+        input_shape=self.image_shape, num_classes=int(num_classes),
+        conv_channels=tuple(int(c) for c in conv_channels),
+        conv_kernel=int(conv_kernel),
+        fc_units=tuple(int(u) for u in fc_units), dropout=float(dropout))
+    self.convs = [keras.layers.Conv2D(c, conv_kernel, padding='same',
+                                      activation='relu', name=f'conv{i + 1}')
+                  for i, c in enumerate(conv_channels)]
+    self.pools = [keras.layers.MaxPool2D(2, name=f'pool{i + 1}')
+                  for i in range(len(conv_channels))]
+    self.flatten = keras.layers.Flatten(name='flatten')
+    self.fcs = [keras.layers.Dense(u, activation='relu', name=f'fc{i + 1}')
+                for i, u in enumerate(fc_units)]
+    self.dropout = keras.layers.Dropout(dropout, name='dropout')
+    # The logits stay float32 under a mixed precision policy.
+    self.logits = keras.layers.Dense(num_classes, dtype='float32',
+                                     name='logits')
+    self.decoder = None
+
+  def call(self, images, labels=None, training=False):
+    del labels  # Only the capsule models' decoders use them.
+    x = self._check_images(images)
+    for conv, pool in zip(self.convs, self.pools):
+      x = pool(conv(x))
+    x = self.flatten(x)
+    for fc in self.fcs:
+      x = fc(x)
+    logits = self.logits(self.dropout(x, training=training))
+    return {'lengths': tf.nn.softmax(logits), 'logits': logits,
+            'poses': logits[..., None]}
