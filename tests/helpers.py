@@ -2,12 +2,12 @@
 
 import gzip
 import os
-import struct
 
 import numpy as np
 
 from pipeline import config as config_lib
 from pipeline.data import sources
+from pipeline.data.idx import idx_bytes
 
 TINY_MODEL = dict(conv_filters=8, primary_channels=4, primary_dim=4,
                   class_dim=4, decoder_units=(16, 32))
@@ -26,14 +26,6 @@ def tiny_config(model_dir, **overrides):
               deterministic=True, strategy='one_device')
   base.update(overrides)
   return config_lib.TrainConfig(**base)
-
-
-def idx_bytes(array):
-  """Encodes a uint8 array as an IDX file."""
-  array = np.asarray(array, np.uint8)
-  header = struct.pack('>HBB', 0, 0x08, array.ndim)
-  header += struct.pack(f'>{array.ndim}I', *array.shape)
-  return header + array.tobytes()
 
 
 def write_idx_dir(directory, n_train=40, n_test=20, size=28, gz=True,

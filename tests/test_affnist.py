@@ -1,11 +1,15 @@
-"""Tests of pipeline.data.affnist on a tiny .mat file in affNIST's layout."""
+"""Tests of pipeline.data.affnist on tiny .mat files and IDX directories."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import scipy.io
 
-from pipeline.data import affnist
+from pipeline.data import affnist, idx, input_pipeline, sources
 from pipeline.data.base import DataError
+
+from helpers import write_idx_dir
 
 
 def _write(path, images, labels):
@@ -43,3 +47,29 @@ def test_bad_files(tmp_path):
     affnist.load_affnist_dir(str(tmp_path / 'none'))
   with pytest.raises(DataError, match='does not exist'):
     affnist.read_affnist_mat(str(tmp_path / 'none.mat'))
+
+
+def test_reads_an_idx_directory_before_mat_files(tmp_path):
+  images = np.arange(3 * 40 * 40, dtype=np.uint64).reshape(3, 40, 40) % 256
+  idx.write_idx_split(str(tmp_path), 'test', images.astype(np.uint8),
+                      np.array([7, 0, 2]))
+  split = affnist.load_affnist_dir(str(tmp_path))
+  assert split.images.shape == (3, 40, 40, 1)
+  np.testing.assert_array_equal(split.labels, [7, 0, 2])
+
+
+def test_affnist_source_uses_the_idx_test_set_and_checks_its_size(tmp_path):
+  base = tmp_path / 'base'
+  write_idx_dir(str(base), n_train=20, n_test=10)
+  affine_dir = tmp_path / 'affine'
+  idx.write_idx_split(str(affine_dir), 'test',
+                      np.full([4, 40, 40], 9, np.uint8), np.arange(4))
+  spec = sources.DataSpec(dataset='affnist', base_dataset='fashion_mnist',
+                          data_source='idx', data_dir=str(base),
+                          affnist_dir=str(affine_dir))
+  source = sources.open_source(spec)
+  assert source.info.split_sizes == {'train': 20, 'test': 4}
+  batch = next(iter(input_pipeline.make_dataset(source, 'test', 4, False)))
+  np.testing.assert_allclose(batch['image'].numpy(), 9 / 255, rtol=1e-6)
+  with pytest.raises(DataError, match='canvas_size'):
+    sources.open_source(dataclasses.replace(spec, canvas_size=36))

@@ -75,3 +75,27 @@ def test_reads_debian_fashion_mnist():
                                       'test')
   assert images.shape == (10000, 28, 28, 1)
   assert sorted(np.unique(labels)) == list(range(10))
+
+
+def test_write_idx_split_round_trips_and_is_byte_stable(tmp_path):
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, [6, 5, 7, 1], dtype=np.uint8)
+  labels = np.array([0, 9, 3, 3, 1, 2])
+  paths = idx.write_idx_split(str(tmp_path / 'a'), 'test', images, labels)
+  got_images, got_labels = idx.load_idx_split(str(tmp_path / 'a'), 'test')
+  np.testing.assert_array_equal(got_images, images)
+  np.testing.assert_array_equal(got_labels, labels)
+  again = idx.write_idx_split(str(tmp_path / 'b'), 'test', images, labels)
+  for p, q in zip(paths, again):
+    assert open(p, 'rb').read() == open(q, 'rb').read()
+
+
+def test_write_idx_split_refuses_bad_arrays(tmp_path):
+  with pytest.raises(DataError, match='uint8'):
+    idx.idx_bytes(np.zeros([2], np.float32))
+  with pytest.raises(DataError, match=r'\[N, H, W\]'):
+    idx.write_idx_split(str(tmp_path), 'test', np.zeros([2, 3, 3], np.uint8),
+                        np.zeros([3]))
+  with pytest.raises(DataError, match='255'):
+    idx.write_idx_split(str(tmp_path), 'test', np.zeros([1, 3, 3], np.uint8),
+                        np.array([256]))

@@ -1,8 +1,10 @@
-"""Reader for the affNIST test set's MATLAB `.mat` files.
+"""Readers of affNIST test sets: the real `.mat` files, or IDX files.
 
 affNIST ships `affNISTdata` structs with `image` (1600 x N uint8: one 40x40
 image per column, rows of the image laid end to end) and `label_int` (1 x N).
 A directory may hold one file (`test.mat`) or the 32 batches (`1.mat`...).
+A directory with `t10k-images-idx3-ubyte(.gz)` instead is read as IDX: the
+affNIST-style sets `pipeline.make_affnist` writes.
 """
 
 import glob
@@ -11,6 +13,7 @@ import os
 import numpy as np
 import scipy.io
 
+from pipeline.data import idx
 from pipeline.data.base import ArraySplit, DataError
 
 AFFNIST_SIZE = 40
@@ -50,14 +53,19 @@ def read_affnist_mat(path):
 
 
 def load_affnist_dir(data_dir):
-  """Reads every `.mat` file of a directory (sorted by name) as one split."""
+  """Reads a directory's IDX test files, else every `.mat` file (by name)."""
   if not os.path.isdir(data_dir):
     raise DataError(f'affNIST directory {data_dir} does not exist; pass '
-                    '--affnist_dir holding test.mat or the numbered batches.')
+                    '--affnist_dir holding test.mat or the numbered batches, '
+                    'or the IDX files of python -m pipeline.make_affnist.')
+  stem = os.path.join(data_dir, idx.IDX_FILES['test'][0])
+  if os.path.exists(stem) or os.path.exists(stem + '.gz'):
+    return ArraySplit(*idx.load_idx_split(data_dir, 'test'))
   paths = sorted(glob.glob(os.path.join(data_dir, '*.mat')),
                  key=lambda p: (len(p), p))
   if not paths:
-    raise DataError(f'{data_dir} holds no .mat files of affNIST.')
+    raise DataError(f'{data_dir} holds neither .mat files of affNIST nor '
+                    't10k-images-idx3-ubyte(.gz).')
   splits = [read_affnist_mat(p) for p in paths]
   return ArraySplit(np.concatenate([s.images for s in splits]),
                     np.concatenate([s.labels for s in splits]))

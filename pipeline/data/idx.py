@@ -1,4 +1,4 @@
-"""Reader for IDX files (the MNIST file format), raw or gzip-compressed."""
+"""Reader and writer of IDX files (the MNIST file format), raw or gzipped."""
 
 import gzip
 import os
@@ -123,3 +123,43 @@ def load_idx_split(data_dir, split):
     raise DataError(f'{image_path} holds {len(images)} images but '
                     f'{label_path} holds {len(labels)} labels.')
   return images[..., None], labels.astype(np.int64)
+
+
+def idx_bytes(array):
+  """Encodes a uint8 array as the bytes of an IDX file."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8:
+    raise DataError(f'Only uint8 arrays are written as IDX, got {array.dtype}.')
+  header = struct.pack('>HBB', 0, 0x08, array.ndim)
+  header += struct.pack(f'>{array.ndim}I', *array.shape)
+  return header + array.tobytes()
+
+
+def write_idx_split(data_dir, split, images, labels):
+  """Writes one split as gzipped MNIST-layout IDX files; returns their paths.
+
+  Args:
+    data_dir: the directory (created if missing).
+    split: 'train' or 'test'.
+    images: uint8 `[N, H, W]` or `[N, H, W, 1]`.
+    labels: integer labels `[N]` in [0, 255].
+  """
+  images = np.asarray(images)
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  labels = np.asarray(labels)
+  if images.ndim != 3 or len(images) != len(labels):
+    raise DataError(f'Expected images [N, H, W] and labels [N], got '
+                    f'{images.shape} and {labels.shape}.')
+  if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+    raise DataError('IDX labels are written as uint8: they must lie in '
+                    '[0, 255].')
+  os.makedirs(data_dir, exist_ok=True)
+  paths = []
+  for stem, array in zip(IDX_FILES[split], (images, labels.astype(np.uint8))):
+    path = os.path.join(data_dir, stem + '.gz')
+    # mtime=0: the same arrays always give the same bytes.
+    with open(path, 'wb') as f:
+      f.write(gzip.compress(idx_bytes(array), mtime=0))
+    paths.append(path)
+  return paths

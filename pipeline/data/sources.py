@@ -119,6 +119,13 @@ class DataSource:
     if spec.validation_size >= len(train):
       raise DataError(f'validation_size {spec.validation_size} must be less '
                       f'than the {len(train)} training examples.')
+    if self.kind == 'affnist' and spec.affnist_dir:
+      test_shape = self.split('test').images.shape[1:3]
+      if test_shape[0] > spec.canvas_size or test_shape[1] > spec.canvas_size:
+        raise DataError(
+            f'The affNIST test images in {spec.affnist_dir} are {test_shape} '
+            f'but canvas_size is {spec.canvas_size}; set --canvas_size to '
+            'their size.')
     sizes = {'train': len(train) - spec.validation_size,
              'test': len(self.split('test'))}
     if spec.validation_size:
