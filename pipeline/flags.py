@@ -4,6 +4,7 @@ Every value is checked before any work starts; a bad one stops the tool with
 one line that names the flag and what it accepts.
 """
 
+import dataclasses
 import os
 
 from absl import flags
@@ -262,3 +263,26 @@ DATA_FLAGS = ('dataset', 'data_dir', 'data_source', 'base_dataset',
               'shift_pixels', 'canvas_size', 'affnist_dir', 'overlay',
               'validation_size', 'download', 'synthetic_shape',
               'synthetic_classes', 'synthetic_size', 'viewpoints')
+
+
+def data_spec_with_overrides(spec, f=None):
+  """`spec` (a run's `DataSpec`) with the data flags given on the command line.
+
+  Raises:
+    ValueError: naming the bad flag or combination.
+  """
+  f = f or flags.FLAGS
+  changes = {}
+  for name in DATA_FLAGS:
+    if not f[name].present:
+      continue
+    value = f[name].value
+    if name == 'synthetic_shape':
+      value = _ints(name, value, 3)
+    elif name == 'synthetic_size':
+      value = _ints(name, value, 2)
+    changes[name] = value
+  try:
+    return dataclasses.replace(spec, **changes)
+  except DataError as e:
+    raise ValueError(str(e)) from None

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline import evaluate
 from pipeline import export
@@ -94,3 +95,61 @@ def test_command_with_figures(run, tmp_path):
   bad = subprocess.run([sys.executable, '-m', 'pipeline.evaluate'], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and 'exactly one of' in bad.stderr
+
+
+class _FakePairs:
+  """Predicts classes 0 and 1; decodes class c as an image of value c / 10."""
+  image_shape = (36, 36, 1)
+  has_decoder = True
+
+  def predict(self, images):
+    n = len(images)
+    lengths = np.zeros([n, 10], np.float32)
+    lengths[:, :2] = [0.9, 0.8]
+    return lengths, np.zeros([n, 10, 4], np.float32)
+
+  def decode(self, poses, class_ids):
+    return np.ones([len(poses), 36, 36, 1], np.float32) * (
+        np.asarray(class_ids, np.float32)[:, None, None, None] + 5) / 10
+
+
+def _pair_source():
+  src = sources.open_source(sources.DataSpec(
+      dataset='synthetic', synthetic_shape=(28, 28, 1)))
+  src.kind = 'multimnist'
+  src.info = src.info.__class__(name='multimnist', image_shape=(36, 36, 1),
+                                num_classes=10, split_sizes={},
+                                num_targets=2)
+  return src
+
+
+def test_pair_figure_colours_each_object(tmp_path):
+  src = _pair_source()
+  results = evaluate.evaluate(_FakePairs(), src, 'test', 50)
+  paths = evaluate.write_figures(_FakePairs(), src, 'test', results,
+                                 str(tmp_path), examples=3)
+  assert sorted(os.path.basename(p) for p in paths) == [
+      'pairs.png', 'perturbations.png', 'reconstructions.png']
+  pairs = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'pairs.png')))
+  pairs = pairs.numpy()
+  assert pairs.shape[-1] == 3
+  # Row 0: tiles are 36*3 px wide plus 2*3 px borders; take tile centres.
+  tile = (36 + 2) * 3
+  centre = [pairs[tile // 2, c * tile + tile // 2] for c in range(4)]
+  red, green, both = centre[1], centre[2], centre[3]
+  assert red[0] > 3 * red[1]              # first object (class 0) red
+  assert green[1] > 3 * green[0]          # second (class 1) green
+  assert both[0] == red[0] and both[1] == green[1]
+
+
+def test_models_without_decoder_get_the_confusion_matrix_only(tmp_path):
+  class NoDecoder(_FakePairs):
+    image_shape = (28, 28, 1)
+    has_decoder = False
+
+  src = sources.open_source(sources.DataSpec(
+      dataset='synthetic', synthetic_shape=(28, 28, 1)))
+  results = evaluate.evaluate(NoDecoder(), src, 'test', 50)
+  paths = evaluate.write_figures(NoDecoder(), src, 'test', results,
+                                 str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == ['confusion.png']

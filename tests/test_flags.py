@@ -1,10 +1,13 @@
 """Tests of pipeline.flags: every bad value is refused with its flag's name."""
 
+import dataclasses
+
 from absl import flags
 from absl.testing import flagsaver
 import pytest
 
 from pipeline import flags as pipeline_flags
+from pipeline.data import sources
 
 pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -38,3 +41,23 @@ def test_bad_values(overrides, match):
 def test_enum_flag_lists_allowed_values():
   with pytest.raises(flags.IllegalFlagValueError, match='mnist'):
     FLAGS['dataset'].parse('imagenet')
+
+
+def test_data_overrides_change_only_the_flags_given():
+  run_spec = sources.DataSpec(dataset='affnist', base_dataset='fashion_mnist',
+                              data_source='idx', data_dir='/d',
+                              validation_size=50)
+  with flagsaver.flagsaver():
+    assert pipeline_flags.data_spec_with_overrides(run_spec) == run_spec
+    FLAGS['affnist_dir'].parse('/affine')
+    FLAGS['synthetic_size'].parse('10,5')
+    spec = pipeline_flags.data_spec_with_overrides(run_spec)
+    assert spec == dataclasses.replace(run_spec, affnist_dir='/affine',
+                                       synthetic_size=(10, 5))
+    FLAGS['data_source'].parse('tfds')
+    FLAGS['base_dataset'].parse('mnist')
+    FLAGS['dataset'].parse('mnist')
+    FLAGS['data_source'].parse('idx')
+    FLAGS['data_dir'].parse('')
+    with pytest.raises(ValueError, match='needs data_dir'):
+      pipeline_flags.data_spec_with_overrides(run_spec)
