@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client')
+TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client', 'make_affnist')
 
 
 def _read_build():
