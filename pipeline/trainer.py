@@ -83,9 +83,14 @@ class Trainer:
     # The input position is not in the checkpoint: the distributed iterator
     # is not trackable (TF 2.21), and the stream is a pure function of the
     # batch number, so `train_iterator(step)` resumes it exactly.
+    # Wall time spent training this run, carried across resumes (time after
+    # the last checkpoint of a killed process is not counted).
     with self.strategy.scope():
+      self.wall_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                      name='wall_seconds')
       self.checkpoint = tf.train.Checkpoint(model=self.model,
-                                            optimizer=self.optimizer)
+                                            optimizer=self.optimizer,
+                                            wall_seconds=self.wall_seconds)
     self.checkpoint_manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.work_dir, 'checkpoints'),
         max_to_keep=config.max_checkpoints)
@@ -334,6 +339,16 @@ class Trainer:
     step = self.step
     iterator = self.train_iterator(step)
     start_step, start_time = step, time.time()
+    restored_wall = float(self.wall_seconds.numpy())
+
+    def save(step):
+      self.wall_seconds.assign(restored_wall + time.time() - start_time)
+      self.checkpoint_manager.save(checkpoint_number=step)
+
+    def evaluate():
+      return dict(self.evaluate(),
+                  wall_seconds=restored_wall + time.time() - start_time)
+
     last_log_step, last_log_time = step, start_time
     results = None
     while step < cfg.train_steps:
@@ -371,15 +386,15 @@ class Trainer:
         last_log_step, last_log_time = step, now
       paused = time.time()
       if step % cfg.checkpoint_every == 0 or done:
-        self.checkpoint_manager.save(checkpoint_number=step)
+        save(step)
       if step % cfg.eval_every == 0 or done:
-        results = self.evaluate()
+        results = evaluate()
         self._write_eval(eval_writer, step, results, summary_batch)
       # examples/s counts training only, not checkpoints and evaluations.
       last_log_time += time.time() - paused
       if not done and self._any_worker(preemption.requested):
         if step % cfg.checkpoint_every:
-          self.checkpoint_manager.save(checkpoint_number=step)
+          save(step)
         train_writer.flush()
         eval_writer.flush()
         logging.warning(
@@ -388,9 +403,9 @@ class Trainer:
             step, self.checkpoint_manager.directory)
         return {'preempted': preemption.requested or 'peer', 'step': step}
     if results is None:
-      results = self.evaluate()
+      results = evaluate()
       self._write_eval(eval_writer, step, results, summary_batch)
-      self.checkpoint_manager.save(checkpoint_number=step)
+      save(step)
     train_writer.flush()
     eval_writer.flush()
     logging.info('Trained %d steps in %s.', step - start_step,

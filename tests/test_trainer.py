@@ -137,3 +137,19 @@ def test_mixed_float16_uses_loss_scaling(tmp_path):
                     keras.mixed_precision.LossScaleOptimizer)
   trainer.train()
   assert trainer.step == 2
+
+
+def test_wall_time_is_checkpointed_and_counted_across_resumes(tmp_path):
+  first = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=2))
+  first.train()
+  spent = float(first.wall_seconds.numpy())
+  assert spent > 0
+  resumed = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=4))
+  resumed.restore()
+  assert float(resumed.wall_seconds.numpy()) == spent
+  results = resumed.train()
+  assert results['wall_seconds'] > spent
+  with open(tmp_path / 'metrics.json') as f:
+    history = json.load(f)['history']
+  walls = [h['wall_seconds'] for h in history]
+  assert walls == sorted(walls) and walls[-1] == results['wall_seconds']
