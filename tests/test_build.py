@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO
 
-TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client', 'make_affnist')
+TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client',
+         'make_affnist', 'experiment')
 
 
 def _read_build():

@@ -1,0 +1,83 @@
+"""Tests of pipeline.experiment: one results row end to end, tiny."""
+
+import json
+import os
+import subprocess
+import sys
+
+from pipeline import experiment
+
+from conftest import REPO
+from helpers import write_idx_dir
+
+TINY = ['--conv_filters=8', '--primary_channels=4', '--primary_dim=4',
+        '--class_dim=4', '--decoder_units=16,32']
+
+
+def test_flagfile_value_follows_includes(tmp_path):
+  (tmp_path / 'base.flags').write_text('--model_dir=a\n--data_dir=/d\n')
+  (tmp_path / 'top.flags').write_text(
+      f'# comment\n--flagfile={tmp_path}/base.flags\n--model_dir=b\n')
+  top = str(tmp_path / 'top.flags')
+  assert experiment.flagfile_value(top, 'model_dir') == 'b'
+  assert experiment.flagfile_value(top, 'data_dir') == '/d'
+  assert experiment.flagfile_value(top, 'seed') is None
+  assert experiment.setting(top, ['--data_dir=/x', '--seed=1'],
+                            'data_dir') == '/x'
+  for name, spec in experiment.EXPERIMENTS.items():
+    for flagfile in spec.flagfiles.values():
+      path = os.path.join(REPO, flagfile)
+      assert os.path.exists(path), (name, flagfile)
+      assert experiment.flagfile_value(path, 'model_dir').startswith('runs/')
+
+
+def test_markdown_row():
+  row = {'experiment': 'affine', 'models': {
+      'capsnet': {'steps': 10, 'wall_seconds': 600.0, 'tests': {
+          'translated': {'accuracy': 0.9}, 'affnist_style': {'accuracy': 0.5}}},
+      'baseline_cnn': {'steps': 5, 'wall_seconds': None,
+                       'tests': {'translated': {'accuracy': 0.25}}}}}
+  assert experiment.markdown_row(row) == (
+      '| affine | capsnet: translated 90.00%, affnist_style 50.00% (10 steps, '
+      '10 min); baseline_cnn: translated 25.00% |')
+
+
+def test_overlap_experiment_command(tmp_path):
+  base = tmp_path / 'fashion'
+  write_idx_dir(str(base), n_train=60, n_test=20)
+  extra = [f'--data_dir={base}', '--validation_size=10', '--batch_size=4',
+           '--eval_batch_size=10', '--steps_per_loop=1', '--eval_every=2',
+           '--checkpoint_every=2', '--export_dir=', *TINY]
+  command = [sys.executable, '-m', 'pipeline.experiment',
+             '--experiment=overlap', '--train_steps=2',
+             '--baseline_train_steps=4', f'--runs_dir={tmp_path}/runs',
+             f'--figures_dir={tmp_path}/figs', f'--output={tmp_path}/row.json'
+             ] + [f'--train_flag={flag}' for flag in extra]
+  proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                        timeout=900,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '| overlap | capsnet: pairs' in proc.stdout
+  row = json.loads((tmp_path / 'row.json').read_text())
+  assert row['command'].startswith('python -m pipeline.experiment')
+  assert 'cores' in row['machine']
+  caps, cnn = row['models']['capsnet'], row['models']['baseline_cnn']
+  assert caps['steps'] == 2 and cnn['steps'] == 4
+  assert caps['wall_seconds'] > 0 and caps['eval_split'] == 'validation'
+  assert caps['tests']['pairs']['examples'] == 20
+  assert 'both_digits_accuracy' in cnn['tests']['pairs']
+  assert os.path.exists(tmp_path / 'figs' / 'capsnet' / 'pairs.png')
+  assert not os.path.exists(tmp_path / 'figs' / 'baseline_cnn' / 'pairs.png')
+  # The runs went where --runs_dir said, not into the configs' runs/.
+  assert os.path.exists(tmp_path / 'runs' / 'multimnist_fashion_mnist' /
+                        'checkpoints')
+  # Scoring again without training reuses the checkpoints.
+  again = subprocess.run(command[:4] + ['--skip_training',
+                                        f'--runs_dir={tmp_path}/runs',
+                                        f'--output={tmp_path}/again.json'],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  rescored = json.loads((tmp_path / 'again.json').read_text())['models']
+  assert rescored['capsnet']['steps'] == 2
+  assert (rescored['capsnet']['tests']['pairs']['accuracy'] ==
+          caps['tests']['pairs']['accuracy'])
