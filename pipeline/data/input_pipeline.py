@@ -120,6 +120,9 @@ def make_dataset(source, split, global_batch_size, training,
     raise DataError(f'{split} split has {n} examples, fewer than one batch '
                     f'of {batch} per input pipeline.')
   base_seed = _fold_seed(seed, pipeline_id)
+  # An evaluation pass always keeps its order: the first batch (figures,
+  # summaries) is the same every time.
+  deterministic = deterministic or not training
 
   ds = tf.data.Dataset.range(n)
   if pipelines > 1:
