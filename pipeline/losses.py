@@ -4,6 +4,17 @@ baseline CNN's softmax cross-entropy."""
 import tensorflow as tf
 
 
+def _float_pair(labels, scores, name):
+  """Both as float32; raises unless they are alike `[batch, classes]`."""
+  labels = tf.cast(labels, tf.float32)
+  scores = tf.cast(scores, tf.float32)
+  if not labels.shape.is_compatible_with(scores.shape):
+    raise ValueError(
+        f'labels {labels.shape} and {name} {scores.shape} must both be '
+        '[batch, classes]; pass one-hot or k-hot labels.')
+  return labels, scores
+
+
 def margin_loss(labels, lengths, m_plus=0.9, m_minus=0.1, down_weight=0.5):
   """The CapsNet margin loss, per example (paper eq. 4).
 
@@ -22,12 +33,7 @@ def margin_loss(labels, lengths, m_plus=0.9, m_minus=0.1, down_weight=0.5):
   Raises:
     ValueError: if the shapes of `labels` and `lengths` differ.
   """
-  lengths = tf.cast(lengths, tf.float32)
-  labels = tf.cast(labels, tf.float32)
-  if not labels.shape.is_compatible_with(lengths.shape):
-    raise ValueError(
-        f'labels {labels.shape} and lengths {lengths.shape} must both be '
-        '[batch, classes]; pass one-hot or k-hot labels.')
+  labels, lengths = _float_pair(labels, lengths, 'lengths')
   present = labels * tf.square(tf.nn.relu(m_plus - lengths))
   absent = (1.0 - labels) * tf.square(tf.nn.relu(lengths - m_minus))
   return tf.reduce_sum(present + down_weight * absent, axis=-1)
@@ -62,11 +68,7 @@ def spread_loss(labels, activations, margin):
   Returns:
     `[batch]` float32 losses.
   """
-  labels = tf.cast(labels, tf.float32)
-  activations = tf.cast(activations, tf.float32)
-  if not labels.shape.is_compatible_with(activations.shape):
-    raise ValueError(f'labels {labels.shape} and activations '
-                     f'{activations.shape} must both be [batch, classes].')
+  labels, activations = _float_pair(labels, activations, 'activations')
   target = tf.reduce_sum(labels * activations, axis=-1, keepdims=True)
   gaps = tf.square(tf.nn.relu(margin - (target - activations)))
   return tf.reduce_sum((1.0 - labels) * gaps, axis=-1)
@@ -91,10 +93,6 @@ def softmax_cross_entropy(labels, logits):
   Returns:
     `[batch]` float32 losses.
   """
-  labels = tf.cast(labels, tf.float32)
-  logits = tf.cast(logits, tf.float32)
-  if not labels.shape.is_compatible_with(logits.shape):
-    raise ValueError(f'labels {labels.shape} and logits {logits.shape} must '
-                     'both be [batch, classes].')
+  labels, logits = _float_pair(labels, logits, 'logits')
   targets = labels / tf.maximum(tf.reduce_sum(labels, -1, keepdims=True), 1.0)
   return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
