@@ -33,6 +33,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import evaluate
@@ -111,7 +112,6 @@ def machine():
     cpu = names[0] if names else cpu
   except OSError:
     pass
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   gpus = tf.config.list_physical_devices('GPU')
   return (f'{cpu}, {os.cpu_count()} cores, ' +
           (f'{len(gpus)} GPU(s)' if gpus else 'no GPU'))
@@ -155,11 +155,18 @@ def score(model_dir, test_sets, figures_dir=None):
 
 
 def run_summary(model_dir):
-  """Steps, wall time and last validation figures of a training run."""
+  """Steps of the latest checkpoint (the one scored), and the wall time and
+  figures of the run's last in-training evaluation."""
+  checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir,
+                                                       'checkpoints'))
+  if checkpoint is None:
+    raise FileNotFoundError(f'{model_dir} has no checkpoint; train it first '
+                            '(leave out --skip_training).')
   with open(os.path.join(model_dir, 'metrics.json')) as f:
     latest = json.load(f)['latest']
-  return {'steps': latest['step'], 'wall_seconds': latest.get('wall_seconds'),
-          'eval_split': latest['split'],
+  return {'steps': int(checkpoint.rsplit('-', 1)[1]),
+          'wall_seconds': latest.get('wall_seconds'),
+          'eval_step': latest['step'], 'eval_split': latest['split'],
           'eval_accuracy': latest['accuracy']}
 
 

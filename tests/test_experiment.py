@@ -63,6 +63,7 @@ def test_overlap_experiment_command(tmp_path):
   assert 'cores' in row['machine']
   caps, cnn = row['models']['capsnet'], row['models']['baseline_cnn']
   assert caps['steps'] == 2 and cnn['steps'] == 4
+  assert caps['eval_step'] == 2
   assert caps['wall_seconds'] > 0 and caps['eval_split'] == 'validation'
   assert caps['tests']['pairs']['examples'] == 20
   assert 'both_digits_accuracy' in cnn['tests']['pairs']
