@@ -40,7 +40,6 @@ from pipeline import evaluate
 from pipeline import make_affnist
 from pipeline.data import affine
 from pipeline.data import sources
-from pipeline.data.base import DataError
 
 AFFNIST_DIR = 'data/affnist_fashion_mnist'  # where `test_sets` point
 
@@ -172,7 +171,7 @@ def run_summary(model_dir):
 
 def run_experiment(name, train_steps=None, baseline_train_steps=None,
                    skip_training=False, figures_dir=None, extra=(),
-                   runs_dir=None, affnist_dir=AFFNIST_DIR):
+                   runs_dir=None, affnist_dir=AFFNIST_DIR, models=None):
   """Trains and scores every model of experiment `name`; returns the row.
 
   Args:
@@ -184,8 +183,13 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
     extra: flags added to every training command.
     runs_dir: put each run in `<runs_dir>/<its config's model_dir name>`.
     affnist_dir: the affNIST-style test set (made here if missing).
+    models: train and score only these of the experiment's models.
   """
   experiment = EXPERIMENTS[name]
+  unknown = set(models or ()) - set(experiment.flagfiles)
+  if unknown:
+    raise ValueError(f'Experiment {name} has no model {sorted(unknown)}; it '
+                     f'has {sorted(experiment.flagfiles)}.')
   extra = list(extra)
   test_sets = {
       t: {k: (affnist_dir if k == 'affnist_dir' else v)
@@ -201,6 +205,8 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
   row = {'experiment': name, 'machine': machine(), 'paper': experiment.paper,
          'models': {}}
   for model, flagfile in experiment.flagfiles.items():
+    if models and model not in models:
+      continue
     model_dir = setting(flagfile, extra, 'model_dir')
     run_flags = list(extra)
     if runs_dir:
@@ -236,8 +242,8 @@ def main(argv):
   try:
     row = run_experiment(f.experiment, f.train_steps, f.baseline_train_steps,
                          f.skip_training, f.figures_dir, f.train_flag,
-                         f.runs_dir, f.affnist_dir)
-  except (RuntimeError, FileNotFoundError, DataError) as e:
+                         f.runs_dir, f.affnist_dir, f.models)
+  except (RuntimeError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   row['command'] = 'python -m pipeline.experiment ' + ' '.join(
       shlex.quote(a) for a in sys.argv[1:])
@@ -264,6 +270,8 @@ def define_flags():
   flags.DEFINE_multi_string('train_flag', [], 'Extra flag for every '
                             'training run (repeatable), e.g. '
                             '--train_flag=--data_dir=/elsewhere.')
+  flags.DEFINE_list('models', None, 'Only these models of the experiment '
+                    '(default: all), e.g. baseline_cnn.')
   flags.DEFINE_string('runs_dir', None, 'Put the runs under this directory '
                       "instead of the configs' model_dir.")
   flags.DEFINE_string('affnist_dir', AFFNIST_DIR, 'The affNIST-style test '

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline import experiment
 
 from conftest import REPO
@@ -82,3 +84,8 @@ def test_overlap_experiment_command(tmp_path):
   assert rescored['capsnet']['steps'] == 2
   assert (rescored['capsnet']['tests']['pairs']['accuracy'] ==
           caps['tests']['pairs']['accuracy'])
+
+
+def test_unknown_model_is_refused_before_any_work():
+  with pytest.raises(ValueError, match='has no model'):
+    experiment.run_experiment('accuracy', models=['baseline_cnn'])
