@@ -133,7 +133,8 @@ def score(model_dir, test_sets, figures_dir=None):
   """Scores a run's latest checkpoint on each test set.
 
   Returns:
-    `{test set: evaluate.evaluate results}` (figures on the first set).
+    `{test set: evaluate.evaluate results}`; figures of the first set go in
+    `figures_dir`, of the others in `figures_dir/<test set>/`.
   """
   run_config, _ = config_lib.load_run(model_dir)
   predictor = evaluate.Predictor.from_checkpoint(model_dir)
@@ -146,9 +147,11 @@ def score(model_dir, test_sets, figures_dir=None):
     logging.info('%s on %s: accuracy %.4f (%d examples, %.0f s)', model_dir,
                  name, result['accuracy'], result['examples'],
                  time.time() - started)
-    if figures_dir and i == 0:
+    if figures_dir:
+      # The first test set's figures in figures_dir, the others' below it.
+      directory = figures_dir if i == 0 else os.path.join(figures_dir, name)
       result['figures'] = evaluate.write_figures(predictor, source, 'test',
-                                                 result, figures_dir)
+                                                 result, directory)
     results[name] = result
   return results
 

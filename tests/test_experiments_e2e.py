@@ -2,8 +2,9 @@
 
 Its flagfiles run with the data pointed at a tiny IDX directory, tiny
 CapsNet sizes and two steps: make_affnist, train CapsNet and the baseline,
-evaluate each on the translated and the affNIST-style test sets. (The
-other experiments run through `pipeline.experiment` in test_experiment.py.)
+evaluate each on the translated and an affNIST-style test set, then score
+both with `pipeline.experiment --skip_training`. (test_experiment.py runs
+the overlap experiment through `pipeline.experiment` alone.)
 """
 
 import json
@@ -11,7 +12,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from pipeline.data import idx
 
 from conftest import REPO
 from helpers import write_idx_dir
@@ -47,19 +51,38 @@ def test_affine_generalisation_chain(base, tmp_path):
   affine_dir = tmp_path / 'affine'
   _run('pipeline.make_affnist', f'--data_dir={base}',
        f'--output_dir={affine_dir}')
+  # A second, smaller set shows which one evaluate read.
+  odd_dir = tmp_path / 'odd'
+  idx.write_idx_split(str(odd_dir), 'test', np.zeros([7, 40, 40], np.uint8),
+                      np.arange(7))
+  runs = tmp_path / 'runs'
   for name, flagfile in (
-      ('capsnet', 'configs/affnist_fashion_mnist.flags'),
-      ('baseline', 'configs/affnist_fashion_mnist_baseline.flags')):
-    model_dir = tmp_path / name
+      ('affnist_fashion_mnist', 'configs/affnist_fashion_mnist.flags'),
+      ('affnist_fashion_mnist_baseline',
+       'configs/affnist_fashion_mnist_baseline.flags')):
+    model_dir = runs / name
     out = _train(flagfile, base, model_dir)
     assert 'validation accuracy' in out.stdout
     config = json.loads((model_dir / 'config.json').read_text())
-    assert config['model']['name'] == ('baseline_cnn' if name == 'baseline'
+    assert config['model']['name'] == ('baseline_cnn' if 'baseline' in name
                                        else 'capsnet')
     assert config['data']['canvas_size'] == 40
-    for extra, examples in (([], 20), ([f'--affnist_dir={affine_dir}'], 20)):
+    for extra, examples in (([], 20), ([f'--affnist_dir={odd_dir}'], 7)):
       _run('pipeline.evaluate', f'--model_dir={model_dir}', '--split=test',
            f'--output={tmp_path}/{name}.json', *extra)
       result = json.loads((tmp_path / f'{name}.json').read_text())
       assert result['examples'] == examples
       assert 0.0 <= result['accuracy'] <= 1.0
+  # The experiment command scores both runs on both sets, figures for each.
+  _run('pipeline.experiment', '--experiment=affine', '--skip_training',
+       f'--runs_dir={runs}', f'--affnist_dir={affine_dir}',
+       f'--figures_dir={tmp_path}/figs', f'--output={tmp_path}/row.json')
+  row = json.loads((tmp_path / 'row.json').read_text())
+  for model in ('capsnet', 'baseline_cnn'):
+    tests = row['models'][model]['tests']
+    assert sorted(tests) == ['affnist_style', 'translated']
+    assert tests['affnist_style']['examples'] == 20
+  figs = tmp_path / 'figs'
+  assert (figs / 'capsnet' / 'reconstructions.png').exists()
+  assert (figs / 'capsnet' / 'affnist_style' / 'reconstructions.png').exists()
+  assert (figs / 'baseline_cnn' / 'affnist_style' / 'confusion.png').exists()
