@@ -165,10 +165,8 @@ def _grid(tiles, cols):
 
 
 def _rgb(image, colour=(1.0, 1.0, 1.0)):
-  """A `[H, W, 1]` (or RGB) image in [0, 1] tinted as RGB."""
-  image = np.clip(np.asarray(image, np.float32), 0, 1)
-  grey = image[..., :1] if image.shape[-1] != 3 else image.mean(-1,
-                                                                keepdims=True)
+  """A grey `[H, W, 1]` image in [0, 1] tinted as RGB (first channel)."""
+  grey = np.clip(np.asarray(image, np.float32)[..., :1], 0, 1)
   return grey * np.asarray(colour, np.float32)
 
 

@@ -78,27 +78,24 @@ EXPERIMENTS = {
 }
 
 
+def setting(flagfile, extra, name):
+  """A flag's value: the last of `extra` that sets it, else the flagfile's.
+
+  The flagfile is expanded by absl itself (includes, comments), as
+  `pipeline.train` will read it.
+  """
+  args = flags.FlagValues().read_flags_from_files(
+      [f'--flagfile={flagfile}', *extra], force_gnu=True)
+  value = None
+  for arg in args:
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+  return value
+
+
 def flagfile_value(path, name):
   """The last value a flagfile (following its --flagfile includes) sets."""
-  value = None
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line.startswith('--flagfile='):
-        included = flagfile_value(line.split('=', 1)[1], name)
-        value = included if included is not None else value
-      elif line.startswith(f'--{name}='):
-        value = line.split('=', 1)[1]
-  return value
-
-
-def setting(flagfile, extra, name):
-  """A flag's value: the last of `extra` that sets it, else the flagfile's."""
-  value = flagfile_value(flagfile, name)
-  for flag in extra:
-    if flag.startswith(f'--{name}='):
-      value = flag.split('=', 1)[1]
-  return value
+  return setting(path, (), name)
 
 
 def machine():

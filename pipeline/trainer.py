@@ -341,13 +341,15 @@ class Trainer:
     start_step, start_time = step, time.time()
     restored_wall = float(self.wall_seconds.numpy())
 
+    def wall():
+      return restored_wall + time.time() - start_time
+
     def save(step):
-      self.wall_seconds.assign(restored_wall + time.time() - start_time)
+      self.wall_seconds.assign(wall())
       self.checkpoint_manager.save(checkpoint_number=step)
 
     def evaluate():
-      return dict(self.evaluate(),
-                  wall_seconds=restored_wall + time.time() - start_time)
+      return dict(self.evaluate(), wall_seconds=wall())
 
     last_log_step, last_log_time = step, start_time
     results = None
