@@ -38,7 +38,6 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import make_affnist
-from pipeline.data import affine
 from pipeline.data import sources
 
 AFFNIST_DIR = 'data/affnist_fashion_mnist'  # where `test_sets` point
@@ -201,7 +200,7 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
     make_affnist.make_affnist(
         sources.DataSpec(dataset='fashion_mnist', data_source='idx',
                          data_dir=setting(flagfile, extra, 'data_dir')),
-        affnist_dir, ranges=affine.AffineRanges())
+        affnist_dir)
   row = {'experiment': name, 'machine': machine(), 'paper': experiment.paper,
          'models': {}}
   for model, flagfile in experiment.flagfiles.items():
