@@ -12,12 +12,13 @@ class CapsuleModel(keras.Model):
   `_check_images` at the start of `call`.
   """
 
-  def _set_shape(self, input_shape, num_classes, routing_iterations):
+  def _set_shape(self, input_shape, num_classes, routing_iterations=None):
+    """Checks and keeps the input shape and classes (and routing, if any)."""
     self.image_shape = tuple(int(d) for d in input_shape)
     if len(self.image_shape) != 3:
       raise ValueError(
           f'input_shape must be (height, width, channels), got {input_shape}.')
-    if routing_iterations < 1:
+    if routing_iterations is not None and routing_iterations < 1:
       raise ValueError(
           f'routing_iterations must be >= 1, got {routing_iterations}.')
     self.num_classes = int(num_classes)

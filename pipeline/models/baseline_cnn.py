@@ -34,7 +34,7 @@ class BaselineCNN(base.CapsuleModel):
                conv_channels=(256, 256, 128), conv_kernel=5,
                fc_units=(328, 192), dropout=0.5, **kwargs):
     super().__init__(**kwargs)
-    self._set_shape(input_shape, num_classes, routing_iterations=1)
+    self._set_shape(input_shape, num_classes)
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f'dropout must lie in [0, 1), got {dropout}.')
     self._config = dict(
