@@ -9,8 +9,10 @@ model later.
 import dataclasses
 import json
 import os
+from typing import Any
 
 from pipeline.data.sources import DataSpec
+from pipeline.models import registry
 
 STRATEGIES = ('mirrored', 'multi_worker', 'one_device')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
@@ -18,32 +20,79 @@ CONFIG_FILE = 'config.json'
 INFO_FILE = 'info.json'
 
 
+def _from_fields(cls, raw):
+  """`cls(**raw)` with JSON lists turned back into the tuples `cls` keeps."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(raw) - set(fields))
+  if unknown:
+    raise ValueError(f'{cls.__name__} has no field(s) {", ".join(unknown)}; '
+                     f'it takes {", ".join(fields)}.')
+  return cls(**{k: tuple(v) if isinstance(v, list) else v
+                for k, v in raw.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """Model name and the options it is built with (besides data shape)."""
+  """Which model, in which precision, with which of its own options.
+
+  Attributes:
+    name: a key of `pipeline.models.registry.MODELS`.
+    precision: one of `PRECISIONS`.
+    params: the model's config dataclass (e.g. `CapsNetConfig`); None
+      stands for its defaults.
+  """
   name: str = 'capsnet'
-  routing_iterations: int = 3
-  stop_inner_gradients: bool = False
-  conv_filters: int = 256
-  primary_channels: int = 32
-  primary_dim: int = 8
-  class_dim: int = 16
-  decoder_units: tuple = (512, 1024)
-  use_decoder: bool = True
-  class_bias: bool = False
-  jit_compile: bool = True
   precision: str = 'float32'
+  params: Any = None
 
   def __post_init__(self):
     if self.precision not in PRECISIONS:
       raise ValueError(f'precision must be one of {PRECISIONS}, got '
                        f'{self.precision!r}.')
+    config_class = registry.entry(self.name).config_class
+    if self.params is None:
+      object.__setattr__(self, 'params', config_class())
+    elif not isinstance(self.params, config_class):
+      raise ValueError(f'Model {self.name!r} takes a {config_class.__name__}, '
+                       f'got {type(self.params).__name__}.')
 
-  def kwargs(self):
-    """Keyword arguments of the model constructor (all but name, precision)."""
-    options = dataclasses.asdict(self)
-    del options['name'], options['precision']
-    return options
+  def kwargs(self) -> dict:
+    """Keyword arguments of the model constructor (its options)."""
+    return {f.name: getattr(self.params, f.name)
+            for f in dataclasses.fields(self.params)}
+
+  @classmethod
+  def from_dict(cls, raw: dict) -> 'ModelSpec':
+    """The inverse of `dataclasses.asdict`.
+
+    Also reads the flat form of runs written before per-model configs
+    (every CapsNet option beside name and precision): the fields the model
+    takes are kept, as its constructor kept them then.
+    """
+    raw = dict(raw)
+    name = raw.pop('name', 'capsnet')
+    precision = raw.pop('precision', 'float32')
+    config_class = registry.entry(name).config_class
+    if 'params' in raw:
+      params = raw['params']
+    else:
+      taken = registry.option_names(name)
+      params = {k: v for k, v in raw.items() if k in taken}
+    return cls(name, precision, _from_fields(config_class, params))
+
+
+def model_spec(name: str = 'capsnet', precision: str = 'float32',
+               **options) -> ModelSpec:
+  """A `ModelSpec` of model `name` with the given options.
+
+  Raises:
+    ValueError: naming an option the model does not take.
+  """
+  config_class = registry.entry(name).config_class
+  try:
+    return ModelSpec(name, precision, _from_fields(config_class, options))
+  except ValueError as e:
+    raise ValueError(f'--model={name}: {e}') from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +137,8 @@ class TrainConfig:
     model = raw.pop('model')
     for key in ('synthetic_shape', 'synthetic_size'):
       data[key] = tuple(data[key])
-    model['decoder_units'] = tuple(model['decoder_units'])
-    return cls(model=ModelSpec(**model), data=DataSpec(**data), **raw)
+    return cls(model=ModelSpec.from_dict(model), data=DataSpec(**data),
+               **raw)
 
 
 def load_run(model_dir):
@@ -112,3 +161,71 @@ def load_run(model_dir):
     info = json.load(f)
   info['image_shape'] = tuple(info['image_shape'])
   return config, info
+
+
+# Fields a resumed run may change without a word: they decide how long it
+# runs and what it reports, not what it computes.
+_FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
+                'log_every', 'eval_every', 'checkpoint_every',
+                'max_checkpoints', 'eval_batch_size')
+# Fields a resumed run may change, with what that costs.
+_NOTED_FIELDS = {
+    'eval_split': 'evaluations from now on score another split; earlier '
+                  'entries of metrics.json scored the old one',
+    'data.data_dir': 'the data is read from another place; the run '
+                     'continues correctly only if it holds the same data',
+    'data.data_source': 'the data is read through another source; the run '
+                        'continues correctly only if it gives the same data',
+    'data.download': 'changes only whether TFDS may download',
+    'data.affnist_dir': 'the affNIST test split changes; training does not',
+    'strategy': 'another distribution strategy sums gradients in another '
+                'order: the weights will differ slightly from an '
+                'uninterrupted run',
+    'cpu_devices': 'another replica count sums gradients in another order: '
+                   'the weights will differ slightly from an uninterrupted '
+                   'run',
+    'deterministic': 'the input order and op determinism change: the run '
+                     'will not reproduce an uninterrupted one',
+    'model.params.jit_compile': 'XLA compilation changes the order of float '
+                                'operations, not the model',
+}
+
+
+def _flatten(value, prefix=''):
+  if dataclasses.is_dataclass(value):
+    out = {}
+    for f in dataclasses.fields(value):
+      out.update(_flatten(getattr(value, f.name), f'{prefix}{f.name}.'))
+    return out
+  return {prefix[:-1]: value}
+
+
+def config_changes(saved: TrainConfig, new: TrainConfig):
+  """What differs between a run's saved config and the config resuming it.
+
+  Args:
+    saved: the config in the model directory.
+    new: the config of the command that resumes it.
+
+  Returns:
+    `(refused, noted)`: `refused` lists `(flag, old, new)` for changes that
+    would change the model or its training (the model and its options,
+    precision, data shape and splits, batch size, seed, schedule, losses);
+    `noted` lists `(flag, old, new, consequence)` for changes that are
+    accepted with a stated consequence. Run-control changes (more steps,
+    another cadence) appear in neither.
+  """
+  old_fields, new_fields = _flatten(saved), _flatten(new)
+  if saved.model.name != new.model.name:
+    return [('model', saved.model.name, new.model.name)], []
+  refused, noted = [], []
+  for key in sorted(set(old_fields) | set(new_fields)):
+    old, value = old_fields.get(key), new_fields.get(key)
+    if old == value or key in _FREE_FIELDS:
+      continue
+    flag = key.rsplit('.', 1)[-1]
+    if key in _NOTED_FIELDS:
+      noted.append((flag, old, value, _NOTED_FIELDS[key]))
+    else:
+      refused.append((flag, old, value))
+  return refused, noted

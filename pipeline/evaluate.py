@@ -29,6 +29,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import export
 from pipeline import flags as pipeline_flags
+from pipeline import metrics
 from pipeline.data import input_pipeline, sources
 
 # Paper Figure 4: perturbations of each dimension, -0.25 to 0.25 by 0.05.
@@ -74,7 +75,7 @@ class Predictor:
       return outputs['lengths'], outputs['poses']
 
     decode = None
-    if getattr(model, 'decoder', None) is not None:
+    if model.has_decoder:
       decode = tf.function(lambda poses, ids: model.reconstruct(
           poses, tf.one_hot(ids, model.num_classes)))
     return cls(predict, decode, info['image_shape'], info['num_classes'])
@@ -121,8 +122,7 @@ def evaluate(predictor, source, split, batch_size=500):
     top = np.argsort(-lengths, axis=1)[:, :k]
     predicted = np.zeros_like(labels)
     np.put_along_axis(predicted, top, 1.0, axis=1)
-    correct = (predicted == labels).all(axis=1)
-    hits += int(correct.sum())
+    hits += int(np.sum(metrics.accuracy_hits(labels, lengths)))
     examples += len(labels)
     class_counts += labels.sum(0)
     class_hits += (labels * predicted).sum(0)

@@ -37,8 +37,10 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import evaluate
+from pipeline import flags as pipeline_flags
 from pipeline import make_affnist
 from pipeline.data import sources
+from pipeline.models import registry
 
 AFFNIST_DIR = 'data/affnist_fashion_mnist'  # where `test_sets` point
 
@@ -95,6 +97,24 @@ def setting(flagfile, extra, name):
 def flagfile_value(path, name):
   """The last value a flagfile (following its --flagfile includes) sets."""
   return setting(path, (), name)
+
+
+def flags_for_model(model, extra):
+  """The flags of `extra` that apply to `model`: a model flag (e.g.
+  `--conv_filters`) that the model does not take is left out, with a line
+  saying so, since pipeline.train would refuse it."""
+  taken = registry.option_names(model)
+  kept = []
+  for flag in extra:
+    name = flag.lstrip('-').split('=', 1)[0]
+    if name.startswith('no') and name[2:] in pipeline_flags.MODEL_FLAGS:
+      name = name[2:]
+    if name in pipeline_flags.MODEL_FLAGS and name not in taken:
+      logging.info('%s is not an option of %s; not passed to its run.', flag,
+                   model)
+      continue
+    kept.append(flag)
+  return kept
 
 
 def machine():
@@ -207,7 +227,7 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
     if models and model not in models:
       continue
     model_dir = setting(flagfile, extra, 'model_dir')
-    run_flags = list(extra)
+    run_flags = flags_for_model(model, extra)
     if runs_dir:
       model_dir = os.path.join(runs_dir, os.path.basename(model_dir))
       run_flags.append(f'--model_dir={model_dir}')

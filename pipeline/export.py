@@ -57,10 +57,9 @@ class ServingModule(tf.Module):
     self.predict_images = tf.function(
         self._predict_encoded,
         input_signature=[tf.TensorSpec([None], tf.string, 'images')])
-    self.has_decoder = getattr(model, 'decoder', None) is not None
+    self.has_decoder = model.has_decoder
     if self.has_decoder:
-      num_classes = model.num_classes
-      dim = model.class_capsules.dim
+      num_classes, dim = model.pose_shape
       self.reconstruct = tf.function(self._reconstruct,
                                      input_signature=[images, class_ids])
       self.decode = tf.function(self._decode, input_signature=[
@@ -212,9 +211,7 @@ def export_model(model, image_shape, export_base):
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(export_base),
                  warmup_inputs(module.image_shape, model.num_classes,
-                               model.class_capsules.dim
-                               if module.has_decoder else None,
-                               module.has_decoder))
+                               model.pose_shape[1], module.has_decoder))
     while True:
       target = os.path.join(export_base, str(next_version(export_base)))
       try:

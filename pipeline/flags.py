@@ -10,14 +10,22 @@ import os
 from absl import flags
 
 from pipeline import config as config_lib
-from pipeline import models
 from pipeline.data import sources
 from pipeline.data import tfds_source
 from pipeline.data.base import DataError
+from pipeline.models import registry
+from pipeline.models.capsnet import CapsNetConfig
 
 _D = config_lib.TrainConfig()
-_M = config_lib.ModelSpec()
+_M = CapsNetConfig()
 _S = sources.DataSpec()
+
+# Flags that set a model option (a field of the chosen model's config class).
+# A model takes those of its fields; one it does not take is refused when
+# given with a value other than its default.
+MODEL_FLAGS = ('routing_iterations', 'stop_inner_gradients', 'conv_filters',
+               'primary_channels', 'primary_dim', 'class_dim',
+               'decoder_units', 'use_decoder', 'class_bias', 'jit_compile')
 
 
 def define_flags():
@@ -25,7 +33,8 @@ def define_flags():
   if 'model' in flags.FLAGS:
     return
   # Model.
-  flags.DEFINE_enum('model', _M.name, sorted(models.MODELS), 'Model to train.')
+  flags.DEFINE_enum('model', 'capsnet', sorted(registry.MODELS),
+                    'Model to train.')
   flags.DEFINE_integer('routing_iterations', _M.routing_iterations,
                        'Dynamic routing iterations (paper: 3).')
   flags.DEFINE_boolean('stop_inner_gradients', _M.stop_inner_gradients,
@@ -41,10 +50,12 @@ def define_flags():
                        'Train with the reconstruction decoder.')
   flags.DEFINE_boolean('class_bias', _M.class_bias,
                        'Add a bias to the class capsules (+classes*dim).')
-  flags.DEFINE_boolean('jit_compile', _M.jit_compile,
+  # On by default for training (CapsNetConfig's False is for models built
+  # outside the trainer, e.g. in tests and notebooks).
+  flags.DEFINE_boolean('jit_compile', True,
                        'Compile the class capsules (u_hat, routing) with XLA '
                        'in training steps.')
-  flags.DEFINE_enum('precision', _M.precision, config_lib.PRECISIONS,
+  flags.DEFINE_enum('precision', 'float32', config_lib.PRECISIONS,
                     'float32, or mixed precision: 16-bit convolutions and '
                     'decoder, float32 routing, squash and losses '
                     '(mixed_float16 adds loss scaling; for GPUs).')
@@ -211,15 +222,7 @@ def config_from_flags(f=None):
     raise ValueError('--eval_split=validation needs --validation_size > 0.')
   if not f.model_dir:
     raise ValueError('--model_dir must name a directory.')
-  model = config_lib.ModelSpec(
-      name=f.model, routing_iterations=f.routing_iterations,
-      stop_inner_gradients=f.stop_inner_gradients,
-      conv_filters=f.conv_filters, primary_channels=f.primary_channels,
-      primary_dim=f.primary_dim, class_dim=f.class_dim,
-      decoder_units=_ints('decoder_units', f.decoder_units,
-                          len(f.decoder_units)),
-      use_decoder=f.use_decoder, class_bias=f.class_bias,
-      jit_compile=f.jit_compile, precision=f.precision)
+  model = model_spec_from_flags(f)
   data = data_spec_from_flags(f)
   return config_lib.TrainConfig(
       model=model, data=data, model_dir=f.model_dir, export_dir=f.export_dir,
@@ -234,6 +237,32 @@ def config_from_flags(f=None):
       spread_anneal_steps=f.spread_anneal_steps, strategy=f.strategy,
       cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
       eval_split=f.eval_split)
+
+
+def model_spec_from_flags(f=None):
+  """Builds the `ModelSpec` the model flags describe.
+
+  Raises:
+    ValueError: naming a flag the chosen model does not take (given with a
+      value other than its default), and the flags it does take.
+  """
+  f = f or flags.FLAGS
+  taken = registry.option_names(f.model)
+  options = {}
+  for name in MODEL_FLAGS:
+    value = f[name].value
+    if name in taken:
+      options[name] = (_ints(name, value, len(value))
+                       if name == 'decoder_units' else value)
+    elif f[name].present and value != f[name].default:
+      accepted = [n for n in MODEL_FLAGS if n in taken]
+      raise ValueError(
+          f'--{name} is not an option of --model={f.model}: it would be '
+          'ignored. Remove it, or pick a model that takes it'
+          + (f' ({f.model} takes '
+             f'{", ".join("--" + n for n in accepted)}).' if accepted else
+             f' ({f.model} takes none of the model flags).'))
+  return config_lib.model_spec(f.model, f.precision, **options)
 
 
 def data_spec_from_flags(f=None):

@@ -22,7 +22,6 @@ import tf_keras as keras
 from pipeline import export
 from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
-from pipeline.models import CapsNet
 
 WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
 
@@ -36,30 +35,6 @@ def _median_time(fn, repeats, warmup=1):
     fn()
     times.append(time.perf_counter() - start)
   return statistics.median(times)
-
-
-def model_flops(model):
-  """Forward FLOPs per example (2 x multiply-adds) of a CapsNet.
-
-  Counts the convolutions, the u_hat transforms, routing's weighted sums and
-  agreements, and the decoder; elementwise ops are left out.
-  """
-  h, w, _ = model.image_shape
-  total = 0
-  for conv in (model.conv1, model.primary.conv):
-    kh, kw, cin, cout = conv.kernel.shape
-    stride = conv.strides[0]
-    h, w = (h - kh) // stride + 1, (w - kw) // stride + 1
-    total += 2 * h * w * kh * kw * cin * cout
-  caps = model.class_capsules
-  in_caps, classes, _, dim = caps.kernel.shape
-  total += 2 * int(tf.size(caps.kernel))
-  total += 4 * in_caps * classes * dim * caps.routing_iterations
-  if model.decoder is not None:
-    dense = model.decoder.hidden + [model.decoder.out]
-    total += model.num_reconstructions * sum(
-        2 * int(tf.size(d.kernel)) for d in dense)
-  return int(total)
 
 
 def bench_input(config, source, batches, repeats):
@@ -78,7 +53,7 @@ def bench_train(trainer, repeats):
   cfg = trainer.config
   iterator = trainer.train_iterator(0)
   steps = tf.constant(cfg.steps_per_loop, tf.int64)
-  seconds = _median_time(lambda: int(trainer._train_loop(iterator, steps)),  # pylint: disable=protected-access
+  seconds = _median_time(lambda: int(trainer.train_loop(iterator, steps)),
                          repeats)
   step = seconds / cfg.steps_per_loop
   return {'train_step_seconds': step,
@@ -153,7 +128,9 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
       'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
       'precision': config.model.precision, 'batch_size': config.batch_size,
       'dataset': config.data.dataset,
-      'routing_iterations': config.model.routing_iterations,
+      'model': config.model.name,
+      'routing_iterations': getattr(config.model.params,
+                                    'routing_iterations', None),
   }
   trainer = None
   if set(what) - {'matmul'}:
@@ -174,12 +151,10 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
   if 'matmul' in what:
     results.update(bench_matmul(repeats))
   if 'layers' in what:
-    if not isinstance(trainer.model, CapsNet):
-      raise ValueError('--what=layers times the parts of a CapsNet only.')
     results.update(layer_timings(trainer.model, config.batch_size, repeats,
                                  trainer.strategy))
-  if trainer is not None and isinstance(trainer.model, CapsNet):
-    flops = model_flops(trainer.model)
+  if trainer is not None:
+    flops = trainer.model.flops_per_example()
     results['forward_flops_per_example'] = flops
     results['train_flops_per_example'] = 3 * flops
     if 'train_examples_per_second' in results and 'matmul_gflops' in results:
@@ -218,30 +193,19 @@ def _fwd_bwd(fn, inputs, variables, input_grads=True):
 
 
 def layer_timings(model, batch, repeats, strategy=None):
-  """Forward+backward seconds per training step of each part of a CapsNet.
+  """Forward+backward seconds per training step of each part of a model.
 
   Each part runs alone on inputs of its real shape, so the parts add up to
   about the whole step; the gap is the losses, the input and the glue.
   """
   images = tf.random.uniform([batch, *model.image_shape], seed=1)
   labels = tf.one_hot(tf.range(batch) % model.num_classes, model.num_classes)
-  conv1_out = model.conv1(images)
-  primary_out = model.primary(conv1_out)
-  poses, _ = model.class_capsules(primary_out, training=True)
-  parts = {
-      'conv1': (model.conv1, [images], model.conv1.trainable_variables),
-      'primary_capsules': (model.primary, [conv1_out],
-                           model.primary.trainable_variables),
-      'class_capsules': (lambda u: model.class_capsules(u, training=True),
-                         [primary_out],
-                         model.class_capsules.trainable_variables),
-  }
-  if model.decoder is not None:
-    parts['decoder'] = (lambda p: model.reconstruct(p, labels), [poses],
-                        model.decoder.trainable_variables)
+  parts = model.parts(images, labels)
   results = {}
   for name, (fn, inputs, variables) in parts.items():
-    step = _fwd_bwd(fn, inputs, variables, input_grads=name != 'conv1')
+    # The first part's input is the data: training takes no gradient of it.
+    first = name == next(iter(parts))
+    step = _fwd_bwd(fn, inputs, variables, input_grads=not first)
     results[f'layer_seconds/{name}'] = _median_time(
         lambda: step().numpy(), repeats)
   variables = model.trainable_variables

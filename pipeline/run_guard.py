@@ -1,8 +1,10 @@
 """What keeps a training run safe: a model-dir lock, up-front checks of the
-directories it writes, a SIGTERM watcher, and checkpoint quarantine."""
+directories it writes, a SIGTERM watcher, atomic file writes, and the
+checkpoint quarantine and clean-up."""
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -123,14 +125,95 @@ class PreemptionWatcher:
     self._previous = {}
 
 
-def quarantine_checkpoint(path):
-  """Moves a checkpoint's files into `<dir>/corrupt/` and returns that dir.
+def write_atomic(path, text):
+  """Writes `text` to `path` through a temporary file and a rename, so a
+  reader (or a crash) never sees half a file."""
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
 
-  The bad files are kept for inspection rather than deleted.
+
+def read_metrics_history(path):
+  """The `history` list of a run's metrics.json; [] when there is none.
+
+  A file that cannot be parsed is moved aside (`metrics.json.corrupt-N`)
+  with a warning, so it never stops a run from finishing.
   """
-  directory = os.path.dirname(path)
-  target = os.path.join(directory, 'corrupt')
-  os.makedirs(target, exist_ok=True)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      history = json.load(f).get('history', [])
+    if not isinstance(history, list):
+      raise ValueError('history is not a list')
+    return history
+  except (ValueError, AttributeError, UnicodeDecodeError) as e:
+    aside = _free_name(path + '.corrupt')
+    os.replace(path, aside)
+    logging.warning('%s cannot be read (%s); moved it to %s and started a '
+                    'new history.', path, e, aside)
+    return []
+
+
+def _free_name(prefix):
+  """`prefix-N` for the smallest N that names nothing yet."""
+  n = 1
+  while os.path.exists(f'{prefix}-{n}'):
+    n += 1
+  return f'{prefix}-{n}'
+
+
+def checkpoint_readable(path):
+  """Whether every tensor of checkpoint `path` can be read back.
+
+  Tells a damaged checkpoint (unreadable bytes) from an intact one that
+  belongs to another model.
+  """
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, ValueError, RuntimeError, KeyError, IndexError,
+          OSError):  # What damaged files raise.
+    return False
+  return True
+
+
+def quarantine_checkpoint(path):
+  """Moves a checkpoint's files into a new `<dir>/corrupt/<name>-N/`.
+
+  The bad files are kept for inspection rather than deleted, and an earlier
+  quarantine is never overwritten.
+
+  Returns:
+    The directory the files went to.
+  """
+  corrupt = os.path.join(os.path.dirname(path), 'corrupt')
+  os.makedirs(corrupt, exist_ok=True)
+  target = _free_name(os.path.join(corrupt, os.path.basename(path)))
+  os.makedirs(target)
   for name in tf.io.gfile.glob(path + '.*'):
     shutil.move(name, os.path.join(target, os.path.basename(name)))
   return target
+
+
+def clean_stale_checkpoint_temps(directory):
+  """Removes what killed checkpoint saves left in `directory`.
+
+  A save writes `ckpt-N_temp/` and renames its files into place; a process
+  killed in between leaves the directory behind. Call it only while holding
+  the run's lock: then no live writer owns such a directory.
+
+  Returns:
+    The paths removed.
+  """
+  removed = []
+  if not os.path.isdir(directory):
+    return removed
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if name.endswith('_temp') and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+      logging.info('Removed %s, left by a save that did not finish.', path)
+  return removed

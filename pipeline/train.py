@@ -7,13 +7,13 @@
 A run started on an existing --model_dir resumes from its latest checkpoint.
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from pipeline import controller as controller_lib
 from pipeline import export
 from pipeline import flags as pipeline_flags
 from pipeline import run_guard
@@ -37,21 +37,20 @@ def main(argv):
   except run_guard.RunGuardError as e:
     raise app.UsageError(str(e)) from None
   trainer = trainer_lib.Trainer(config)
-  if trainer.chief:
-    with open(os.path.join(config.model_dir, 'flags.txt'), 'w') as f:
-      f.write(FLAGS.flags_into_string())
+  controller = controller_lib.Controller(trainer, FLAGS.flags_into_string())
   try:
-    results = trainer.train()
+    result = controller.train()
   except run_guard.RunGuardError as e:
     raise app.UsageError(str(e)) from None
-  if 'preempted' in results:
-    print(f'Stopped by {results["preempted"]} at step {results["step"]}; '
+  if result.preempted:
+    print(f'Stopped by {result.preempted} at step {result.step}; '
           'the checkpoint is saved. Run the same command to resume.',
           flush=True)
     return 0
+  results = result.evaluation
   print(f'{results["split"]} accuracy {results["accuracy"]:.4f} (error '
         f'{100 * results["error_rate"]:.2f}%) on {results["examples"]} '
-        f'examples after {trainer.step} steps; model_dir '
+        f'examples after {result.step} steps; model_dir '
         f'{config.model_dir}', flush=True)
   if config.export_dir and trainer.chief:
     path = export.export_from_checkpoint(config.model_dir, config.export_dir)

@@ -6,11 +6,12 @@ import os
 import numpy as np
 
 from pipeline import config as config_lib
+from pipeline import controller as controller_lib
 from pipeline.data import sources
 from pipeline.data.idx import idx_bytes
 
 TINY_MODEL = dict(conv_filters=8, primary_channels=4, primary_dim=4,
-                  class_dim=4, decoder_units=(16, 32))
+                  class_dim=4, decoder_units=(16, 32), jit_compile=True)
 
 
 def tiny_config(model_dir, **overrides):
@@ -18,7 +19,7 @@ def tiny_config(model_dir, **overrides):
   data = overrides.pop('data', sources.DataSpec(
       dataset='synthetic', synthetic_shape=(20, 20, 1), synthetic_classes=4,
       synthetic_size=(128, 32), shift_pixels=1))
-  model = overrides.pop('model', config_lib.ModelSpec(**TINY_MODEL))
+  model = overrides.pop('model', config_lib.model_spec(**TINY_MODEL))
   base = dict(model=model, data=data, model_dir=str(model_dir),
               batch_size=8, eval_batch_size=16, train_steps=4,
               steps_per_loop=2, log_every=2, eval_every=4,
@@ -26,6 +27,12 @@ def tiny_config(model_dir, **overrides):
               deterministic=True, strategy='one_device')
   base.update(overrides)
   return config_lib.TrainConfig(**base)
+
+
+def run_trainer(trainer, flags_text=None):
+  """Trains `trainer` to the end under a Controller; returns the final
+  evaluation (None when preempted)."""
+  return controller_lib.Controller(trainer, flags_text).train().evaluation
 
 
 def write_idx_dir(directory, n_train=40, n_test=20, size=28, gz=True,

@@ -11,7 +11,7 @@ from pipeline import models
 from pipeline import trainer as trainer_lib
 from pipeline.models.baseline_cnn import BaselineCNN
 
-from helpers import tiny_config
+from helpers import run_trainer, tiny_config
 
 SMALL = dict(conv_channels=(8, 8, 4), fc_units=(16, 8))
 
@@ -43,7 +43,7 @@ def test_outputs_are_softmax_of_logits_and_dropout_only_in_training():
 
 
 def test_mixed_bfloat16_computes_in_16_bits_with_float32_outputs():
-  spec = config_lib.ModelSpec(name='baseline_cnn', precision='mixed_bfloat16')
+  spec = config_lib.model_spec('baseline_cnn', 'mixed_bfloat16')
   model = models.build_from_spec(spec, (12, 12, 1), 3)
   assert model.convs[0].compute_dtype == 'bfloat16'
   out = model(tf.zeros([1, 12, 12, 1]))
@@ -62,17 +62,18 @@ def test_bad_arguments_and_inputs():
 def test_trains_with_cross_entropy_and_exports(tmp_path):
   cfg = tiny_config(tmp_path, train_steps=40, steps_per_loop=10,
                     eval_every=40, checkpoint_every=40, batch_size=16,
-                    model=config_lib.ModelSpec(name='baseline_cnn'))
+                    model=config_lib.model_spec(name='baseline_cnn'))
   trainer = trainer_lib.Trainer(cfg)
   assert isinstance(trainer.model, BaselineCNN)
   batch = next(iter(trainer.train_iterator(0)))
   outputs = trainer.model(batch['image'])
-  margin, recon, total = trainer._losses(batch, outputs)  # pylint: disable=protected-access
+  margin, recon, total = trainer.task.build_losses(
+      batch, outputs, trainer.optimizer.iterations)
   np.testing.assert_allclose(margin.numpy(), losses.softmax_cross_entropy(
       batch['label'], outputs['logits']).numpy(), rtol=1e-6)
   np.testing.assert_array_equal(recon.numpy(), 0.0)
   np.testing.assert_allclose(total.numpy(), margin.numpy())
-  results = trainer.train()
+  results = run_trainer(trainer)
   # Chance is 0.25 on the four synthetic classes.
   assert results['accuracy'] > 0.6
   path = export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
@@ -84,3 +85,15 @@ def test_trains_with_cross_entropy_and_exports(tmp_path):
   np.testing.assert_allclose(out['probabilities'].numpy(),
                              model(images)['lengths'].numpy(), atol=1e-5)
   assert out['poses'].shape == (3, 4, 1)
+
+
+def test_flops_by_hand_and_contract():
+  model = BaselineCNN()
+  model(tf.zeros([1, 28, 28, 1]))
+  convs = (2 * 28 * 28 * 25 * 1 * 256 + 2 * 14 * 14 * 25 * 256 * 256 +
+           2 * 7 * 7 * 25 * 256 * 128)
+  dense = 2 * (3 * 3 * 128 * 328 + 328 * 192 + 192 * 10)
+  assert model.flops_per_example() == convs + dense
+  assert not model.has_decoder and model.pose_shape == (10, 1)
+  with pytest.raises(ValueError, match='has no decoder'):
+    model.reconstruct(tf.zeros([1, 10, 1]), tf.zeros([1, 10]))

@@ -124,3 +124,13 @@ def test_registry():
     models.build_model('resnet', (20, 20, 1), 4)
   with pytest.raises(ValueError, match='routing_iterations'):
     CapsNet(routing_iterations=0)
+
+
+def test_paper_model_flops_and_contract():
+  model = CapsNet()
+  model(tf.zeros([1, 28, 28, 1]))
+  # Conv1 16.6M + PrimaryCaps 382.2M + u_hat 2.9M + routing 2.2M + decoder
+  # 2.8M multiply-adds x 2: the 0.41 GFLOP the performance issue quotes.
+  assert model.flops_per_example() == pytest.approx(0.4068e9, rel=1e-3)
+  assert model.has_decoder and model.pose_shape == (10, 16)
+  assert not CapsNet(use_decoder=False).has_decoder

@@ -13,7 +13,7 @@ from pipeline import export
 from pipeline import trainer as trainer_lib
 
 from conftest import REPO
-from helpers import tiny_config
+from helpers import run_trainer, tiny_config
 import serving_fakes
 
 
@@ -21,7 +21,7 @@ import serving_fakes
 def served(tmp_path_factory):
   base = tmp_path_factory.mktemp('serve')
   trainer = trainer_lib.Trainer(tiny_config(base / 'run', train_steps=2))
-  trainer.train()
+  run_trainer(trainer)
   path = export.export_from_checkpoint(str(base / 'run'), str(base / 'caps'))
   grpc_server, grpc_address = serving_fakes.start_grpc('caps', path)
   rest_server, rest_address = serving_fakes.start_rest('caps', path)

@@ -1,4 +1,9 @@
-"""Tests of pipeline.config."""
+"""Tests of pipeline.config: the JSON round trip, model specs, resume checks."""
+
+import dataclasses
+import json
+
+import pytest
 
 from pipeline import config as config_lib
 from pipeline.data import sources
@@ -6,12 +11,61 @@ from pipeline.data import sources
 
 def test_json_round_trip():
   cfg = config_lib.TrainConfig(
-      model=config_lib.ModelSpec(routing_iterations=5, decoder_units=(8, 9)),
+      model=config_lib.model_spec(routing_iterations=5, decoder_units=(8, 9)),
       data=sources.DataSpec(dataset='multimnist', synthetic_size=(10, 3)),
       batch_size=7)
   assert config_lib.TrainConfig.from_json(cfg.to_json()) == cfg
+  for name in ('matrix_capsnet', 'baseline_cnn'):
+    cfg = config_lib.TrainConfig(model=config_lib.model_spec(name))
+    assert config_lib.TrainConfig.from_json(cfg.to_json()) == cfg
 
 
-def test_model_kwargs_exclude_name():
-  kwargs = config_lib.ModelSpec().kwargs()
-  assert 'name' not in kwargs and kwargs['routing_iterations'] == 3
+def test_reads_the_flat_model_form_of_earlier_runs():
+  cfg = config_lib.TrainConfig(model=config_lib.model_spec(
+      routing_iterations=5, jit_compile=True))
+  raw = json.loads(cfg.to_json())
+  flat = dict(raw['model'].pop('params'), name='capsnet', precision='float32')
+  flat['primary_dim'] = 8
+  raw['model'] = flat
+  assert config_lib.TrainConfig.from_json(json.dumps(raw)) == cfg
+  raw['model'] = dict(flat, name='matrix_capsnet')
+  old = config_lib.TrainConfig.from_json(json.dumps(raw))
+  assert old.model.params.routing_iterations == 5
+
+
+def test_model_spec_kwargs_and_errors():
+  spec = config_lib.model_spec()
+  assert spec.kwargs()['routing_iterations'] == 3 and 'name' not in spec.kwargs()
+  assert config_lib.model_spec('baseline_cnn').kwargs()['dropout'] == 0.5
+  with pytest.raises(ValueError, match=r'--model=matrix_capsnet: .*conv_filters'):
+    config_lib.model_spec('matrix_capsnet', conv_filters=8)
+  with pytest.raises(ValueError, match='Unknown model'):
+    config_lib.model_spec('resnet')
+  with pytest.raises(ValueError, match='precision must be one of'):
+    config_lib.model_spec(precision='float64')
+
+
+def test_config_changes_refuses_what_changes_the_run():
+  saved = config_lib.TrainConfig(model=config_lib.model_spec(conv_filters=8))
+  same = dataclasses.replace(saved, train_steps=5000, eval_every=7,
+                             model_dir='/elsewhere', export_dir='x')
+  assert config_lib.config_changes(saved, same) == ([], [])
+  wider = dataclasses.replace(saved, model=config_lib.model_spec(
+      conv_filters=64), learning_rate=0.5)
+  refused, noted = config_lib.config_changes(saved, wider)
+  assert refused == [('learning_rate', 0.001, 0.5), ('conv_filters', 8, 64)]
+  assert noted == []
+  other = dataclasses.replace(saved, model=config_lib.model_spec(
+      'baseline_cnn'))
+  assert config_lib.config_changes(saved, other)[0] == [
+      ('model', 'capsnet', 'baseline_cnn')]
+  for field, value in (('batch_size', 4), ('seed', 3)):
+    refused, _ = config_lib.config_changes(
+        saved, dataclasses.replace(saved, **{field: value}))
+    assert [r[0] for r in refused] == [field]
+  moved = dataclasses.replace(saved, data=dataclasses.replace(
+      saved.data, data_dir='/copy'), eval_split='validation')
+  refused, noted = config_lib.config_changes(saved, moved)
+  assert refused == []
+  assert [n[0] for n in noted] == ['data_dir', 'eval_split']
+  assert 'same data' in noted[0][3]

@@ -15,14 +15,14 @@ from pipeline import trainer as trainer_lib
 from pipeline.data import sources
 
 from conftest import REPO
-from helpers import tiny_config
+from helpers import run_trainer, tiny_config
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('eval_run')
   trainer = trainer_lib.Trainer(tiny_config(model_dir, train_steps=4))
-  results = trainer.train()
+  results = run_trainer(trainer)
   path = export.export_from_checkpoint(str(model_dir), str(model_dir / 'exp'))
   return trainer, results, model_dir, path
 

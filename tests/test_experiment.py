@@ -89,3 +89,12 @@ def test_overlap_experiment_command(tmp_path):
 def test_unknown_model_is_refused_before_any_work():
   with pytest.raises(ValueError, match='has no model'):
     experiment.run_experiment('accuracy', models=['baseline_cnn'])
+
+
+def test_model_flags_go_only_to_models_that_take_them():
+  extra = ['--conv_filters=8', '--nouse_decoder', '--routing_iterations=2',
+           '--batch_size=4']
+  assert experiment.flags_for_model('capsnet', extra) == extra
+  assert experiment.flags_for_model('baseline_cnn', extra) == ['--batch_size=4']
+  assert experiment.flags_for_model('matrix_capsnet', extra) == [
+      '--routing_iterations=2', '--batch_size=4']

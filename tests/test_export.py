@@ -12,7 +12,7 @@ from pipeline import export
 from pipeline import trainer as trainer_lib
 
 from conftest import REPO
-from helpers import tiny_config
+from helpers import run_trainer, tiny_config
 
 # Runs in a fresh interpreter that imports no project code.
 _LOAD_SCRIPT = '''
@@ -44,7 +44,7 @@ print('LOADED OK')
 def trained(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('run')
   trainer = trainer_lib.Trainer(tiny_config(model_dir, train_steps=2))
-  trainer.train()
+  run_trainer(trainer)
   return trainer, model_dir
 
 

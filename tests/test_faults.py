@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import controller as controller_lib
 from pipeline import trainer as trainer_lib
 
 from conftest import REPO
-from helpers import tiny_config
+from helpers import run_trainer, tiny_config
 
 TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
         '--primary_channels=4', '--class_dim=4', '--decoder_units=16,32',
@@ -118,7 +119,7 @@ def test_second_trainer_on_same_model_dir_is_refused(tmp_path):
 
 @pytest.mark.parametrize('damage', ['truncate', 'garbage_index'])
 def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, damage):
-  trainer_lib.Trainer(tiny_config(tmp_path, train_steps=4)).train()
+  run_trainer(trainer_lib.Trainer(tiny_config(tmp_path, train_steps=4)))
   ckpt_dir = tmp_path / 'checkpoints'
   latest = tf.train.latest_checkpoint(str(ckpt_dir))
   assert latest.endswith('ckpt-4')
@@ -128,13 +129,18 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, damage):
   else:
     (ckpt_dir / 'ckpt-4.index').write_bytes(b'\x00garbage' * 10)
   resumed = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=6))
-  assert resumed.restore().endswith('ckpt-2')
+  assert controller_lib.Controller(resumed).restore().endswith('ckpt-2')
   assert resumed.step == 2
-  assert sorted(os.listdir(ckpt_dir / 'corrupt')) == [
+  assert sorted(os.listdir(ckpt_dir / 'corrupt' / 'ckpt-4-1')) == [
       'ckpt-4.data-00000-of-00001', 'ckpt-4.index']
   assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith('ckpt-2')
-  resumed.train()
+  run_trainer(resumed)
   assert resumed.step == 6
+  # A second quarantine lands beside the first, never over it.
+  (ckpt_dir / 'ckpt-6.index').write_bytes(b'\x00garbage' * 10)
+  again = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=6))
+  assert controller_lib.Controller(again).restore().endswith('ckpt-4')
+  assert sorted(os.listdir(ckpt_dir / 'corrupt')) == ['ckpt-4-1', 'ckpt-6-1']
 
 
 def test_unwritable_dirs_fail_before_training(tmp_path):
@@ -166,7 +172,7 @@ print(export.export_from_checkpoint(sys.argv[1], sys.argv[2]))
 
 
 def test_concurrent_exports_never_share_a_version(tmp_path):
-  trainer_lib.Trainer(tiny_config(tmp_path / 'run', train_steps=2)).train()
+  run_trainer(trainer_lib.Trainer(tiny_config(tmp_path / 'run', train_steps=2)))
   procs = [subprocess.Popen(
       [sys.executable, '-c', _EXPORT, str(tmp_path / 'run'),
        str(tmp_path / 'exp'), REPO], env=ENV, stdout=subprocess.PIPE,

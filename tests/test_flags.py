@@ -61,3 +61,37 @@ def test_data_overrides_change_only_the_flags_given():
     FLAGS['data_dir'].parse('')
     with pytest.raises(ValueError, match='needs data_dir'):
       pipeline_flags.data_spec_with_overrides(run_spec)
+
+
+@pytest.mark.parametrize('model,flag,value', [
+    ('matrix_capsnet', 'conv_filters', '8'),
+    ('matrix_capsnet', 'use_decoder', 'false'),
+    ('baseline_cnn', 'routing_iterations', '5'),
+    ('baseline_cnn', 'decoder_units', '8,9'),
+    ('baseline_cnn', 'jit_compile', 'false'),
+])
+def test_a_flag_the_model_does_not_take_is_refused(model, flag, value):
+  with flagsaver.flagsaver():
+    FLAGS['model'].parse(model)
+    FLAGS[flag].parse(value)
+    with pytest.raises(ValueError, match=rf'--{flag} is not an option of '
+                       rf'--model={model}'):
+      pipeline_flags.config_from_flags()
+
+
+def test_model_flags_at_their_defaults_pass_and_fill_the_model_config():
+  with flagsaver.flagsaver():
+    # Included flagfiles of another model may set a flag to its default.
+    FLAGS['model'].parse('baseline_cnn')
+    FLAGS['routing_iterations'].parse('3')
+    assert pipeline_flags.config_from_flags().model.params.dropout == 0.5
+    FLAGS['model'].parse('matrix_capsnet')
+    FLAGS['routing_iterations'].parse('2')
+    params = pipeline_flags.config_from_flags().model.params
+    assert params.routing_iterations == 2 and params.channels_a == 32
+  with flagsaver.flagsaver():
+    FLAGS['conv_filters'].parse('8')
+    FLAGS['decoder_units'].parse('8,9')
+    params = pipeline_flags.config_from_flags().model.params
+    assert params.conv_filters == 8 and params.decoder_units == (8, 9)
+    assert params.jit_compile

@@ -7,40 +7,6 @@ import tensorflow as tf
 from pipeline.models import layers
 
 
-def test_squash_norm_below_one_and_direction_kept():
-  rng = np.random.default_rng(1)
-  s = tf.constant((rng.normal(size=[64, 10, 8]) *
-                   rng.uniform(0, 5, size=[64, 10, 1])).astype(np.float32))
-  v = layers.squash(s)
-  s_norm = np.linalg.norm(s.numpy(), axis=-1)
-  v_norm = np.linalg.norm(v.numpy(), axis=-1)
-  assert (v_norm < 1).all()
-  np.testing.assert_allclose(v_norm, s_norm ** 2 / (1 + s_norm ** 2),
-                             rtol=1e-4, atol=1e-6)
-  cos = np.sum(s.numpy() * v.numpy(), -1) / (s_norm * v_norm + 1e-12)
-  np.testing.assert_allclose(cos[s_norm > 1e-2], 1.0, atol=1e-5)
-
-
-def test_squash_axis():
-  s = tf.random.normal([3, 8, 5], seed=3)
-  np.testing.assert_allclose(
-      layers.squash(s, axis=1).numpy(),
-      np.transpose(layers.squash(tf.transpose(s, [0, 2, 1])).numpy(),
-                   [0, 2, 1]), rtol=1e-6)
-
-
-def test_squash_gradient_finite_at_zero():
-  s = tf.zeros([2, 4, 8])
-  with tf.GradientTape() as tape:
-    tape.watch(s)
-    v = layers.squash(s)
-    loss = tf.reduce_sum(v)
-  grad = tape.gradient(loss, s)
-  assert np.isfinite(grad.numpy()).all()
-  assert np.isfinite(v.numpy()).all()
-  np.testing.assert_array_equal(v.numpy(), 0.0)
-
-
 def test_primary_capsules_paper_shape():
   layer = layers.PrimaryCapsules(channels=32, dim=8, kernel_size=9, strides=2)
   out = layer(tf.random.uniform([2, 20, 20, 16]))

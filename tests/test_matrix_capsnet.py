@@ -12,7 +12,7 @@ from pipeline import trainer as trainer_lib
 from pipeline.models import matrix_capsnet
 from pipeline.models.matrix_capsnet import MatrixCapsNet
 
-from helpers import tiny_config
+from helpers import run_trainer, tiny_config
 
 SMALL = dict(channels_a=4, types_b=4, types_c=4, types_d=4)
 
@@ -92,17 +92,18 @@ def test_bad_input_shape():
 
 def test_trains_and_exports_through_the_trainer(tmp_path):
   cfg = tiny_config(tmp_path, batch_size=4, train_steps=2, eval_every=2,
-                    model=config_lib.ModelSpec(name='matrix_capsnet'))
+                    model=config_lib.model_spec(name='matrix_capsnet'))
   trainer = trainer_lib.Trainer(cfg)
   assert isinstance(trainer.model, MatrixCapsNet)
   batch = next(iter(trainer.train_iterator(0)))
   outputs = trainer.model(batch['image'])
-  margin, recon, total = trainer._losses(batch, outputs)  # pylint: disable=protected-access
+  margin, recon, total = trainer.task.build_losses(
+      batch, outputs, trainer.optimizer.iterations)
   np.testing.assert_allclose(margin.numpy(), losses.spread_loss(
       batch['label'], outputs['lengths'], 0.2).numpy(), rtol=1e-6)
   np.testing.assert_array_equal(recon.numpy(), 0.0)
   np.testing.assert_allclose(total.numpy(), margin.numpy())
-  results = trainer.train()
+  results = run_trainer(trainer)
   assert results['examples'] == 32
   path = export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
   out = tf.saved_model.load(path).signatures['serving_default'](

@@ -1,15 +1,46 @@
-"""What the capsule models share: input checks and the config round trip."""
+"""The model contract every model of the pipeline answers, and its checks.
+
+Export, evaluation and the benchmark ask a model only what this contract
+says (`has_decoder`, `pose_shape`, `reconstruct`, `flops_per_example`,
+`parts`), never which class it is.
+"""
 
 import tensorflow as tf
 import tf_keras as keras
 
 
+def dense_flops(layer):
+  """Forward FLOPs (2 x multiply-adds) per example of a built Dense layer."""
+  return 2 * int(tf.size(layer.kernel))
+
+
+def conv_flops(layer, height, width):
+  """Forward FLOPs of a built 'valid' or 'same' Conv2D on `height x width`.
+
+  Returns:
+    `(flops, out_height, out_width)`.
+  """
+  kh, kw, cin, cout = layer.kernel.shape
+  stride = layer.strides[0]
+  if layer.padding == 'same':
+    oh, ow = -(-height // stride), -(-width // stride)
+  else:
+    oh, ow = (height - kh) // stride + 1, (width - kw) // stride + 1
+  return 2 * oh * ow * kh * kw * cin * cout, oh, ow
+
+
 class CapsuleModel(keras.Model):
-  """Base of the capsule models.
+  """Base of the pipeline's models (CapsNet, MatrixCapsNet, BaselineCNN).
+
+  `call(images, labels=None, training=False)` returns a dict with at least
+  `lengths` `[batch, classes]` (the class scores every tool ranks by) and
+  `poses` `[batch, classes, dim]`; a model with a decoder also returns
+  `reconstructions`.
 
   Subclasses call `_set_shape(...)` first in `__init__`, keep their
-  constructor arguments in `self._config`, and check inputs with
-  `_check_images` at the start of `call`.
+  constructor arguments in `self._config`, set `self.decoder` when they
+  have one, check inputs with `_check_images` at the start of `call`,
+  and implement `pose_shape` and `flops_per_example`.
   """
 
   def _set_shape(self, input_shape, num_classes, routing_iterations=None):
@@ -33,6 +64,49 @@ class CapsuleModel(keras.Model):
           f'{images.shape}. Build the model with input_shape matching the '
           'data (the data set description gives it).')
     return images
+
+  @property
+  def has_decoder(self) -> bool:
+    """Whether the model reconstructs its inputs from the class poses."""
+    # Not a class-level default: Keras would then not track the layer.
+    return getattr(self, 'decoder', None) is not None
+
+  @property
+  def pose_shape(self) -> tuple:
+    """`(classes, dim)` of the `poses` output."""
+    raise NotImplementedError
+
+  def flops_per_example(self) -> int:
+    """Forward FLOPs (2 x multiply-adds) per example; elementwise ops left
+    out. A training step costs about three times this."""
+    raise NotImplementedError
+
+  def parts(self, images, labels):
+    """The model's stages, for per-part timings.
+
+    Args:
+      images: `[batch, H, W, C]` inputs of the model's shape.
+      labels: `[batch, classes]` one-hot labels.
+
+    Returns:
+      An ordered dict `name -> (fn, inputs, variables)`: each stage as a
+      function of its real inputs (computed from `images`), so the stages
+      run alone add up to about the whole forward pass.
+    """
+    raise NotImplementedError(
+        f'{type(self).__name__} does not list its parts for timing.')
+
+  def reconstruct(self, poses, mask):
+    """Decodes class poses `[batch, classes, dim]` under a class `mask`
+    `[batch, classes]` (or `[batch, n, classes]`) into images, float32.
+
+    Raises:
+      ValueError: when the model has no decoder.
+    """
+    if not self.has_decoder:
+      raise ValueError(f'This {type(self).__name__} has no decoder; it '
+                       'cannot reconstruct.')
+    return tf.cast(self.decoder(poses, mask), tf.float32)
 
   def get_config(self):
     return dict(self._config)

@@ -9,10 +9,22 @@ padding, ReLU) is followed by 2x2 max-pooling, which keeps the fully
 connected input at 3x3x128 for 28x28 images (5x5x128 at 40x40).
 """
 
+import dataclasses
+
 import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models import base
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineCNNConfig:
+  """BaselineCNN's options: its constructor's arguments besides the data
+  shape. The defaults are the paper's baseline."""
+  conv_channels: tuple = (256, 256, 128)
+  conv_kernel: int = 5
+  fc_units: tuple = (328, 192)
+  dropout: float = 0.5
 
 
 class BaselineCNN(base.CapsuleModel):
@@ -54,7 +66,6 @@ class BaselineCNN(base.CapsuleModel):
     # The logits stay float32 under a mixed precision policy.
     self.logits = keras.layers.Dense(num_classes, dtype='float32',
                                      name='logits')
-    self.decoder = None
 
   def call(self, images, labels=None, training=False):
     del labels  # Only the capsule models' decoders use them.
@@ -67,3 +78,18 @@ class BaselineCNN(base.CapsuleModel):
     logits = self.logits(self.dropout(x, training=training))
     return {'lengths': tf.nn.softmax(logits), 'logits': logits,
             'poses': logits[..., None]}
+
+  @property
+  def pose_shape(self):
+    return (self.num_classes, 1)
+
+  def flops_per_example(self):
+    """Forward FLOPs per example of the convolutions and dense layers."""
+    h, w, _ = self.image_shape
+    total = 0
+    for conv in self.convs:
+      flops, h, w = base.conv_flops(conv, h, w)
+      total += flops
+      h, w = h // 2, w // 2  # The 2x2 max-pooling after each.
+    return int(total + sum(base.dense_flops(d)
+                           for d in self.fcs + [self.logits]))

@@ -1,10 +1,33 @@
 """CapsNet of "Dynamic Routing Between Capsules" (Sabour, Frosst, Hinton 2017)."""
 
+import dataclasses
+
 import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models import base
 from pipeline.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class CapsNetConfig:
+  """CapsNet's options: its constructor's arguments besides the data shape.
+
+  The defaults are the paper's MNIST model.
+  """
+  conv_filters: int = 256
+  conv_kernel: int = 9
+  primary_channels: int = 32
+  primary_dim: int = 8
+  primary_kernel: int = 9
+  primary_strides: int = 2
+  class_dim: int = 16
+  routing_iterations: int = 3
+  stop_inner_gradients: bool = False
+  class_bias: bool = False
+  use_decoder: bool = True
+  decoder_units: tuple = (512, 1024)
+  jit_compile: bool = False
 
 
 class CapsNet(base.CapsuleModel):
@@ -79,8 +102,40 @@ class CapsNet(base.CapsuleModel):
                                            tf.float32)
     return outputs
 
-  def reconstruct(self, poses, mask):
-    """Decodes given class capsules `[batch, classes, dim]` under `mask`."""
-    if self.decoder is None:
-      raise ValueError('This CapsNet was built with use_decoder=False.')
-    return tf.cast(self.decoder(poses, mask), tf.float32)
+  @property
+  def pose_shape(self):
+    return (self.num_classes, self.class_capsules.dim)
+
+  def flops_per_example(self):
+    """Forward FLOPs per example: the two convolutions, the u_hat
+    transforms, routing's weighted sums and agreements, and the decoder."""
+    h, w, _ = self.image_shape
+    total = 0
+    for conv in (self.conv1, self.primary.conv):
+      flops, h, w = base.conv_flops(conv, h, w)
+      total += flops
+    caps = self.class_capsules
+    in_caps, classes, _, dim = caps.kernel.shape
+    total += 2 * int(tf.size(caps.kernel))
+    total += 4 * in_caps * classes * dim * caps.routing_iterations
+    if self.decoder is not None:
+      total += self.num_reconstructions * sum(
+          base.dense_flops(d) for d in self.decoder.hidden + [self.decoder.out])
+    return int(total)
+
+  def parts(self, images, labels):
+    conv1_out = self.conv1(images)
+    primary_out = self.primary(conv1_out)
+    poses, _ = self.class_capsules(primary_out, training=True)
+    parts = {
+        'conv1': (self.conv1, [images], self.conv1.trainable_variables),
+        'primary_capsules': (self.primary, [conv1_out],
+                             self.primary.trainable_variables),
+        'class_capsules': (lambda u: self.class_capsules(u, training=True),
+                           [primary_out],
+                           self.class_capsules.trainable_variables),
+    }
+    if self.decoder is not None:
+      parts['decoder'] = (lambda p: self.reconstruct(p, labels), [poses],
+                          self.decoder.trainable_variables)
+    return parts

@@ -1,34 +1,9 @@
-"""Capsule layers of CapsNet: squash, PrimaryCapsules, ClassCapsules, Decoder."""
+"""Capsule layers of CapsNet: PrimaryCapsules, ClassCapsules, Decoder."""
 
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.models import routing
-
-# Keeps the norm's gradient finite at s = 0 (d|s|/ds is undefined there).
-_SQUASH_EPSILON = 1e-7
-
-
-def squash(s, axis=-1):
-  """The CapsNet non-linearity v = |s|^2 / (1 + |s|^2) * s / |s|.
-
-  Short vectors shrink to almost zero length, long ones to just below 1; the
-  direction is kept. The norm uses sqrt(|s|^2 + eps), so an all-zero capsule
-  gives a zero output and a finite (zero) gradient instead of NaN.
-
-  Args:
-    s: capsule inputs, any shape; `axis` holds the capsule dimension.
-    axis: the capsule dimension.
-
-  Returns:
-    A tensor of the shape and dtype of `s`.
-  """
-  s = tf.convert_to_tensor(s)
-  squared_norm = tf.reduce_sum(tf.square(s), axis=axis, keepdims=True)
-  scale = squared_norm / ((1.0 + squared_norm) *
-                          tf.sqrt(squared_norm + _SQUASH_EPSILON))
-  return s * scale
-
+from pipeline.models import capsule_ops
 
 class PrimaryCapsules(keras.layers.Layer):
   """A convolution whose channels are grouped into squashed capsules.
@@ -53,7 +28,7 @@ class PrimaryCapsules(keras.layers.Layer):
     h, w = x.shape[1], x.shape[2]
     x = tf.reshape(x, [-1, h * w * self.channels, self.dim])
     # Squash (and everything after it up to the decoder) runs in float32.
-    return squash(tf.cast(x, tf.float32))
+    return capsule_ops.squash(tf.cast(x, tf.float32))
 
   def get_config(self):
     config = super().get_config()
@@ -68,7 +43,7 @@ class ClassCapsules(keras.layers.Layer):
   One `[in_dim, out_dim]` transform per (input capsule, class) pair gives the
   predictions u_hat = W_ij u_i in a single einsum (a batched matmul over the
   input capsules; W is never tiled across the batch), then
-  `routing.dynamic_routing`. Routing runs in float32 whatever the layer's
+  `capsule_ops.dynamic_routing`. Routing runs in float32 whatever the layer's
   compute dtype.
 
   Input `[batch, in_caps, in_dim]`; returns `(v [batch, classes, out_dim],
@@ -107,7 +82,7 @@ class ClassCapsules(keras.layers.Layer):
     kernel = tf.cast(self.kernel, tf.float32)
     u_hat = tf.einsum('bid,iodk->biok', u, kernel)
     bias = None if self.bias is None else tf.cast(self.bias, tf.float32)
-    return routing.dynamic_routing(
+    return capsule_ops.dynamic_routing(
         u_hat, self.routing_iterations,
         stop_inner_gradients=self.stop_inner_gradients, bias=bias)
 

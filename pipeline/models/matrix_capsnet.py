@@ -8,12 +8,14 @@ With A=B=C=D=32 and 5 classes on 2-channel input: 317,194 parameters (the
 paper's "310K").
 """
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models import base
-from pipeline.models import routing
+from pipeline.models import capsule_ops
 
 POSE = 4  # Poses are 4x4 matrices.
 
@@ -104,7 +106,7 @@ class ConvMatrixCapsules(keras.layers.Layer):
     votes = tf.reshape(votes, [batch, positions, k2 * self.in_types,
                                self.types, POSE * POSE])
     patch_act = tf.reshape(patch_act, [batch, positions, k2 * self.in_types])
-    out_poses, out_act, _ = routing.em_routing(
+    out_poses, out_act, _ = capsule_ops.em_routing(
         votes, patch_act, self.beta_u, self.beta_a, self.routing_iterations,
         child_ids=self.child_ids, num_children=self.num_children,
         final_lambda=self.final_lambda)
@@ -152,10 +154,22 @@ class ClassMatrixCapsules(keras.layers.Layer):
     votes = tf.reshape(votes, [batch, 1, h * w * self.in_types,
                                self.num_classes, POSE * POSE])
     act = tf.reshape(activations, [batch, 1, h * w * self.in_types])
-    out_poses, out_act, _ = routing.em_routing(
+    out_poses, out_act, _ = capsule_ops.em_routing(
         votes, act, self.beta_u, self.beta_a, self.routing_iterations,
         final_lambda=self.final_lambda)
     return out_poses[:, 0], out_act[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixCapsNetConfig:
+  """MatrixCapsNet's options: its constructor's arguments besides the data
+  shape. The defaults are the paper's A=B=C=D=32 smallNORB model."""
+  channels_a: int = 32
+  types_b: int = 32
+  types_c: int = 32
+  types_d: int = 32
+  routing_iterations: int = 3
+  final_lambda: float = 0.01
 
 
 class MatrixCapsNet(base.CapsuleModel):
@@ -188,7 +202,6 @@ class MatrixCapsNet(base.CapsuleModel):
                                          name='conv_caps2')
     self.class_capsules = ClassMatrixCapsules(num_classes, routing_iterations,
                                               final_lambda, name='class_caps')
-    self.decoder = None
 
   def call(self, images, labels=None, training=False):
     del labels, training  # No decoder: the labels mask nothing.
@@ -198,3 +211,30 @@ class MatrixCapsNet(base.CapsuleModel):
     poses, act = self.conv_caps2(poses, act)
     poses, act = self.class_capsules(poses, act)
     return {'lengths': act, 'poses': poses}
+
+  @property
+  def pose_shape(self):
+    return (self.num_classes, POSE * POSE)
+
+  def flops_per_example(self):
+    """Forward FLOPs per example: the convolutions, the 4x4 vote products
+    and, per EM iteration, the M-step's weighted means and variances and
+    the E-step's log-likelihoods (about 8 FLOPs per vote element)."""
+    h, w, _ = self.image_shape
+    total = 0
+    for conv in (self.conv1, self.primary.pose_conv,
+                 self.primary.activation_conv):
+      flops, oh, ow = base.conv_flops(conv, h, w)
+      total += flops
+      if conv is self.conv1:
+        h, w = oh, ow
+    per_vote = 2 * POSE * POSE * POSE
+    for caps in (self.conv_caps1, self.conv_caps2):
+      votes = caps.out_h * caps.out_w * caps.kernel_size ** 2 * (
+          caps.in_types * caps.types)
+      total += votes * (per_vote + 8 * POSE * POSE * caps.routing_iterations)
+    grid = self.conv_caps2.out_h * self.conv_caps2.out_w
+    caps = self.class_capsules
+    votes = grid * caps.in_types * caps.num_classes
+    total += votes * (per_vote + 8 * POSE * POSE * caps.routing_iterations)
+    return int(total)

@@ -1,14 +1,38 @@
-"""Routing algorithms between capsule layers, as pure TF functions.
+"""Capsule operations as pure TF functions: squash, dynamic routing, EM routing.
 
-`dynamic_routing` is routing-by-agreement from "Dynamic Routing Between
-Capsules" (Sabour, Frosst, Hinton 2017), Procedure 1.
+`squash` and `dynamic_routing` are from "Dynamic Routing Between Capsules"
+(Sabour, Frosst, Hinton 2017; Eq. 1 and Procedure 1); `em_routing` from
+"Matrix Capsules with EM Routing" (Hinton, Sabour, Frosst 2018). This module
+imports nothing from the package, so every layer and model can use it.
 """
 
 import tensorflow as tf
 
-# layers imports this module for ClassCapsules; importing the module (not the
-# name) keeps the cycle safe whichever side is imported first.
-from pipeline.models import layers
+# Keeps the norm's gradient finite at s = 0 (d|s|/ds is undefined there).
+_SQUASH_EPSILON = 1e-7
+
+
+def squash(s, axis=-1):
+  """The CapsNet non-linearity v = |s|^2 / (1 + |s|^2) * s / |s|.
+
+  Short vectors shrink to almost zero length, long ones to just below 1; the
+  direction is kept. The norm uses sqrt(|s|^2 + eps), so an all-zero capsule
+  gives a zero output and a finite (zero) gradient instead of NaN.
+
+  Args:
+    s: capsule inputs, any shape; `axis` holds the capsule dimension.
+    axis: the capsule dimension.
+
+  Returns:
+    A tensor of the shape and dtype of `s`.
+  """
+  s = tf.convert_to_tensor(s)
+  squared_norm = tf.reduce_sum(tf.square(s), axis=axis, keepdims=True)
+  scale = squared_norm / ((1.0 + squared_norm) *
+                          tf.sqrt(squared_norm + _SQUASH_EPSILON))
+  return s * scale
+
+
 
 # One compiled function per (iterations, stop_inner_gradients): the input
 # signature leaves every dimension free, so a new batch size (or a new capsule
@@ -40,7 +64,7 @@ def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients):
       # each child distributes its output among parents (sum over j is 1).
       coupling = tf.nn.softmax(logits, axis=2)
       s = tf.einsum('bio,biod->bod', coupling, u) + bias
-    v = layers.squash(s, axis=-1)
+    v = squash(s, axis=-1)
     if not last:
       agreement = tf.einsum('biod,bod->bio', u, v)
       logits = agreement if logits is None else logits + agreement

@@ -1,10 +1,44 @@
-"""Tests of pipeline.models.routing.dynamic_routing."""
+"""Tests of pipeline.models.capsule_ops: squash, dynamic routing, EM routing."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.models import routing
+from pipeline.models import capsule_ops
+
+
+def test_squash_norm_below_one_and_direction_kept():
+  rng = np.random.default_rng(1)
+  s = tf.constant((rng.normal(size=[64, 10, 8]) *
+                   rng.uniform(0, 5, size=[64, 10, 1])).astype(np.float32))
+  v = capsule_ops.squash(s)
+  s_norm = np.linalg.norm(s.numpy(), axis=-1)
+  v_norm = np.linalg.norm(v.numpy(), axis=-1)
+  assert (v_norm < 1).all()
+  np.testing.assert_allclose(v_norm, s_norm ** 2 / (1 + s_norm ** 2),
+                             rtol=1e-4, atol=1e-6)
+  cos = np.sum(s.numpy() * v.numpy(), -1) / (s_norm * v_norm + 1e-12)
+  np.testing.assert_allclose(cos[s_norm > 1e-2], 1.0, atol=1e-5)
+
+
+def test_squash_axis():
+  s = tf.random.normal([3, 8, 5], seed=3)
+  np.testing.assert_allclose(
+      capsule_ops.squash(s, axis=1).numpy(),
+      np.transpose(capsule_ops.squash(tf.transpose(s, [0, 2, 1])).numpy(),
+                   [0, 2, 1]), rtol=1e-6)
+
+
+def test_squash_gradient_finite_at_zero():
+  s = tf.zeros([2, 4, 8])
+  with tf.GradientTape() as tape:
+    tape.watch(s)
+    v = capsule_ops.squash(s)
+    loss = tf.reduce_sum(v)
+  grad = tape.gradient(loss, s)
+  assert np.isfinite(grad.numpy()).all()
+  assert np.isfinite(v.numpy()).all()
+  np.testing.assert_array_equal(v.numpy(), 0.0)
 
 
 def reference_routing(u_hat, iterations):
@@ -25,7 +59,7 @@ def reference_routing(u_hat, iterations):
 def test_matches_numpy_reference(iterations):
   rng = np.random.default_rng(iterations)
   u_hat = rng.normal(size=[4, 30, 5, 6]).astype(np.float32)
-  v, c = routing.dynamic_routing(tf.constant(u_hat), iterations)
+  v, c = capsule_ops.dynamic_routing(tf.constant(u_hat), iterations)
   v_ref, c_ref = reference_routing(u_hat.astype(np.float64), iterations)
   np.testing.assert_allclose(v.numpy(), v_ref, atol=1e-5)
   np.testing.assert_allclose(c.numpy(), c_ref, atol=1e-5)
@@ -33,27 +67,27 @@ def test_matches_numpy_reference(iterations):
 
 def test_coefficients_sum_to_one_over_classes():
   u_hat = tf.random.normal([3, 12, 7, 4], seed=4)
-  _, c = routing.dynamic_routing(u_hat, 3)
+  _, c = capsule_ops.dynamic_routing(u_hat, 3)
   np.testing.assert_allclose(c.numpy().sum(axis=2), 1.0, atol=1e-6)
 
 
 def test_one_iteration_gives_uniform_coefficients():
-  _, c = routing.dynamic_routing(tf.random.normal([2, 9, 4, 3], seed=5), 1)
+  _, c = capsule_ops.dynamic_routing(tf.random.normal([2, 9, 4, 3], seed=5), 1)
   np.testing.assert_allclose(c.numpy(), 0.25, atol=1e-7)
 
 
 def test_more_iterations_sharpen_agreement():
-  _, c1 = routing.dynamic_routing(tf.random.normal([2, 50, 4, 8], seed=6), 1)
-  _, c3 = routing.dynamic_routing(tf.random.normal([2, 50, 4, 8], seed=6), 3)
+  _, c1 = capsule_ops.dynamic_routing(tf.random.normal([2, 50, 4, 8], seed=6), 1)
+  _, c3 = capsule_ops.dynamic_routing(tf.random.normal([2, 50, 4, 8], seed=6), 3)
   assert c3.numpy().max() > c1.numpy().max()
 
 
 def test_no_retrace_on_new_batch_size():
-  fn = routing.routing_function(2)
-  routing.dynamic_routing(tf.random.normal([3, 10, 4, 5]), 2)
+  fn = capsule_ops.routing_function(2)
+  capsule_ops.dynamic_routing(tf.random.normal([3, 10, 4, 5]), 2)
   count = fn.experimental_get_tracing_count()
   for batch in (1, 7, 16):
-    routing.dynamic_routing(tf.random.normal([batch, 10, 4, 5]), 2)
+    capsule_ops.dynamic_routing(tf.random.normal([batch, 10, 4, 5]), 2)
   assert fn.experimental_get_tracing_count() == count
 
 
@@ -61,7 +95,7 @@ def test_no_retrace_on_new_batch_size():
 def test_gradients_flow(stop):
   u_hat = tf.Variable(tf.random.normal([2, 6, 3, 4], seed=7))
   with tf.GradientTape() as tape:
-    v, _ = routing.dynamic_routing(u_hat, 3, stop_inner_gradients=stop)
+    v, _ = capsule_ops.dynamic_routing(u_hat, 3, stop_inner_gradients=stop)
     loss = tf.reduce_sum(tf.norm(v, axis=-1))
   grad = tape.gradient(loss, u_hat)
   assert grad is not None and np.isfinite(grad.numpy()).all()
@@ -73,7 +107,7 @@ def test_stop_inner_gradients_changes_gradient_not_value():
   grads, values = [], []
   for stop in (False, True):
     with tf.GradientTape() as tape:
-      v, _ = routing.dynamic_routing(u_hat, 3, stop_inner_gradients=stop)
+      v, _ = capsule_ops.dynamic_routing(u_hat, 3, stop_inner_gradients=stop)
       loss = tf.reduce_sum(tf.norm(v, axis=-1))
     grads.append(tape.gradient(loss, u_hat).numpy())
     values.append(v.numpy())
@@ -84,15 +118,15 @@ def test_stop_inner_gradients_changes_gradient_not_value():
 def test_bias_is_added_before_squash():
   u_hat = tf.zeros([1, 4, 2, 3])
   bias = tf.constant([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-  v, _ = routing.dynamic_routing(u_hat, 1, bias=bias)
+  v, _ = capsule_ops.dynamic_routing(u_hat, 1, bias=bias)
   np.testing.assert_allclose(v.numpy()[0, 0], [0.5, 0, 0], atol=1e-6)
 
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match='num_iterations'):
-    routing.dynamic_routing(tf.zeros([1, 2, 3, 4]), 0)
+    capsule_ops.dynamic_routing(tf.zeros([1, 2, 3, 4]), 0)
   with pytest.raises(ValueError, match='rank 4'):
-    routing.dynamic_routing(tf.zeros([2, 3, 4]), 1)
+    capsule_ops.dynamic_routing(tf.zeros([2, 3, 4]), 1)
 
 
 def reference_em(votes, act, beta_u, beta_a, iterations, child_ids=None,
@@ -103,7 +137,7 @@ def reference_em(votes, act, beta_u, beta_a, iterations, child_ids=None,
   """
   b, p, k, c, _ = votes.shape
   ids = np.arange(p * k) if child_ids is None else np.asarray(child_ids)
-  lambdas = routing.lambda_schedule(iterations, final_lambda)
+  lambdas = capsule_ops.lambda_schedule(iterations, final_lambda)
   # Every parent of a child starts with an equal share.
   per_child = np.bincount(ids)[ids].reshape(p, k)
   r = np.ones([b, p, k, c]) / (per_child[None, :, :, None] * c)
@@ -141,7 +175,7 @@ def test_em_routing_matches_numpy_reference(conv):
   beta_u = rng.normal(size=[c]).astype(np.float32)
   beta_a = rng.normal(size=[c]).astype(np.float32)
   ids = np.array([0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7]) if conv else None
-  mu, a_out, r = routing.em_routing(
+  mu, a_out, r = capsule_ops.em_routing(
       votes, act, beta_u, beta_a, 3,
       child_ids=None if ids is None else tf.constant(ids, tf.int32),
       num_children=None if ids is None else 8)
@@ -155,7 +189,7 @@ def test_em_routing_matches_numpy_reference(conv):
 
 def test_em_assignments_sum_to_one_over_all_parents_of_a_child():
   ids = tf.constant([0, 1, 2, 1, 2, 3], tf.int32)
-  _, _, r = routing.em_routing(tf.random.normal([2, 2, 3, 4, 16], seed=1),
+  _, _, r = capsule_ops.em_routing(tf.random.normal([2, 2, 3, 4, 16], seed=1),
                                tf.random.uniform([2, 2, 3], seed=2),
                                tf.zeros([4]), tf.zeros([4]), 3,
                                child_ids=ids, num_children=4)
@@ -175,7 +209,7 @@ def test_em_routing_finite_values_and_gradients(case):
     act = tf.Variable(tf.fill([2, 1, 6], 1e-12))
   beta_u, beta_a = tf.Variable(tf.zeros([3])), tf.Variable(tf.zeros([3]))
   with tf.GradientTape() as tape:
-    mu, a_out, _ = routing.em_routing(votes, act, beta_u, beta_a, 3)
+    mu, a_out, _ = capsule_ops.em_routing(votes, act, beta_u, beta_a, 3)
     loss = tf.reduce_sum(mu) + tf.reduce_sum(a_out)
   for value in (mu, a_out):
     assert np.isfinite(value.numpy()).all()
@@ -184,6 +218,6 @@ def test_em_routing_finite_values_and_gradients(case):
 
 
 def test_lambda_schedule_rises_to_final():
-  lambdas = routing.lambda_schedule(3, 0.01)
+  lambdas = capsule_ops.lambda_schedule(3, 0.01)
   assert lambdas[-1] == pytest.approx(0.01)
   assert lambdas[0] < lambdas[1] < lambdas[2]

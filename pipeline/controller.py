@@ -1,0 +1,321 @@
+"""The outer training loop: resume, checkpoints, summaries, metrics.json.
+
+Like orbit's `Controller.train`: work out the steps of the next loop, run
+them with the trainer, then log, checkpoint and evaluate on their
+boundaries; save at completion. The controller owns every file of a run
+(the config and reproduction flagfile, checkpoints with their quarantine,
+TensorBoard events, `metrics.json`) and writes none of them before it holds
+the model directory's lock and has checked that a resumed run is the same
+run.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Optional
+
+from absl import logging
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import run_guard
+from pipeline import summaries
+from pipeline import trainer as trainer_lib
+from pipeline.data import input_pipeline
+
+METRICS_FILE = 'metrics.json'
+FLAGS_FILE = 'flags.txt'
+# Examples behind the eval histograms (the image grid shows the first 8).
+SUMMARY_EXAMPLES = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  """How a `Controller.train` call ended.
+
+  Attributes:
+    step: the global step reached.
+    evaluation: the final evaluation (see `Trainer.evaluate`, plus
+      `wall_seconds`), or None when the run was preempted.
+    preempted: the signal that stopped the run early ('peer' when another
+      worker was), or None.
+  """
+  step: int
+  evaluation: Optional[dict] = None
+  preempted: Optional[str] = None
+
+
+def duration(seconds: float) -> str:
+  """`H:MM:SS` of a number of seconds (rounded up)."""
+  seconds = int(math.ceil(seconds))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+class Controller:
+  """Drives a `Trainer` to `config.train_steps`.
+
+  Args:
+    trainer: the `pipeline.trainer.Trainer` to drive.
+    flags_text: the flagfile that reproduces the run, written as
+      `flags.txt` once the lock is held (None: not written).
+  """
+
+  def __init__(self, trainer, flags_text=None):
+    self.trainer = trainer
+    self.config = trainer.config
+    self.work_dir = trainer.work_dir
+    self.flags_text = flags_text
+    self.checkpoint_manager = None
+
+  def _manager(self):
+    return tf.train.CheckpointManager(
+        self.trainer.checkpoint, os.path.join(self.work_dir, 'checkpoints'),
+        max_to_keep=self.config.max_checkpoints)
+
+  # --- Files of the run ------------------------------------------------------
+
+  def check_same_run(self):
+    """Compares the saved config of a resumed run with this one.
+
+    Raises:
+      run_guard.RunGuardError: naming every changed field that would change
+        the model or its training, and how to proceed. Changes that do not
+        (more steps, another evaluation cadence) pass; those with a stated
+        consequence are logged.
+    """
+    path = os.path.join(self.work_dir, config_lib.CONFIG_FILE)
+    if not os.path.exists(path):
+      return
+    try:
+      with open(path) as f:
+        saved = config_lib.TrainConfig.from_json(f.read())
+    except (ValueError, TypeError, KeyError) as e:
+      raise run_guard.RunGuardError(
+          f'{path} cannot be read ({type(e).__name__}: {e}); it is what makes '
+          'a resume safe. Restore it, or pick a new --model_dir.') from None
+    refused, noted = config_lib.config_changes(saved, self.config)
+    if refused:
+      lines = '; '.join(f'--{name} was {old!r}, now {new!r}'
+                        for name, old, new in refused)
+      raise run_guard.RunGuardError(
+          f'{self.work_dir} holds a run with other settings ({lines}). '
+          'Resuming would not continue that run. Re-run with its flags '
+          f'(--flagfile={os.path.join(self.work_dir, FLAGS_FILE)}), or pick '
+          'a new --model_dir for the new settings.')
+    for name, old, new, consequence in noted:
+      logging.warning('--%s changed from %r to %r: %s', name, old, new,
+                      consequence)
+
+  def write_run_files(self):
+    """Writes the resolved config, the data description and flags.txt."""
+    if not self.trainer.chief:
+      return
+    info = self.trainer.info
+    files = {
+        config_lib.CONFIG_FILE: self.config.to_json(),
+        config_lib.INFO_FILE: json.dumps({
+            'name': info.name, 'image_shape': list(info.image_shape),
+            'num_classes': info.num_classes,
+            'split_sizes': info.split_sizes,
+            'num_targets': info.num_targets}, indent=2),
+    }
+    if self.flags_text is not None:
+      files[FLAGS_FILE] = self.flags_text
+    for name, text in files.items():
+      run_guard.write_atomic(os.path.join(self.work_dir, name), text)
+
+  def restore(self):
+    """Restores the newest readable checkpoint; returns its path or None.
+
+    A checkpoint whose files cannot be read (truncated, corrupt) is
+    reported, moved into `checkpoints/corrupt/` rather than deleted, and the
+    one before it is tried. A readable checkpoint that does not fit the
+    model is never moved: that is a different run, and it is refused.
+
+    Raises:
+      run_guard.RunGuardError: when a readable checkpoint does not match
+        the model.
+    """
+    if self.checkpoint_manager is None:
+      self.checkpoint_manager = self._manager()
+    manager = self.checkpoint_manager
+    candidates = list(manager.checkpoints)
+    while candidates:
+      path = candidates.pop()
+      try:
+        self.trainer.checkpoint.restore(path).assert_existing_objects_matched()
+      except (tf.errors.OpError, ValueError, AssertionError, IndexError,
+              KeyError, RuntimeError) as e:  # What damaged files raise.
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+        if run_guard.checkpoint_readable(path):
+          raise run_guard.RunGuardError(
+              f'Checkpoint {path} is intact but does not fit this model '
+              f'({reason}). It belongs to a run with other settings: pick a '
+              'new --model_dir, or re-run with the flags in '
+              f'{os.path.join(self.work_dir, FLAGS_FILE)}.') from None
+        aside = run_guard.quarantine_checkpoint(path)
+        logging.error('Checkpoint %s cannot be restored (%s); moved its '
+                      'files to %s, trying the previous one.', path, reason,
+                      aside)
+        self._rewrite_checkpoint_state(manager.directory, candidates)
+        continue
+      logging.info('Resumed from %s at step %d.', path, self.trainer.step)
+      return path
+    return None
+
+  def _rewrite_checkpoint_state(self, directory, remaining):
+    state = os.path.join(directory, 'checkpoint')
+    if remaining:
+      tf.compat.v1.train.update_checkpoint_state(
+          directory, remaining[-1], all_model_checkpoint_paths=remaining)
+    elif os.path.exists(state):
+      os.remove(state)
+    self.checkpoint_manager = self._manager()
+
+  def _write_eval(self, writer, step, results, batch):
+    logging.info('eval step %d: %s accuracy %.4f error %.4f loss %.4f on %d '
+                 'examples', step, results['split'], results['accuracy'],
+                 results['error_rate'], results['loss'], results['examples'])
+    if not self.trainer.chief:
+      return
+    outputs = self.trainer.summary_outputs(batch['image'], batch['label'])
+    with writer.as_default():
+      summaries.write_scalars(step, {'accuracy': results['accuracy'],
+                                     'error_rate': results['error_rate'],
+                                     'loss/total': results['loss']})
+      summaries.write_capsule_summaries(step, batch['label'], outputs,
+                                        batch['image'])
+    path = os.path.join(self.work_dir, METRICS_FILE)
+    history = run_guard.read_metrics_history(path)
+    history.append(dict(results, step=int(step)))
+    run_guard.write_atomic(path, json.dumps(
+        {'latest': history[-1], 'history': history}, indent=2))
+
+  # --- The loop ----------------------------------------------------------------
+
+  def train(self) -> RunResult:
+    """Trains to `train_steps`, evaluating and checkpointing on the way.
+
+    Holds the model directory's lock for the whole run. On SIGTERM it
+    saves a checkpoint at the current step and returns early.
+
+    Raises:
+      trainer.NonFiniteLossError: when a step's loss or gradients are not
+        finite; the latest checkpoint is the last good one.
+      run_guard.RunGuardError: when another trainer holds the model
+        directory, it is not writable, or it holds a different run.
+    """
+    run_guard.check_writable(self.work_dir, '--model_dir')
+    with run_guard.RunLock(self.work_dir), \
+        run_guard.PreemptionWatcher() as preemption:
+      self.check_same_run()
+      run_guard.clean_stale_checkpoint_temps(
+          os.path.join(self.work_dir, 'checkpoints'))
+      self.checkpoint_manager = self._manager()
+      self.restore()
+      self.write_run_files()
+      return self._train(preemption)
+
+  def _train(self, preemption):
+    cfg, trainer = self.config, self.trainer
+    train_writer = tf.summary.create_file_writer(
+        os.path.join(self.work_dir, 'train'))
+    eval_writer = tf.summary.create_file_writer(
+        os.path.join(self.work_dir, 'eval'))
+    # Histograms are drawn from this fixed batch at every evaluation.
+    summary_batch = next(iter(input_pipeline.make_dataset(
+        trainer.source, cfg.eval_split, SUMMARY_EXAMPLES, False,
+        seed=cfg.seed, deterministic=True)))
+    step = trainer.step
+    start_step, start_time = step, time.time()
+    restored_wall = float(trainer.wall_seconds.numpy())
+
+    def wall():
+      return restored_wall + time.time() - start_time
+
+    def save(step):
+      trainer.wall_seconds.assign(wall())
+      self.checkpoint_manager.save(checkpoint_number=step)
+
+    def evaluate():
+      return dict(trainer.evaluate(), wall_seconds=wall())
+
+    last_log_step, last_log_time = step, start_time
+    results = None
+    while step < cfg.train_steps:
+      # Loops end exactly on log, eval and checkpoint boundaries.
+      n = min([cfg.steps_per_loop, cfg.train_steps - step] +
+              [every - step % every for every in
+               (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)])
+      try:
+        trainer.run_steps(n)
+      except trainer_lib.NonFiniteLossError as e:
+        raise trainer_lib.NonFiniteLossError(
+            f'{e} The latest checkpoint '
+            f'({self.checkpoint_manager.latest_checkpoint}) is the last good '
+            'one. Lower --learning_rate or check the input data.') from None
+      step = trainer.step
+      done = step >= cfg.train_steps
+      if step % cfg.log_every == 0 or done:
+        now = time.time()
+        rate = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
+        self._log_train(train_writer, step, rate)
+        last_log_step, last_log_time = step, now
+      paused = time.time()
+      if step % cfg.checkpoint_every == 0 or done:
+        save(step)
+      if step % cfg.eval_every == 0 or done:
+        results = evaluate()
+        self._write_eval(eval_writer, step, results, summary_batch)
+      # examples/s counts training only, not checkpoints and evaluations.
+      last_log_time += time.time() - paused
+      if not done and trainer.any_worker(preemption.requested):
+        if step % cfg.checkpoint_every:
+          save(step)
+        train_writer.flush()
+        eval_writer.flush()
+        stopper = preemption.requested or 'peer'
+        logging.warning(
+            'Stopped by %s at step %d: checkpoint saved in %s. Run the same '
+            'command to resume.', preemption.requested or 'a peer worker',
+            step, self.checkpoint_manager.directory)
+        return RunResult(step=step, preempted=stopper)
+    if results is None:
+      results = evaluate()
+      self._write_eval(eval_writer, step, results, summary_batch)
+      save(step)
+    train_writer.flush()
+    eval_writer.flush()
+    logging.info('Trained %d steps in %s.', step - start_step,
+                 duration(time.time() - start_time))
+    return RunResult(step=step, evaluation=results)
+
+  def _log_train(self, writer, step, rate):
+    cfg, trainer = self.config, self.trainer
+    values = {k: float(m.result()) for k, m in trainer.metrics.items()}
+    values['learning_rate'] = float(trainer.learning_rate(step - 1))
+    values['examples_per_second'] = rate
+    left = (cfg.train_steps - step) * cfg.batch_size / max(rate, 1e-9)
+    logging.info(
+        'step %d/%d  loss %.4f (margin %.4f, recon %.2f)  accuracy %.4f  '
+        '%.1f examples/s  %s left', step, cfg.train_steps,
+        values['loss/total'], values['loss/margin'],
+        values['loss/reconstruction'], values['accuracy'], rate,
+        duration(left))
+    if trainer.chief:
+      with writer.as_default():
+        summaries.write_scalars(step, values)
+    for m in trainer.metrics.values():
+      m.reset_state()
+
+
+def train(config, flags_text=None):
+  """Builds a trainer for `config` and trains it to the end.
+
+  Returns:
+    `(trainer, RunResult)`.
+  """
+  trainer = trainer_lib.Trainer(config)
+  return trainer, Controller(trainer, flags_text).train()

@@ -1,0 +1,145 @@
+"""Tests of pipeline.controller: the loop's files, and resume safety."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from helpers import run_trainer, TINY_MODEL, tiny_config
+from pipeline import config as config_lib
+from pipeline import controller as controller_lib
+from pipeline import run_guard
+from pipeline import trainer as trainer_lib
+from pipeline.data import sources
+
+
+def _snapshot(model_dir):
+  """Every file under model_dir with its bytes (the lock file aside)."""
+  files = {}
+  for root, _, names in os.walk(model_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      if name != run_guard.LOCK_FILE:
+        with open(path, 'rb') as f:
+          files[os.path.relpath(path, model_dir)] = f.read()
+  return files
+
+
+def _changed(cfg, **changes):
+  model = changes.pop('model', None)
+  data = changes.pop('data', None)
+  return dataclasses.replace(
+      cfg, model=model or cfg.model,
+      data=dataclasses.replace(cfg.data, **data) if data else cfg.data,
+      **changes)
+
+
+@pytest.mark.parametrize('change,named', [
+    (dict(model=config_lib.model_spec(**dict(TINY_MODEL, conv_filters=16))),
+     '--conv_filters was 8, now 16'),
+    (dict(model=config_lib.model_spec('baseline_cnn')),
+     "--model was 'capsnet', now 'baseline_cnn'"),
+    (dict(model=config_lib.model_spec(precision='mixed_bfloat16',
+                                      **TINY_MODEL)),
+     "--precision was 'float32'"),
+    (dict(data=dict(synthetic_shape=(24, 24, 1))), '--synthetic_shape'),
+    (dict(batch_size=4), '--batch_size was 8, now 4'),
+    (dict(learning_rate=0.5), '--learning_rate'),
+    (dict(seed=7), '--seed'),
+    (dict(reconstruction_weight=1.0), '--reconstruction_weight'),
+])
+def test_a_changed_run_is_refused_before_anything_is_touched(
+    tmp_path, change, named):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg), flags_text='--conv_filters=8\n')
+  before = _snapshot(tmp_path)
+  changed = _changed(cfg, train_steps=4, **change)
+  trainer = trainer_lib.Trainer(changed)
+  with pytest.raises(run_guard.RunGuardError, match=named) as e:
+    controller_lib.Controller(trainer, '--conv_filters=16\n').train()
+  assert 'pick a new --model_dir' in str(e.value)
+  assert _snapshot(tmp_path) == before
+  assert not os.path.exists(tmp_path / 'checkpoints' / 'corrupt')
+  # The original settings still resume the run where it stopped.
+  resumed = trainer_lib.Trainer(dataclasses.replace(cfg, train_steps=4))
+  controller = controller_lib.Controller(resumed)
+  assert controller.restore().endswith('ckpt-2')
+  controller.train()
+  assert resumed.step == 4
+
+
+def test_accepted_changes_are_stated(tmp_path, caplog):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg))
+  changed = _changed(cfg, train_steps=4, eval_every=2, strategy='mirrored')
+  with caplog.at_level('WARNING'):
+    run_trainer(trainer_lib.Trainer(changed))
+  assert "--strategy changed from 'one_device' to 'mirrored'" in caplog.text
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['train_steps'] == 4
+
+
+def test_an_intact_checkpoint_of_another_model_is_refused_not_quarantined(
+    tmp_path):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg))
+  os.remove(tmp_path / 'config.json')  # Lost: the check cannot see it.
+  other = trainer_lib.Trainer(_changed(cfg, model=config_lib.model_spec(
+      **dict(TINY_MODEL, class_dim=6))))
+  with pytest.raises(run_guard.RunGuardError, match='intact but does not fit'):
+    controller_lib.Controller(other).train()
+  assert not os.path.exists(tmp_path / 'checkpoints' / 'corrupt')
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+
+
+def test_nothing_is_written_before_the_lock_is_held(tmp_path):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg), flags_text='original\n')
+  before = _snapshot(tmp_path)
+  with run_guard.RunLock(str(tmp_path)):
+    second = controller_lib.Controller(trainer_lib.Trainer(
+        _changed(cfg, train_steps=4)), 'intruder\n')
+    with pytest.raises(run_guard.RunGuardError, match='in use by another'):
+      second.train()
+  assert _snapshot(tmp_path) == before
+
+
+def test_a_corrupt_metrics_file_is_set_aside(tmp_path, caplog):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg))
+  (tmp_path / 'metrics.json').write_text('{"history": [1, 2')
+  with caplog.at_level('WARNING'):
+    results = run_trainer(trainer_lib.Trainer(_changed(cfg, train_steps=4)))
+  assert 'cannot be read' in caplog.text
+  assert (tmp_path / 'metrics.json.corrupt-1').read_text() == (
+      '{"history": [1, 2')
+  with open(tmp_path / 'metrics.json') as f:
+    assert json.load(f)['latest']['accuracy'] == results['accuracy']
+
+
+def test_stale_save_directories_are_removed_at_start(tmp_path):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg))
+  stale = tmp_path / 'checkpoints' / 'ckpt-3_temp'
+  stale.mkdir()
+  (stale / 'part-00000-of-00001.data-00000-of-00001').write_bytes(b'x')
+  run_trainer(trainer_lib.Trainer(_changed(cfg, train_steps=4)))
+  assert not stale.exists()
+
+
+def test_run_result_shapes(tmp_path):
+  trainer, result = controller_lib.train(tiny_config(tmp_path, train_steps=2))
+  assert result.step == trainer.step == 2 and result.preempted is None
+  assert result.evaluation['examples'] == 32
+  assert controller_lib.duration(3661.2) == '1:01:02'
+
+
+def test_an_empty_evaluation_split_is_named(tmp_path):
+  data = sources.DataSpec(dataset='synthetic', synthetic_shape=(20, 20, 1),
+                          synthetic_classes=4, synthetic_size=(128, 0))
+  trainer = trainer_lib.Trainer(tiny_config(tmp_path, data=data))
+  with pytest.raises(ValueError, match='The test split of synthetic holds '
+                     'no examples'):
+    trainer.evaluate('test')
