@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import models
+from pipeline.models import registry
 
 WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 # Signatures run large requests in chunks of this many images, so memory
@@ -246,7 +246,7 @@ def load_checkpointed_model(model_dir, checkpoint=None):
       raise FileNotFoundError(
           f'{model_dir}/checkpoints holds no checkpoint; train first or pass '
           'a checkpoint path.')
-  model = models.build_from_spec(config.model, info['image_shape'],
+  model = registry.build_from_spec(config.model, info['image_shape'],
                                  info['num_classes'], info['num_targets'])
   tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
   return model, info

@@ -13,7 +13,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import strategies
-from pipeline import tasks
+from pipeline.tasks import base as task_base
+from pipeline.tasks import registry as task_registry
 from pipeline.data import input_pipeline, sources
 
 
@@ -48,7 +49,7 @@ class Trainer:
     self.chief = strategies.is_chief(self.strategy)
     self.source = source or sources.open_source(config.data)
     self.info = self.source.info
-    self.task = tasks.get_task(config)
+    self.task = task_registry.get_task(config)
     self.model_dir = config.model_dir
     # Non-chief workers of a multi-worker run write their checkpoints (which
     # they must, to join the collective save) into a scratch subdirectory.
@@ -65,7 +66,7 @@ class Trainer:
             self.optimizer)
       self.optimizer.build(self.model.trainable_variables)
       self.metrics = {name: keras.metrics.Mean(name)
-                      for name in tasks.METRIC_NAMES}
+                      for name in task_base.METRIC_NAMES}
       # Wall time spent training this run, carried across resumes (time
       # after the last checkpoint of a killed process is not counted).
       self.wall_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,

@@ -15,3 +15,10 @@ tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(path):
+  """Runs one test module as a script (as Bazel's py_test does), through
+  pytest, so its fixtures and this file's setup apply the same way."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  sys.exit(pytest.main([path, '-q', '-p', 'no:cacheprovider']))

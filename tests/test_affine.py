@@ -68,3 +68,8 @@ def test_bad_inputs():
     affine.affine_split(np.zeros([1, 44, 44], np.uint8), [0], 40)
   with pytest.raises(DataError, match='min_scale'):
     affine.AffineRanges(min_scale=1.5, max_scale=1.0)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -73,3 +73,8 @@ def test_affnist_source_uses_the_idx_test_set_and_checks_its_size(tmp_path):
   np.testing.assert_allclose(batch['image'].numpy(), 9 / 255, rtol=1e-6)
   with pytest.raises(DataError, match='canvas_size'):
     sources.open_source(dataclasses.replace(spec, canvas_size=36))
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

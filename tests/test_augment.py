@@ -77,3 +77,8 @@ def test_standardize_and_brightness_contrast():
       augment.brightness_contrast(images, _seed(5))).numpy()
   np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0, atol=1e-5)
   np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-3)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

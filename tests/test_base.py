@@ -20,3 +20,8 @@ def test_shared_checks(cls):
                      r'shape \[batch, 32, 32, 1\], got \(2, 32, 32, 3\)'):
     model(tf.zeros([2, 32, 32, 3]))
   assert cls.from_config(model.get_config()).get_config() == model.get_config()
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

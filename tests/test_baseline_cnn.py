@@ -7,7 +7,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import export
 from pipeline import losses
-from pipeline import models
+from pipeline.models import registry
 from pipeline import trainer as trainer_lib
 from pipeline.models.baseline_cnn import BaselineCNN
 
@@ -44,7 +44,7 @@ def test_outputs_are_softmax_of_logits_and_dropout_only_in_training():
 
 def test_mixed_bfloat16_computes_in_16_bits_with_float32_outputs():
   spec = config_lib.model_spec('baseline_cnn', 'mixed_bfloat16')
-  model = models.build_from_spec(spec, (12, 12, 1), 3)
+  model = registry.build_from_spec(spec, (12, 12, 1), 3)
   assert model.convs[0].compute_dtype == 'bfloat16'
   out = model(tf.zeros([1, 12, 12, 1]))
   assert out['logits'].dtype == tf.float32
@@ -97,3 +97,8 @@ def test_flops_by_hand_and_contract():
   assert not model.has_decoder and model.pose_shape == (10, 1)
   with pytest.raises(ValueError, match='has no decoder'):
     model.reconstruct(tf.zeros([1, 10, 1]), tf.zeros([1, 10]))
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -51,3 +51,8 @@ def test_scaling_runs_each_configuration(tmp_path):
           for r in figures['by_routing_iterations']] == [1, 2]
   assert all(r['peak_rss_mb'] > 0 for r in figures['by_batch'])
   assert 'peak_mb_per_example' in figures
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import losses
-from pipeline import models
+from pipeline.models import registry
 from pipeline.models.capsnet import CapsNet
 
 from helpers import TINY_MODEL
@@ -118,10 +118,10 @@ def test_get_config_rebuilds_same_model():
 
 
 def test_registry():
-  model = models.build_model('capsnet', (20, 20, 1), 4, **TINY_MODEL)
+  model = registry.build_model('capsnet', (20, 20, 1), 4, **TINY_MODEL)
   assert isinstance(model, CapsNet)
   with pytest.raises(ValueError, match='Unknown model'):
-    models.build_model('resnet', (20, 20, 1), 4)
+    registry.build_model('resnet', (20, 20, 1), 4)
   with pytest.raises(ValueError, match='routing_iterations'):
     CapsNet(routing_iterations=0)
 
@@ -134,3 +134,8 @@ def test_paper_model_flops_and_contract():
   assert model.flops_per_example() == pytest.approx(0.4068e9, rel=1e-3)
   assert model.has_decoder and model.pose_shape == (10, 16)
   assert not CapsNet(use_decoder=False).has_decoder
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -221,3 +221,8 @@ def test_lambda_schedule_rises_to_final():
   lambdas = capsule_ops.lambda_schedule(3, 0.01)
   assert lambdas[-1] == pytest.approx(0.01)
   assert lambdas[0] < lambdas[1] < lambdas[2]
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -79,3 +79,8 @@ def test_command_sends_files(served, tmp_path):
       text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f'{path}: class ' in proc.stdout
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

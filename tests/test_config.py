@@ -69,3 +69,8 @@ def test_config_changes_refuses_what_changes_the_run():
   assert refused == []
   assert [n[0] for n in noted] == ['data_dir', 'eval_split']
   assert 'same data' in noted[0][3]
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

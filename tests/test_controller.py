@@ -143,3 +143,8 @@ def test_an_empty_evaluation_split_is_named(tmp_path):
   with pytest.raises(ValueError, match='The test split of synthetic holds '
                      'no examples'):
     trainer.evaluate('test')
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

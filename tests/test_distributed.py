@@ -93,3 +93,8 @@ def test_resume_in_fresh_process_matches_straight_run(tmp_path):
   for key in straight:
     np.testing.assert_allclose(straight[key], resumed[key], atol=1e-6,
                                err_msg=key)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

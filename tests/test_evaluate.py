@@ -153,3 +153,8 @@ def test_models_without_decoder_get_the_confusion_matrix_only(tmp_path):
   paths = evaluate.write_figures(NoDecoder(), src, 'test', results,
                                  str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ['confusion.png']
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -98,3 +98,8 @@ def test_model_flags_go_only_to_models_that_take_them():
   assert experiment.flags_for_model('baseline_cnn', extra) == ['--batch_size=4']
   assert experiment.flags_for_model('matrix_capsnet', extra) == [
       '--routing_iterations=2', '--batch_size=4']
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

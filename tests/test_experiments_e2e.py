@@ -86,3 +86,8 @@ def test_affine_generalisation_chain(base, tmp_path):
   assert (figs / 'capsnet' / 'reconstructions.png').exists()
   assert (figs / 'capsnet' / 'affnist_style' / 'reconstructions.png').exists()
   assert (figs / 'baseline_cnn' / 'affnist_style' / 'confusion.png').exists()
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

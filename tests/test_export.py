@@ -162,3 +162,8 @@ def test_large_request_runs_in_chunks(trained, tmp_path):
   graph = sigs['serving_default'].graph.as_graph_def()
   ops = {node.op for f in graph.library.function for node in f.node_def}
   assert 'While' in ops or 'StatelessWhile' in ops
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

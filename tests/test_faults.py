@@ -184,3 +184,8 @@ def test_concurrent_exports_never_share_a_version(tmp_path):
     paths.append(out.strip().splitlines()[-1])
   assert sorted(os.path.basename(p) for p in paths) == ['1', '2', '3']
   assert sorted(os.listdir(tmp_path / 'exp')) == ['1', '2', '3']
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

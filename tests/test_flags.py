@@ -95,3 +95,8 @@ def test_model_flags_at_their_defaults_pass_and_fill_the_model_config():
     params = pipeline_flags.config_from_flags().model.params
     assert params.conv_filters == 8 and params.decoder_units == (8, 9)
     assert params.jit_compile
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

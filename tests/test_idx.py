@@ -99,3 +99,8 @@ def test_write_idx_split_refuses_bad_arrays(tmp_path):
   with pytest.raises(DataError, match='255'):
     idx.write_idx_split(str(tmp_path), 'test', np.zeros([1, 3, 3], np.uint8),
                         np.array([256]))
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -126,3 +126,8 @@ def test_smallnorb_crops_and_standardisation():
   stored = src.split('test').images[:4] / 255.0
   np.testing.assert_allclose(test['targets'].numpy(), stored[:, 8:40, 8:40],
                              atol=1e-6)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

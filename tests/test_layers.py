@@ -76,3 +76,8 @@ def test_class_capsules_xla_training_path_matches_plain():
   np.testing.assert_allclose(tape.gradient(loss_xla, xla.kernel).numpy(),
                              tape.gradient(loss_plain, plain.kernel).numpy(),
                              atol=1e-5)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

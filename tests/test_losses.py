@@ -62,3 +62,8 @@ def test_softmax_cross_entropy_one_hot_and_k_hot():
       rtol=1e-6)
   with pytest.raises(ValueError, match='logits'):
     losses.softmax_cross_entropy(one_hot, tf.zeros([2, 4]))
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

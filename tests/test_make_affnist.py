@@ -55,3 +55,8 @@ def test_missing_data_is_one_clear_line(tmp_path):
   assert out.returncode != 0
   assert 'does not exist' in out.stderr
   assert 'Traceback' not in out.stderr
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

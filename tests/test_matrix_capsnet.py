@@ -109,3 +109,8 @@ def test_trains_and_exports_through_the_trainer(tmp_path):
   out = tf.saved_model.load(path).signatures['serving_default'](
       images=tf.zeros([1, 20, 20, 1]))
   assert out['probabilities'].shape == (1, 4)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -35,3 +35,8 @@ def test_predicted_classes_top_k():
   scores = tf.constant([[.1, .5, .3, .9]])
   np.testing.assert_array_equal(metrics.predicted_classes(scores, 2).numpy(),
                                 [[0., 1., 0., 1.]])
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

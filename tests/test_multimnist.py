@@ -37,3 +37,8 @@ def test_compose_pairs():
       np.maximum(out['targets'][:, 0].numpy(), out['targets'][:, 1].numpy()))
   np.testing.assert_allclose(out['targets'].numpy().sum(axis=(2, 3, 4)),
                              [[0.6 * 784, 0.3 * 784]] * 4, rtol=1e-5)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -29,3 +29,8 @@ def test_print_table(capsys):
   perf.print_table({'a': 1.5, 'rows': [{'batch_size': 8, 'x': 2.0}]})
   out = capsys.readouterr().out
   assert 'a     1.5000' in out and 'batch_size=8  x=2' in out
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

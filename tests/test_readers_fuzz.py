@@ -80,3 +80,8 @@ def test_mutated_mat_files(tmp_path, data):
     return
   assert split.images.shape[1:] == (40, 40, 1)
   assert len(split.images) == len(split.labels)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

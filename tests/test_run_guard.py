@@ -73,3 +73,8 @@ def test_quarantine_keeps_files(tmp_path):
   assert sorted(os.listdir(aside)) == ['ckpt-4.data-00000-of-00001',
                                        'ckpt-4.index']
   assert os.path.exists(tmp_path / 'ckpt-2.index')
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -82,3 +82,8 @@ def test_labels_outside_class_count(tmp_path, monkeypatch):
   monkeypatch.setitem(sources.DATASETS, 'mnist', 3)
   with pytest.raises(DataError, match=r'labels must lie in \[0, 3\)'):
     sources.open_source(bad)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -18,3 +18,8 @@ def test_make_strategy():
 def test_single_process_strategies_are_chief():
   assert strategies.is_chief(tf.distribute.OneDeviceStrategy('/cpu:0'))
   assert strategies.is_chief(strategies.make_strategy('mirrored'))
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

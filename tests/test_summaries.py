@@ -43,3 +43,8 @@ def test_image_grid_shapes():
   multi = summaries.image_grid(tf.zeros([2, 6, 5, 1]),
                                tf.ones([2, 2, 6, 5, 1]) * 0.7)
   np.testing.assert_allclose(multi.numpy()[:, :, 5:], 1.0)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -31,3 +31,8 @@ def test_classes_are_separable_by_nearest_mean():
 def test_bad_shapes(shape):
   with pytest.raises(DataError, match='shape'):
     synthetic.synthetic_split(shape, 3, 10)
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -59,3 +59,8 @@ def test_smallnorb_novel_viewpoint_splits(viewpoints, key, familiar):
 def test_viewpoints_only_for_smallnorb():
   with pytest.raises(DataError, match='smallnorb only'):
     tfds_source.load_tfds_split('mnist', 'train', viewpoints='azimuth')
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -75,3 +75,8 @@ def test_bad_flags_stop_before_work(tmp_path, args, message):
   assert proc.returncode != 0
   assert message in proc.stderr
   assert not os.path.exists(tmp_path / 'r' / 'checkpoints')
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -151,3 +151,8 @@ def test_wall_time_is_checkpointed_and_counted_across_resumes(tmp_path):
     history = json.load(f)['history']
   walls = [h['wall_seconds'] for h in history]
   assert walls == sorted(walls) and walls[-1] == results['wall_seconds']
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)
