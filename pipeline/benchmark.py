@@ -16,6 +16,8 @@ and all figures of one run come from the same process, so ratios between
 them are meaningful on a noisy machine.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
 import json
 import sys
 import tempfile

@@ -14,6 +14,8 @@ and resized by the model); data set samples go to `serving_default` as
 float32 arrays.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
 import base64
 import json
 import sys

@@ -126,6 +126,8 @@ class TrainConfig:
   seed: int = 0
   deterministic: bool = False
   eval_split: str = 'test'
+  # Steps [first, last] traced by the TensorFlow profiler; () for none.
+  profile_steps: tuple = ()
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -137,6 +139,8 @@ class TrainConfig:
     model = raw.pop('model')
     for key in ('synthetic_shape', 'synthetic_size'):
       data[key] = tuple(data[key])
+    if 'profile_steps' in raw:
+      raw['profile_steps'] = tuple(raw['profile_steps'])
     return cls(model=ModelSpec.from_dict(model), data=DataSpec(**data),
                **raw)
 
@@ -165,9 +169,9 @@ def load_run(model_dir):
 
 # Fields a resumed run may change without a word: they decide how long it
 # runs and what it reports, not what it computes.
-_FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
+FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
                 'log_every', 'eval_every', 'checkpoint_every',
-                'max_checkpoints', 'eval_batch_size')
+                'max_checkpoints', 'eval_batch_size', 'profile_steps')
 # Fields a resumed run may change, with what that costs.
 _NOTED_FIELDS = {
     'eval_split': 'evaluations from now on score another split; earlier '
@@ -189,6 +193,12 @@ _NOTED_FIELDS = {
     'model.params.jit_compile': 'XLA compilation changes the order of float '
                                 'operations, not the model',
 }
+
+
+def flat_fields(config) -> dict:
+  """Every field of a config as `dotted.name -> value` (nested dataclasses
+  flattened: `model.params.conv_filters`, `data.dataset`)."""
+  return _flatten(config)
 
 
 def _flatten(value, prefix=''):
@@ -221,7 +231,7 @@ def config_changes(saved: TrainConfig, new: TrainConfig):
   refused, noted = [], []
   for key in sorted(set(old_fields) | set(new_fields)):
     old, value = old_fields.get(key), new_fields.get(key)
-    if old == value or key in _FREE_FIELDS:
+    if old == value or key in FREE_FIELDS:
       continue
     flag = key.rsplit('.', 1)[-1]
     if key in _NOTED_FIELDS:

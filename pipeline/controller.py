@@ -18,6 +18,7 @@ from typing import Optional
 
 from absl import logging
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 from pipeline import config as config_lib
 from pipeline import run_guard
@@ -27,6 +28,9 @@ from pipeline.data import input_pipeline
 
 METRICS_FILE = 'metrics.json'
 FLAGS_FILE = 'flags.txt'
+# (run subdirectory, scalar tag) of the metrics the HParams tab shows.
+HPARAMS_METRICS = (('eval', 'accuracy'), ('eval', 'error_rate'),
+                   ('eval', 'loss/total'), ('train', 'loss/total'))
 # Examples behind the eval histograms (the image grid shows the first 8).
 SUMMARY_EXAMPLES = 200
 
@@ -68,6 +72,7 @@ class Controller:
     self.work_dir = trainer.work_dir
     self.flags_text = flags_text
     self.checkpoint_manager = None
+    self._profiling = False
 
   def _manager(self):
     return tf.train.CheckpointManager(
@@ -193,6 +198,46 @@ class Controller:
     run_guard.write_atomic(path, json.dumps(
         {'latest': history[-1], 'history': history}, indent=2))
 
+  def hparams(self) -> dict:
+    """The run's settings as TensorBoard HParams: scalars and strings.
+
+    Run-control fields (directories, cadences) are left out: they do not
+    tell runs apart.
+    """
+    skip = set(config_lib.FREE_FIELDS) | {'strategy', 'cpu_devices',
+                                          'deterministic'}
+    values = {}
+    for key, value in config_lib.flat_fields(self.config).items():
+      name = key.replace('model.params.', '').replace('data.', 'data_')
+      if key in skip or key.startswith('data.synthetic') and (
+          self.config.data.dataset != 'synthetic'):
+        continue
+      if isinstance(value, (tuple, list)):
+        value = ','.join(map(str, value))
+      elif value is None:
+        value = ''
+      values[name.replace('.', '_')] = value
+    return values
+
+  def _write_hparams(self):
+    """Records the run's HParams (a session start) at the top of its
+    TensorBoard directory; its metrics are the eval/ and train/ scalars."""
+    if not self.trainer.chief:
+      return
+    values = self.hparams()
+    writer = tf.summary.create_file_writer(self.work_dir)
+    with writer.as_default():
+      # The experiment's columns: this run's settings, and the metrics the
+      # HParams tab reads from its eval/ and train/ scalars.
+      hparams_api.hparams_config(
+          hparams=[hparams_api.HParam(name) for name in values],
+          metrics=[hparams_api.Metric(tag, group=group,
+                                      display_name=f'{group} {tag}')
+                   for group, tag in HPARAMS_METRICS])
+      hparams_api.hparams(values, trial_id=os.path.basename(
+          os.path.abspath(self.work_dir)))
+    writer.close()
+
   # --- The loop ----------------------------------------------------------------
 
   def train(self) -> RunResult:
@@ -216,7 +261,12 @@ class Controller:
       self.checkpoint_manager = self._manager()
       self.restore()
       self.write_run_files()
-      return self._train(preemption)
+      try:
+        return self._train(preemption)
+      finally:
+        if self._profiling:
+          tf.profiler.experimental.stop()
+          self._profiling = False
 
   def _train(self, preemption):
     cfg, trainer = self.config, self.trainer
@@ -231,6 +281,10 @@ class Controller:
     step = trainer.step
     start_step, start_time = step, time.time()
     restored_wall = float(trainer.wall_seconds.numpy())
+    self._write_hparams()
+    # The profiler traces steps [first, last]: it starts after step first-1.
+    profile = [cfg.profile_steps[0] - 1, cfg.profile_steps[1]] if (
+        cfg.profile_steps and trainer.chief) else []
 
     def wall():
       return restored_wall + time.time() - start_time
@@ -248,7 +302,11 @@ class Controller:
       # Loops end exactly on log, eval and checkpoint boundaries.
       n = min([cfg.steps_per_loop, cfg.train_steps - step] +
               [every - step % every for every in
-               (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)])
+               (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)] +
+              [edge - step for edge in profile if edge > step])
+      if profile and step == profile[0]:
+        tf.profiler.experimental.start(os.path.join(self.work_dir, 'train'))
+        self._profiling = True
       try:
         trainer.run_steps(n)
       except trainer_lib.NonFiniteLossError as e:
@@ -258,6 +316,11 @@ class Controller:
             'one. Lower --learning_rate or check the input data.') from None
       step = trainer.step
       done = step >= cfg.train_steps
+      if self._profiling and (step >= profile[1] or done):
+        tf.profiler.experimental.stop()
+        self._profiling = False
+        logging.info('Profiled steps %d-%d into %s (TensorBoard: Profile).',
+                     profile[0] + 1, step, os.path.join(self.work_dir, 'train'))
       if step % cfg.log_every == 0 or done:
         now = time.time()
         rate = (step - last_log_step) * cfg.batch_size / (now - last_log_time)

@@ -16,6 +16,8 @@ Figure 5 for two-object data (each object's reconstruction in red and green)
 and the confusion matrix.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
 import json
 import os
 import sys

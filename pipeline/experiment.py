@@ -21,6 +21,8 @@ same command continues an interrupted experiment (or, with more
             an example is right only when both top-2 classes are.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
 import dataclasses
 import json
 import os

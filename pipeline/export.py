@@ -13,23 +13,37 @@ Signatures (dynamic batch dimension, named inputs and outputs):
   serving_default  images float32 [batch, H, W, C] in [0, 1]
                    → probabilities [batch, classes] (capsule lengths),
                      classes int64 [batch], poses [batch, classes, dim]
-  predict_images   images string [batch] (encoded PNG/JPEG/GIF/BMP, any
-                   size) → the same outputs; decoded and resized in the graph
+  predict_images   images string [batch] (encoded PNG, JPEG, GIF or BMP,
+                   grey or colour, any size up to MAX_IMAGE_PIXELS) → the same
+                   outputs; decoded, converted to the model's channels (1 or
+                   3) and resized in the graph
   reconstruct      images [batch, H, W, C], class_ids int64 [batch]
                    → reconstructions [batch, H, W, C], poses
   decode           poses [batch, classes, dim], class_ids int64 [batch]
                    → reconstructions (to inspect or perturb a pose)
 `assets.extra/tf_serving_warmup_requests` holds one PredictionLog per
 signature, so TF Serving warms the model up before it takes traffic.
+
+Every signature refuses what it cannot answer, with a message naming the
+input: images of another shape, NaN/Inf pixels or pixels outside [0, 1],
+class ids outside [0, classes) or not one per example, poses of another
+capsule shape, encoded images larger than MAX_IMAGE_PIXELS (checked from the
+header, before any pixel is decoded). A batch of zero examples gets an
+empty answer of the right shape.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -40,8 +54,56 @@ WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 # Signatures run large requests in chunks of this many images, so memory
 # stays bounded (u_hat alone is ~0.7 MB per MNIST image in float32).
 SERVING_CHUNK = 128
-_PREDICT_DTYPES = {'probabilities': tf.float32, 'classes': tf.int64,
-                   'poses': tf.float32}
+# The largest encoded image predict_images decodes: 4096 x 4096 pixels
+# (64 MiB as 4-channel uint8, 256 MiB as float32); larger ones are refused
+# from their header before decoding.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def _be(data, offset, size):
+  """Big-endian unsigned integer of `size` bytes at `offset`, int64."""
+  raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, size),
+                                 tf.uint8), tf.int64)
+  return tf.reduce_sum(raw * (256 ** tf.range(size - 1, -1, -1,
+                                                dtype=tf.int64)))
+
+
+def _le(data, offset, size):
+  """Little-endian unsigned integer of `size` bytes at `offset`, int64."""
+  raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, size),
+                                 tf.uint8), tf.int64)
+  return tf.reduce_sum(raw * (256 ** tf.range(size, dtype=tf.int64)))
+
+
+def encoded_pixels(data):
+  """Height x width an encoded PNG, JPEG, GIF or BMP declares, from its
+  header alone; 0 for other bytes (decoding then refuses them)."""
+  padded = data + b'\0' * 32  # Header reads never run past the end.
+  magic = tf.strings.substr(padded, 0, 4)
+
+  def jpeg():
+    return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2],
+                                  tf.int64))
+
+  def other():
+    png = _be(padded, 16, 4) * _be(padded, 20, 4)
+    gif = _le(padded, 6, 2) * _le(padded, 8, 2)
+    # A BMP's height is negative for top-down rows.
+    bmp_height = _le(padded, 22, 4)
+    bmp_height = tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height,
+                          bmp_height)
+    bmp = _le(padded, 18, 4) * bmp_height
+    return tf.case([(tf.equal(magic, b'\x89PNG'), lambda: png),
+                    (tf.equal(tf.strings.substr(magic, 0, 3), b'GIF'),
+                     lambda: gif),
+                    (tf.equal(tf.strings.substr(magic, 0, 2), b'BM'),
+                     lambda: bmp)],
+                   default=lambda: tf.constant(0, tf.int64))
+
+  return tf.cond(tf.equal(tf.strings.substr(magic, 0, 2), b'\xff\xd8'), jpeg,
+                 other)
+
+
 
 
 class ServingModule(tf.Module):
@@ -69,12 +131,42 @@ class ServingModule(tf.Module):
   def _check(self, images):
     # Loaded signatures do not check shapes themselves: a wrong one fails here
     # with a message that names the expected [batch, H, W, C].
-    return tf.ensure_shape(images, [None, *self.image_shape])
+    images = tf.ensure_shape(images, [None, *self.image_shape])
+    checks = [
+        tf.debugging.assert_all_finite(
+            images, 'images hold NaN or Inf pixels; send finite values in '
+            '[0, 1].'),
+        tf.debugging.assert_greater_equal(
+            images, 0.0, message='images must lie in [0, 1] (scale 8-bit '
+            'pixels by 1/255); found a pixel below 0.'),
+        tf.debugging.assert_less_equal(
+            images, 1.0, message='images must lie in [0, 1] (scale 8-bit '
+            'pixels by 1/255); found a pixel above 1.'),
+    ]
+    with tf.control_dependencies(checks):
+      return tf.identity(images)
+
+  def _check_ids(self, class_ids, batch):
+    classes = self.model.num_classes
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(class_ids)[0], batch, message='class_ids must hold one '
+            'class per example of the batch.'),
+        tf.debugging.assert_greater_equal(
+            class_ids, tf.constant(0, tf.int64), message=f'class_ids must lie '
+            f'in [0, {classes}); found one below 0.'),
+        tf.debugging.assert_less(
+            class_ids, tf.constant(classes, tf.int64), message=f'class_ids '
+            f'must lie in [0, {classes}); found one of {classes} or more.'),
+    ]
+    with tf.control_dependencies(checks):
+      return tf.identity(class_ids)
 
   def _chunked(self, fn, dtypes, *tensors):
     """Applies `fn` to consecutive chunks of the batch and concatenates.
 
-    `dtypes` maps each output of `fn` to its dtype.
+    `dtypes` maps each output of `fn` to its dtype and its shape past the
+    batch dimension.
     """
     n = tf.shape(tensors[0])[0]
     chunks = (n + SERVING_CHUNK - 1) // SERVING_CHUNK
@@ -85,8 +177,11 @@ class ServingModule(tf.Module):
       part = fn(*[t[start:start + size] for t in tensors])
       return i + 1, {k: acc[k].write(i, v) for k, v in part.items()}
 
-    acc = {k: tf.TensorArray(d, size=chunks, infer_shape=False)
-           for k, d in dtypes.items()}
+    # Each output's shape past the batch is known, so an empty batch
+    # concatenates to an empty answer of the right shape.
+    acc = {k: tf.TensorArray(d, size=chunks, infer_shape=False,
+                             element_shape=tf.TensorShape([None, *shape]))
+           for k, (d, shape) in dtypes.items()}
     _, acc = tf.while_loop(lambda i, _: i < chunks, body, (0, acc),
                            parallel_iterations=1)
     return {k: v.concat() for k, v in acc.items()}
@@ -99,13 +194,42 @@ class ServingModule(tf.Module):
         'poses': outputs['poses'],
     }
 
+  def _outputs(self):
+    classes, dim = self.model.pose_shape
+    return {'probabilities': (tf.float32, [classes]),
+            'classes': (tf.int64, []), 'poses': (tf.float32, [classes, dim])}
+
   def _predict(self, images):
-    return self._chunked(self._predict_chunk, _PREDICT_DTYPES,
+    return self._chunked(self._predict_chunk, self._outputs(),
                          self._check(images))
 
   def _decode_one(self, data):
     h, w, c = self.image_shape
-    image = tf.io.decode_image(data, channels=c, expand_animations=False)
+    pixels = encoded_pixels(data)
+    check = tf.debugging.assert_less_equal(
+        pixels, tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message=f'An encoded image is larger than {MAX_IMAGE_PIXELS} pixels '
+        '(4096 x 4096); resize it before sending.')
+    with tf.control_dependencies([check]):
+      # Decoded with its own channels (GIF decodes to RGB, BMP may carry
+      # alpha), then converted to the model's.
+      image = tf.io.decode_image(data, expand_animations=False)
+    channels = tf.shape(image)[-1]
+    if c in (1, 3):
+      grey = image[..., :1]
+      colour = tf.cond(channels >= 3, lambda: image[..., :3],
+                       lambda: tf.image.grayscale_to_rgb(grey))
+      if c == 1:
+        image = tf.cond(channels >= 3,
+                        lambda: tf.image.rgb_to_grayscale(colour),
+                        lambda: grey)
+      else:
+        image = colour
+    else:
+      with tf.control_dependencies([tf.debugging.assert_equal(
+          channels, c, message=f'This model takes {c}-channel images.')]):
+        image = tf.identity(image)
+    image = tf.ensure_shape(image, [None, None, c])
     image = tf.image.convert_image_dtype(image, tf.float32)
     return tf.image.resize(image, [h, w])
 
@@ -125,17 +249,27 @@ class ServingModule(tf.Module):
             'poses': outputs['poses']}
 
   def _reconstruct(self, images, class_ids):
-    return self._chunked(self._reconstruct_chunk,
-                         {'reconstructions': tf.float32, 'poses': tf.float32},
-                         self._check(images), class_ids)
+    images = self._check(images)
+    outputs = self._outputs()
+    return self._chunked(
+        self._reconstruct_chunk,
+        {'reconstructions': (tf.float32, self.image_shape),
+         'poses': outputs['poses']},
+        images, self._check_ids(class_ids, tf.shape(images)[0]))
 
   def _decode_chunk(self, poses, class_ids):
     return {'reconstructions': self.model.reconstruct(poses,
                                                       self._mask(class_ids))}
 
   def _decode(self, poses, class_ids):
-    return self._chunked(self._decode_chunk, {'reconstructions': tf.float32},
-                         poses, class_ids)
+    poses = tf.ensure_shape(poses, [None, *self.model.pose_shape])
+    checks = [tf.debugging.assert_all_finite(
+        poses, 'poses hold NaN or Inf; send finite values.')]
+    with tf.control_dependencies(checks):
+      poses = tf.identity(poses)
+    return self._chunked(self._decode_chunk,
+                         {'reconstructions': (tf.float32, self.image_shape)},
+                         poses, self._check_ids(class_ids, tf.shape(poses)[0]))
 
   def signatures(self):
     sigs = {'serving_default': self.serving_default,
@@ -188,6 +322,41 @@ def next_version(export_base):
   return max(versions, default=0) + 1
 
 
+def _tmp_prefix(pid):
+  return f'.tmp-export-{socket.gethostname()}-{pid}-'
+
+
+def remove_stale_exports(export_base):
+  """Removes temporary exports that killed exporters left in `export_base`.
+
+  A temporary directory is named after its writer's host and pid; one of
+  this host whose process no longer runs is provably stale. Others (a live
+  exporter's, another host's) are left alone.
+
+  Returns:
+    The paths removed.
+  """
+  removed = []
+  pattern = re.compile(
+      re.escape(f'.tmp-export-{socket.gethostname()}-') + r'(\d+)-')
+  for name in sorted(os.listdir(export_base)):
+    match = pattern.match(name)
+    if not match:
+      continue
+    try:
+      os.kill(int(match.group(1)), 0)
+      continue  # Its writer still runs.
+    except ProcessLookupError:
+      pass
+    except PermissionError:
+      continue  # Someone else's live process.
+    path = os.path.join(export_base, name)
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append(path)
+    logging.info('Removed %s, left by an export that did not finish.', path)
+  return removed
+
+
 def export_model(model, image_shape, export_base):
   """Writes `model` as the next version under `export_base`.
 
@@ -206,7 +375,8 @@ def export_model(model, image_shape, export_base):
   export_base = os.path.abspath(export_base)
   os.makedirs(export_base, exist_ok=True)
   module = ServingModule(model, image_shape)
-  tmp = tempfile.mkdtemp(prefix='.tmp-export-', dir=export_base)
+  remove_stale_exports(export_base)
+  tmp = tempfile.mkdtemp(prefix=_tmp_prefix(os.getpid()), dir=export_base)
   try:
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(export_base),

@@ -132,6 +132,10 @@ def define_flags():
                        'Deterministic ops and input order (reproductions).')
   flags.DEFINE_enum('eval_split', _D.eval_split, list(sources.SPLITS),
                     'Split evaluated during and after training.')
+  flags.DEFINE_list('profile_steps', [],
+                    'FIRST,LAST: trace these training steps with the '
+                    'TensorFlow profiler into <model_dir>/train (TensorBoard '
+                    'Profile tab). Empty: no trace.')
 
 
 def check_flagfiles(argv):
@@ -222,6 +226,12 @@ def config_from_flags(f=None):
     raise ValueError('--eval_split=validation needs --validation_size > 0.')
   if not f.model_dir:
     raise ValueError('--model_dir must name a directory.')
+  profile_steps = ()
+  if f.profile_steps:
+    profile_steps = _ints('profile_steps', f.profile_steps, 2)
+    if profile_steps[0] > profile_steps[1]:
+      raise ValueError('--profile_steps takes FIRST,LAST with FIRST <= LAST, '
+                       f'got {",".join(f.profile_steps)}.')
   model = model_spec_from_flags(f)
   data = data_spec_from_flags(f)
   return config_lib.TrainConfig(
@@ -236,7 +246,7 @@ def config_from_flags(f=None):
       m_minus=f.m_minus, down_weight=f.down_weight,
       spread_anneal_steps=f.spread_anneal_steps, strategy=f.strategy,
       cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
-      eval_split=f.eval_split)
+      eval_split=f.eval_split, profile_steps=profile_steps)
 
 
 def model_spec_from_flags(f=None):

@@ -14,6 +14,8 @@ gives the same bytes. Training then evaluates on it with
 overwritten: pass a new --output_dir, or --overwrite.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
 import dataclasses
 import hashlib
 import json

@@ -7,6 +7,9 @@
 A run started on an existing --model_dir resumes from its latest checkpoint.
 """
 
+# First, before TensorFlow loads: silences its start-up chatter.
+from pipeline import quiet  # pylint: disable=unused-import
+import errno
 import sys
 
 from absl import app
@@ -18,6 +21,7 @@ from pipeline import export
 from pipeline import flags as pipeline_flags
 from pipeline import run_guard
 from pipeline import trainer as trainer_lib
+from pipeline.data.base import DataError
 
 pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -36,12 +40,24 @@ def main(argv):
       run_guard.check_writable(config.export_dir, '--export_dir')
   except run_guard.RunGuardError as e:
     raise app.UsageError(str(e)) from None
-  trainer = trainer_lib.Trainer(config)
+  try:
+    trainer = trainer_lib.Trainer(config)
+  except DataError as e:
+    # The data's own message names the file or flag and the fix.
+    sys.exit(f'Error: {e}')
   controller = controller_lib.Controller(trainer, FLAGS.flags_into_string())
   try:
     result = controller.train()
   except run_guard.RunGuardError as e:
     raise app.UsageError(str(e)) from None
+  except trainer_lib.NonFiniteLossError as e:
+    sys.exit(f'Error: {e}')
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+      raise
+    sys.exit(f'Error: writing {e.filename or config.model_dir} failed '
+             f'({e.strerror}). Free space (or fix the permissions) and run '
+             'the same command: it resumes from the latest checkpoint.')
   if result.preempted:
     print(f'Stopped by {result.preempted} at step {result.step}; '
           'the checkpoint is saved. Run the same command to resume.',

@@ -136,6 +136,20 @@ def test_paper_model_flops_and_contract():
   assert not CapsNet(use_decoder=False).has_decoder
 
 
+
+def test_a_blank_image_gives_finite_gradients():
+  model = CapsNet(input_shape=(20, 20, 1), num_classes=4, **TINY_MODEL)
+  images = tf.concat([tf.zeros([1, 20, 20, 1]),
+                      tf.random.uniform([3, 20, 20, 1], seed=2)], 0)
+  labels = tf.one_hot([0, 1, 2, 3], 4)
+  with tf.GradientTape() as tape:
+    outputs = model(images, labels, training=True)
+    loss = tf.reduce_sum(outputs['lengths']) + tf.reduce_sum(
+        outputs['reconstructions'])
+  grads = tape.gradient(loss, model.trainable_variables)
+  assert all(np.isfinite(g.numpy()).all() for g in grads)
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

@@ -223,6 +223,22 @@ def test_lambda_schedule_rises_to_final():
   assert lambdas[0] < lambdas[1] < lambdas[2]
 
 
+
+def test_length_matches_the_norm_and_has_finite_gradients_at_zero():
+  v = tf.constant([[3.0, 4.0], [0.0, 0.0]])
+  np.testing.assert_array_equal(capsule_ops.length(v).numpy(), [5.0, 0.0])
+  tiny = tf.constant([[3e-6, 4e-6]])
+  np.testing.assert_allclose(capsule_ops.length(tiny).numpy(), [5e-6],
+                             rtol=1e-6)
+  with tf.GradientTape() as tape:
+    tape.watch(v)
+    total = tf.reduce_sum(capsule_ops.length(v))
+  grad = tape.gradient(total, v).numpy()
+  assert np.isfinite(grad).all()
+  np.testing.assert_allclose(grad[0], [0.6, 0.8], rtol=1e-5)
+  np.testing.assert_array_equal(grad[1], [0.0, 0.0])
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

@@ -164,6 +164,131 @@ def test_large_request_runs_in_chunks(trained, tmp_path):
   assert 'While' in ops or 'StatelessWhile' in ops
 
 
+
+# A 1x1 GIF (the classic 43-byte one) and a 3x2 24-bit BMP, written by hand.
+_GIF = (b'GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!'
+        b'\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00'
+        b'\x00\x02\x02D\x01\x00;')
+
+
+def _bmp(width, height):
+  import struct  # pylint: disable=g-import-not-at-top
+  row = (b'\x80\x80\x80' * width).ljust((3 * width + 3) // 4 * 4, b'\0')
+  pixels = row * height
+  header = struct.pack('<2sIHHI', b'BM', 54 + len(pixels), 0, 0, 54)
+  info = struct.pack('<IiiHHIIiiII', 40, width, height, 1, 24, 0,
+                     len(pixels), 2835, 2835, 0, 0)
+  return header + info + pixels
+
+
+@pytest.fixture(scope='module')
+def signatures(trained, tmp_path_factory):
+  _, model_dir = trained
+  return tf.saved_model.load(export.export_from_checkpoint(
+      str(model_dir), str(tmp_path_factory.mktemp('guarded')))).signatures
+
+
+@pytest.mark.parametrize('class_ids,match', [
+    ([-1, 0], r'class_ids must lie in \[0, 4\); found one below 0'),
+    ([0, 4], r'class_ids must lie in \[0, 4\); found one of 4 or more'),
+    ([0, 2 ** 40], 'found one of 4 or more'),
+    ([0], 'one class per example'),
+    ([0, 1, 2], 'one class per example'),
+])
+def test_class_ids_are_checked(signatures, class_ids, match):
+  ids = tf.constant(class_ids, tf.int64)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+    signatures['reconstruct'](images=tf.zeros([2, 20, 20, 1]), class_ids=ids)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+    signatures['decode'](poses=tf.zeros([2, 4, 4]), class_ids=ids)
+
+
+@pytest.mark.parametrize('value,match', [
+    (float('nan'), 'NaN or Inf'), (float('inf'), 'NaN or Inf'),
+    (1.5, 'found a pixel above 1'), (-0.1, 'found a pixel below 0')])
+def test_pixels_outside_the_unit_range_are_refused(signatures, value, match):
+  images = tf.tensor_scatter_nd_update(tf.zeros([2, 20, 20, 1]),
+                                       [[1, 3, 4, 0]], [value])
+  for name, kwargs in (('serving_default', {}),
+                       ('reconstruct', {'class_ids': tf.constant([0, 1],
+                                                                 tf.int64)})):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+      signatures[name](images=images, **kwargs)
+
+
+def test_decode_refuses_poses_of_another_shape(signatures):
+  for shape in ([1, 4, 16], [1, 5, 4], [4, 4]):
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+      signatures['decode'](poses=tf.zeros(shape),
+                           class_ids=tf.zeros([shape[0]], tf.int64))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='NaN or Inf'):
+    signatures['decode'](poses=tf.fill([1, 4, 4], float('nan')),
+                         class_ids=tf.zeros([1], tf.int64))
+
+
+def test_an_empty_batch_gets_an_empty_answer(signatures):
+  out = signatures['serving_default'](images=tf.zeros([0, 20, 20, 1]))
+  assert out['probabilities'].shape == (0, 4)
+  assert out['classes'].shape == (0,) and out['poses'].shape == (0, 4, 4)
+  none = tf.zeros([0], tf.int64)
+  rec = signatures['reconstruct'](images=tf.zeros([0, 20, 20, 1]),
+                                  class_ids=none)
+  assert rec['reconstructions'].shape == (0, 20, 20, 1)
+  dec = signatures['decode'](poses=tf.zeros([0, 4, 4]), class_ids=none)
+  assert dec['reconstructions'].shape == (0, 20, 20, 1)
+  enc = signatures['predict_images'](images=tf.constant([], tf.string))
+  assert enc['probabilities'].shape == (0, 4)
+
+
+def test_encoded_sizes_come_from_the_header():
+  png = tf.io.encode_png(tf.zeros([7, 9, 1], tf.uint8))
+  jpeg = tf.io.encode_jpeg(tf.zeros([5, 6, 3], tf.uint8))
+  for data, pixels in ((png, 63), (jpeg, 30), (tf.constant(_GIF), 1),
+                       (tf.constant(_bmp(3, 2)), 6),
+                       (tf.constant(b'not an image'), 0)):
+    assert int(export.encoded_pixels(data)) == pixels
+
+
+def test_predict_images_refuses_huge_images_and_reads_every_format(
+    signatures):
+  side = 4097  # One pixel row and column past the 4096 x 4096 budget.
+  huge = tf.io.encode_png(tf.zeros([side, side, 1], tf.uint8))
+  assert len(huge.numpy()) < 100_000  # Small file, huge image.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='larger than 16777216 pixels'):
+    signatures['predict_images'](images=tf.stack([huge]))
+  colour_png = tf.io.encode_png(tf.fill([30, 25, 3], tf.constant(128,
+                                                                  tf.uint8)))
+  grey = tf.fill([1, 20, 20, 1], 128 / 255)
+  expected = signatures['serving_default'](images=grey)['probabilities']
+  for data in (colour_png, tf.constant(_bmp(3, 2)),
+               tf.io.encode_jpeg(tf.fill([8, 8, 1], tf.constant(128,
+                                                                tf.uint8)))):
+    out = signatures['predict_images'](images=tf.stack([data]))
+    np.testing.assert_allclose(out['probabilities'].numpy(),
+                               expected.numpy(), atol=2e-2)
+  gif = signatures['predict_images'](images=tf.constant([_GIF]))
+  assert gif['probabilities'].shape == (1, 4)
+
+
+
+def test_stale_temporary_exports_are_removed_live_ones_kept(trained, tmp_path):
+  _, model_dir = trained
+  base = tmp_path / 'stale'
+  base.mkdir()
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  stale = base / f'{export._tmp_prefix(int(dead.stdout))}abc'
+  live = base / f'{export._tmp_prefix(os.getpid())}def'
+  other_host = base / '.tmp-export-elsewhere-1-ghi'
+  for d in (stale, live, other_host):
+    d.mkdir()
+    (d / 'saved_model.pb').write_bytes(b'half')
+  path = export.export_from_checkpoint(str(model_dir), str(base))
+  assert path == str(base / '1')
+  assert not stale.exists() and live.exists() and other_host.exists()
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

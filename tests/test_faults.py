@@ -186,6 +186,50 @@ def test_concurrent_exports_never_share_a_version(tmp_path):
   assert sorted(os.listdir(tmp_path / 'exp')) == ['1', '2', '3']
 
 
+
+def _files(model_dir):
+  out = {}
+  for root, _, names in os.walk(model_dir):
+    for name in names:
+      if name != '.lock':
+        path = os.path.join(root, name)
+        with open(path, 'rb') as f:
+          out[os.path.relpath(path, model_dir)] = f.read()
+  return out
+
+
+def test_resume_with_changed_flags_is_refused_by_the_command(tmp_path):
+  first = _run(tmp_path, '--train_steps=2', '--checkpoint_every=2',
+               '--eval_every=2')
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = _files(tmp_path)
+  for args, named in (
+      (['--conv_filters=16', '--learning_rate=0.5'],
+       '--learning_rate was 0.003, now 0.5; --conv_filters was 8, now 16'),
+      (['--precision=mixed_bfloat16'], "--precision was 'float32'"),
+      (['--synthetic_shape=24,24,1'], '--synthetic_shape was'),
+      (['--batch_size=4'], '--batch_size was 8, now 4')):
+    refused = _run(tmp_path, '--train_steps=4', *args)
+    assert refused.returncode != 0
+    assert named in refused.stderr, refused.stderr[-3000:]
+    assert 'Traceback' not in refused.stderr
+    assert _files(tmp_path) == before
+  resumed = _run(tmp_path, '--train_steps=4', '--checkpoint_every=2',
+                 '--eval_every=2')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from' in resumed.stderr and 'ckpt-2' in resumed.stderr
+  assert 'after 4 steps' in resumed.stdout
+
+
+def test_data_errors_are_one_line_before_training(tmp_path):
+  proc = _run(tmp_path, '--shift_pixels=20')
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'Error: shift_pixels 20 (--shift_pixels) can move a whole 20x20 image')
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

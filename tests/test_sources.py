@@ -80,8 +80,55 @@ def test_labels_outside_class_count(tmp_path, monkeypatch):
                          data_dir=str(tmp_path))
   # Ten label values do not fit a three-class description.
   monkeypatch.setitem(sources.DATASETS, 'mnist', 3)
-  with pytest.raises(DataError, match=r'labels must lie in \[0, 3\)'):
+  with pytest.raises(DataError, match=r'has labels outside \[0, 3\)'):
     sources.open_source(bad)
+
+
+
+def _rewrite_labels(directory, prefix, labels):
+  import gzip  # pylint: disable=g-import-not-at-top
+  from helpers import idx_bytes  # pylint: disable=g-import-not-at-top
+  with open(f'{directory}/{prefix}-labels-idx1-ubyte.gz', 'wb') as f:
+    f.write(gzip.compress(idx_bytes(np.asarray(labels, np.uint8))))
+
+
+@pytest.mark.parametrize('prefix,split', [('t10k', 'test'),
+                                          ('train', 'train')])
+def test_labels_outside_the_classes_are_refused_naming_split_and_files(
+    tmp_path, prefix, split):
+  write_idx_dir(tmp_path, n_train=40, n_test=20)
+  n = 20 if split == 'test' else 40
+  _rewrite_labels(tmp_path, prefix, [3] * (n - 1) + [12])
+  with pytest.raises(DataError, match=rf'The {split} split of fashion_mnist '
+                     rf'\({tmp_path}\) has labels outside \[0, 10\): \[12\]'):
+    sources.open_source(sources.DataSpec(
+        dataset='fashion_mnist', data_source='idx', data_dir=str(tmp_path)))
+
+
+def test_a_test_split_of_another_image_size_is_refused_at_load(tmp_path):
+  write_idx_dir(tmp_path, n_train=40, n_test=20, size=28)
+  other = tmp_path / 'other'
+  write_idx_dir(other, n_train=40, n_test=20, size=24)
+  for name in ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+    (tmp_path / name).write_bytes((other / name).read_bytes())
+  with pytest.raises(DataError, match=r'test images .* are \(24, 24, 1\) but '
+                     r'the training images are \(28, 28, 1\)'):
+    sources.open_source(sources.DataSpec(
+        dataset='fashion_mnist', data_source='idx', data_dir=str(tmp_path)))
+
+
+def test_empty_splits_and_whole_image_shifts_are_refused():
+  spec = dict(dataset='synthetic', synthetic_shape=(12, 12, 1))
+  with pytest.raises(DataError, match='test split of synthetic holds no'):
+    sources.open_source(sources.DataSpec(synthetic_size=(8, 0), **spec))
+  with pytest.raises(DataError, match='train split of synthetic holds no'):
+    sources.open_source(sources.DataSpec(synthetic_size=(0, 8), **spec))
+  with pytest.raises(DataError, match=r'shift_pixels 12 .* whole 12x12'):
+    sources.open_source(sources.DataSpec(synthetic_size=(8, 8),
+                                         shift_pixels=12, **spec))
+  assert sources.open_source(sources.DataSpec(
+      synthetic_size=(8, 8), shift_pixels=11, **spec)).info.image_shape == (
+          12, 12, 1)
 
 
 if __name__ == '__main__':

@@ -77,6 +77,64 @@ def test_bad_flags_stop_before_work(tmp_path, args, message):
   assert not os.path.exists(tmp_path / 'r' / 'checkpoints')
 
 
+
+def test_a_full_disk_mid_run_is_one_line_naming_the_fix(tmp_path,
+                                                       monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from pipeline import controller as controller_lib  # pylint: disable=g-import-not-at-top
+  from pipeline import train  # pylint: disable=g-import-not-at-top
+
+  def full(self):
+    raise OSError(errno.ENOSPC, 'No space left on device',
+                  str(tmp_path / 'checkpoints' / 'ckpt-2_temp'))
+
+  monkeypatch.setattr(controller_lib.Controller, 'train', full)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['train'])
+  with flagsaver.flagsaver(dataset='synthetic', synthetic_shape=['20', '20',
+                                                                 '1'],
+                           synthetic_size=['16', '8'], conv_filters=8,
+                           primary_channels=4, class_dim=4,
+                           decoder_units=['8', '8'], strategy='one_device',
+                           model_dir=str(tmp_path), export_dir=''):
+    with pytest.raises(SystemExit) as e:
+      train.main(['train'])
+  message = str(e.value.code)
+  assert message.startswith(f'Error: writing {tmp_path}/checkpoints/ckpt-2_'
+                            'temp failed (No space left on device).')
+  assert 'run the same command: it resumes' in message
+
+
+
+def test_the_console_is_quiet_unless_asked(tmp_path):
+  args = ['--flagfile=configs/smoke.flags', '--train_steps=2',
+          '--steps_per_loop=2', '--log_every=2', '--eval_every=2',
+          '--checkpoint_every=2', f'--export_dir={tmp_path}/e']
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  quiet = subprocess.run(
+      [sys.executable, '-m', 'pipeline.train', *args,
+       f'--model_dir={tmp_path}/q'], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=600)
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  out = quiet.stdout + quiet.stderr
+  for chatter in ('cuInit', 'oneDNN', 'cuda drivers', 'E0000', 'I0000',
+                  'Using MirroredStrategy', 'Sharding callback',
+                  'Assets written', 'absl::InitializeLog'):
+    assert chatter not in out, chatter
+  for own in ('MirroredStrategy over 1 replica(s)', 'step 2/2',
+              'eval step 2: test accuracy', 'Exported SavedModel to'):
+    assert own in out, own
+  # The user's own setting wins.
+  loud = subprocess.run(
+      [sys.executable, '-m', 'pipeline.train', *args,
+       f'--model_dir={tmp_path}/l'], cwd=REPO,
+      env=dict(env, TF_CPP_MIN_LOG_LEVEL='0'), capture_output=True, text=True,
+      timeout=600)
+  assert loud.returncode == 0 and 'oneDNN' in loud.stderr
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

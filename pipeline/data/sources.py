@@ -111,14 +111,34 @@ class DataSource:
     train = self._raw('train')
     self.num_classes = (spec.synthetic_classes if spec.dataset == 'synthetic'
                         else DATASETS[spec.dataset])
-    bad = (train.labels < 0) | (train.labels >= self.num_classes)
-    if bad.any():
-      raise DataError(
-          f'{spec.dataset}: labels must lie in [0, {self.num_classes}), found '
-          f'{np.unique(train.labels[bad])[:5].tolist()}.')
+    if not len(train):
+      raise DataError(f'The train split of {self._where()} holds no examples.')
+    test = self.split('test')
+    if not len(test):
+      raise DataError(f'The test split of {self._where("test")} holds no '
+                      'examples; evaluation needs at least one.')
+    for name, data in (('train', train), ('test', test)):
+      bad = (data.labels < 0) | (data.labels >= self.num_classes)
+      if bad.any():
+        raise DataError(
+            f'The {name} split of {self._where(name)} has labels outside '
+            f'[0, {self.num_classes}): '
+            f'{np.unique(data.labels[bad])[:5].tolist()} '
+            f'({int(bad.sum())} examples). Fix or replace those files.')
     if spec.validation_size >= len(train):
       raise DataError(f'validation_size {spec.validation_size} must be less '
                       f'than the {len(train)} training examples.')
+    if self.kind == 'plain':
+      if test.images.shape[1:] != train.images.shape[1:]:
+        raise DataError(
+            f'The test images of {self._where("test")} are '
+            f'{test.images.shape[1:]} but the training images are '
+            f'{train.images.shape[1:]}; both splits must have one shape.')
+      if spec.shift_pixels >= min(train.images.shape[1:3]):
+        raise DataError(
+            f'shift_pixels {spec.shift_pixels} (--shift_pixels) can move a '
+            f'whole {train.images.shape[1]}x{train.images.shape[2]} image out '
+            'of view; use fewer pixels than its side (the paper: 2).')
     if self.kind == 'affnist' and spec.affnist_dir:
       test_shape = self.split('test').images.shape[1:3]
       if test_shape[0] > spec.canvas_size or test_shape[1] > spec.canvas_size:
@@ -134,6 +154,15 @@ class DataSource:
         name=spec.dataset, image_shape=self._output_shape(train.images.shape),
         num_classes=self.num_classes, split_sizes=sizes,
         num_targets=2 if self.kind == 'multimnist' else 1)
+
+  def _where(self, split='train'):
+    """The data set and where the split comes from, for messages."""
+    spec = self.spec
+    if spec.dataset == 'affnist' and split == 'test' and spec.affnist_dir:
+      return f'affnist ({spec.affnist_dir})'
+    if spec.data_source == 'idx' and spec.dataset != 'synthetic':
+      return f'{spec.dataset} ({os.path.expanduser(spec.data_dir)})'
+    return spec.dataset
 
   def _output_shape(self, stored):
     h, w, c = stored[1:]

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models import base
+from pipeline.models import capsule_ops
 from pipeline.models import layers
 
 
@@ -93,7 +94,7 @@ class CapsNet(base.CapsuleModel):
     x = self.conv1(images)
     primary = self.primary(x)
     poses, coupling = self.class_capsules(primary, training=training)
-    lengths = tf.norm(poses, axis=-1)
+    lengths = capsule_ops.length(poses, axis=-1)
     outputs = {'lengths': lengths, 'poses': poses, 'coupling': coupling}
     if self.decoder is not None:
       scores = labels if (training and labels is not None) else lengths

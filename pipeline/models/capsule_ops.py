@@ -12,6 +12,30 @@ import tensorflow as tf
 _SQUASH_EPSILON = 1e-7
 
 
+def length(v, axis=-1):
+  """Capsule lengths |v|, exact, with a finite gradient everywhere.
+
+  The plain norm's gradient is NaN at an all-zero capsule (a blank image
+  gives one), which would stop training. Here an all-zero capsule has
+  length 0 and gradient 0; every other capsule its exact norm and gradient
+  (no epsilon, which would swamp the tiny lengths of freshly initialised
+  capsules and with them the first gradients).
+
+  Args:
+    v: capsules, any shape; `axis` holds the capsule dimension.
+    axis: the capsule dimension.
+
+  Returns:
+    `v`'s shape without `axis`, in `v`'s dtype.
+  """
+  v = tf.convert_to_tensor(v)
+  squared = tf.reduce_sum(tf.square(v), axis=axis)
+  nonzero = squared > 0
+  # Both branches of a where are differentiated: the dead one must be safe.
+  safe = tf.where(nonzero, squared, tf.ones_like(squared))
+  return tf.where(nonzero, tf.sqrt(safe), tf.zeros_like(squared))
+
+
 def squash(s, axis=-1):
   """The CapsNet non-linearity v = |s|^2 / (1 + |s|^2) * s / |s|.
 
