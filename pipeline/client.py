@@ -131,10 +131,15 @@ def main(argv):
                                     f.timeout)
   except (ServingError, ValueError) as e:
     raise app.UsageError(str(e)) from None
-  for name, cls, probs in zip(names, outputs['classes'],
-                              outputs['probabilities']):
+  class_names = outputs.get('class_names')
+  for i, (name, cls, probs) in enumerate(zip(names, outputs['classes'],
+                                             outputs['probabilities'])):
     shown = ' '.join(f'{p:.2f}' for p in probs)
-    print(f'{name}: class {int(cls)} (p={probs[int(cls)]:.3f})  [{shown}]')
+    label = f'class {int(cls)}'
+    if class_names is not None:
+      value = class_names[i]
+      label += f' "{value.decode() if isinstance(value, bytes) else value}"'
+    print(f'{name}: {label} (p={probs[int(cls)]:.3f})  [{shown}]')
   return 0
 
 

@@ -137,8 +137,9 @@ class TrainConfig:
     raw = json.loads(text)
     data = raw.pop('data')
     model = raw.pop('model')
-    for key in ('synthetic_shape', 'synthetic_size'):
-      data[key] = tuple(data[key])
+    for key in ('synthetic_shape', 'synthetic_size', 'image_shape'):
+      if key in data:
+        data[key] = tuple(data[key])
     if 'profile_steps' in raw:
       raw['profile_steps'] = tuple(raw['profile_steps'])
     return cls(model=ModelSpec.from_dict(model), data=DataSpec(**data),
@@ -164,6 +165,7 @@ def load_run(model_dir):
   with open(os.path.join(model_dir, INFO_FILE)) as f:
     info = json.load(f)
   info['image_shape'] = tuple(info['image_shape'])
+  info['class_names'] = tuple(info.get('class_names', ()))
   return config, info
 
 

@@ -124,7 +124,8 @@ class Controller:
             'name': info.name, 'image_shape': list(info.image_shape),
             'num_classes': info.num_classes,
             'split_sizes': info.split_sizes,
-            'num_targets': info.num_targets}, indent=2),
+            'num_targets': info.num_targets,
+            'class_names': list(info.class_names)}, indent=2),
     }
     if self.flags_text is not None:
       files[FLAGS_FILE] = self.flags_text

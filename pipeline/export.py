@@ -12,7 +12,9 @@ overwritten (rename refuses a non-empty target; the next number is tried).
 Signatures (dynamic batch dimension, named inputs and outputs):
   serving_default  images float32 [batch, H, W, C] in [0, 1]
                    → probabilities [batch, classes] (capsule lengths),
-                     classes int64 [batch], poses [batch, classes, dim]
+                     classes int64 [batch], poses [batch, classes, dim],
+                     and class_names string [batch] when the training data
+                     named its classes (an image folder's sub-folders)
   predict_images   images string [batch] (encoded PNG, JPEG, GIF or BMP,
                    grey or colour, any size up to MAX_IMAGE_PIXELS) → the same
                    outputs; decoded, converted to the model's channels (1 or
@@ -107,12 +109,24 @@ def encoded_pixels(data):
 
 
 class ServingModule(tf.Module):
-  """A built capsule model wrapped with the serving signatures."""
+  """A built capsule model wrapped with the serving signatures.
 
-  def __init__(self, model, image_shape):
+  Args:
+    model: a built `pipeline.models.base.CapsuleModel`.
+    image_shape: `(H, W, C)` of its inputs.
+    class_names: the classes' names; when given, serving_default and
+      predict_images also return `class_names` (string `[batch]`, the name
+      of each predicted class).
+  """
+
+  def __init__(self, model, image_shape, class_names=()):
     super().__init__()
     self.model = model
     self.image_shape = tuple(int(d) for d in image_shape)
+    self.class_names = tuple(str(n) for n in class_names)
+    if self.class_names and len(self.class_names) != model.num_classes:
+      raise ValueError(f'{len(self.class_names)} class names for a '
+                       f'{model.num_classes}-class model.')
     images = tf.TensorSpec([None, *self.image_shape], tf.float32, 'images')
     class_ids = tf.TensorSpec([None], tf.int64, 'class_ids')
     self.serving_default = tf.function(self._predict, input_signature=[images])
@@ -188,16 +202,22 @@ class ServingModule(tf.Module):
 
   def _predict_chunk(self, images):
     outputs = self.model(images, training=False)
-    return {
-        'probabilities': outputs['lengths'],
-        'classes': tf.argmax(outputs['lengths'], axis=-1),
-        'poses': outputs['poses'],
-    }
+    classes = tf.argmax(outputs['lengths'], axis=-1)
+    answer = {'probabilities': outputs['lengths'], 'classes': classes,
+              'poses': outputs['poses']}
+    if self.class_names:
+      answer['class_names'] = tf.gather(tf.constant(self.class_names),
+                                        classes)
+    return answer
 
   def _outputs(self):
     classes, dim = self.model.pose_shape
-    return {'probabilities': (tf.float32, [classes]),
-            'classes': (tf.int64, []), 'poses': (tf.float32, [classes, dim])}
+    outputs = {'probabilities': (tf.float32, [classes]),
+               'classes': (tf.int64, []),
+               'poses': (tf.float32, [classes, dim])}
+    if self.class_names:
+      outputs['class_names'] = (tf.string, [])
+    return outputs
 
   def _predict(self, images):
     return self._chunked(self._predict_chunk, self._outputs(),
@@ -357,7 +377,7 @@ def remove_stale_exports(export_base):
   return removed
 
 
-def export_model(model, image_shape, export_base):
+def export_model(model, image_shape, export_base, class_names=()):
   """Writes `model` as the next version under `export_base`.
 
   Args:
@@ -365,6 +385,8 @@ def export_model(model, image_shape, export_base):
     image_shape: `(H, W, C)` of its inputs.
     export_base: the model's base directory (`exports/<name>`); its last
       path component names the model in the warmup requests.
+    class_names: the classes' names, served as `class_names` (see
+      `ServingModule`); empty: none.
 
   Returns:
     The path of the new version directory.
@@ -374,7 +396,7 @@ def export_model(model, image_shape, export_base):
   """
   export_base = os.path.abspath(export_base)
   os.makedirs(export_base, exist_ok=True)
-  module = ServingModule(model, image_shape)
+  module = ServingModule(model, image_shape, class_names)
   remove_stale_exports(export_base)
   tmp = tempfile.mkdtemp(prefix=_tmp_prefix(os.getpid()), dir=export_base)
   try:
@@ -425,7 +447,8 @@ def load_checkpointed_model(model_dir, checkpoint=None):
 def export_from_checkpoint(model_dir, export_base, checkpoint=None):
   """Exports a checkpoint of a training run; returns the version path."""
   model, info = load_checkpointed_model(model_dir, checkpoint)
-  return export_model(model, info['image_shape'], export_base)
+  return export_model(model, info['image_shape'], export_base,
+                      info.get('class_names', ()))
 
 
 def main(argv):

@@ -87,6 +87,12 @@ def define_flags():
                        'Let TFDS download data that is not prepared.')
   flags.DEFINE_list('synthetic_shape', list(map(str, _S.synthetic_shape)),
                     'H,W,C of the synthetic data set.')
+  flags.DEFINE_list('image_shape', [],
+                    'image_folder: H,W,C every image is converted to (C: 1 '
+                    'grey or 3 RGB). Empty: the images\' own shape.')
+  flags.DEFINE_float('test_fraction', _S.test_fraction,
+                     'image_folder without train/ and test/ sub-folders: '
+                     'share of each class held back as the test split.')
   flags.DEFINE_integer('synthetic_classes', _S.synthetic_classes,
                        'Classes of the synthetic data set.')
   flags.DEFINE_list('synthetic_size', list(map(str, _S.synthetic_size)),
@@ -292,7 +298,10 @@ def data_spec_from_flags(f=None):
         synthetic_shape=_ints('synthetic_shape', f.synthetic_shape, 3),
         synthetic_classes=f.synthetic_classes,
         synthetic_size=_ints('synthetic_size', f.synthetic_size, 2),
-        viewpoints=f.viewpoints)
+        viewpoints=f.viewpoints,
+        image_shape=(_ints('image_shape', f.image_shape, 3)
+                     if f.image_shape else ()),
+        test_fraction=f.test_fraction)
   except DataError as e:
     raise ValueError(str(e)) from None
 
@@ -301,7 +310,8 @@ def data_spec_from_flags(f=None):
 DATA_FLAGS = ('dataset', 'data_dir', 'data_source', 'base_dataset',
               'shift_pixels', 'canvas_size', 'affnist_dir', 'overlay',
               'validation_size', 'download', 'synthetic_shape',
-              'synthetic_classes', 'synthetic_size', 'viewpoints')
+              'synthetic_classes', 'synthetic_size', 'viewpoints',
+              'image_shape', 'test_fraction')
 
 
 def data_spec_with_overrides(spec, f=None):
@@ -320,6 +330,8 @@ def data_spec_with_overrides(spec, f=None):
       value = _ints(name, value, 3)
     elif name == 'synthetic_size':
       value = _ints(name, value, 2)
+    elif name == 'image_shape':
+      value = _ints(name, value, 3) if value else ()
     changes[name] = value
   try:
     return dataclasses.replace(spec, **changes)

@@ -21,7 +21,6 @@ from pipeline import export
 from pipeline import flags as pipeline_flags
 from pipeline import run_guard
 from pipeline import trainer as trainer_lib
-from pipeline.data.base import DataError
 
 pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -42,8 +41,8 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   try:
     trainer = trainer_lib.Trainer(config)
-  except DataError as e:
-    # The data's own message names the file or flag and the fix.
+  except ValueError as e:  # DataError included.
+    # The message names the file or flag and the fix.
     sys.exit(f'Error: {e}')
   controller = controller_lib.Controller(trainer, FLAGS.flags_into_string())
   try:

@@ -150,6 +150,14 @@ def test_a_blank_image_gives_finite_gradients():
   assert all(np.isfinite(g.numpy()).all() for g in grads)
 
 
+
+def test_images_too_small_for_the_kernels_are_named():
+  with pytest.raises(ValueError, match=r'16x16 images are too small .* at '
+                     'least 17 pixels a side'):
+    CapsNet(input_shape=(16, 16, 1))
+  CapsNet(input_shape=(17, 17, 1))
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

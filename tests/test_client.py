@@ -61,6 +61,24 @@ def test_errors_name_the_problem(served, protocol):
   with pytest.raises(client.ServingError, match='20,20,1'):
     client.PROTOCOLS[protocol](servers[protocol], 'caps',
                                {'images': np.zeros([1, 9, 9, 1], np.float32)})
+  with pytest.raises(client.ServingError, match=r'must lie in \[0, 1\]'):
+    client.PROTOCOLS[protocol](servers[protocol], 'caps',
+                               {'images': np.full([1, 20, 20, 1], 255.0,
+                                                  np.float32)})
+  with pytest.raises(client.ServingError, match=r'class_ids must lie in'):
+    client.PROTOCOLS[protocol](
+        servers[protocol], 'caps',
+        {'images': np.zeros([1, 20, 20, 1], np.float32),
+         'class_ids': np.array([7], np.int64)}, signature='reconstruct')
+  nothing = {'images': np.zeros([0, 20, 20, 1], np.float32)}
+  if protocol == 'grpc':
+    empty = client.PROTOCOLS[protocol](servers[protocol], 'caps', nothing)
+    assert empty['classes'].shape == (0,)
+  else:
+    # JSON's [] carries no inner shape: REST can only name the mismatch.
+    with pytest.raises(client.ServingError, match=r'images \[0\] is not '
+                       r'compatible with expected shape \[\?,20,20,1\]'):
+      client.PROTOCOLS[protocol](servers[protocol], 'caps', nothing)
 
 
 def test_unreachable_server():

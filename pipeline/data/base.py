@@ -20,12 +20,15 @@ class DatasetInfo:
     split_sizes: examples per split (a generated training stream counts the
       examples it draws from).
     num_targets: objects per image (2 for MultiMNIST, else 1).
+    class_names: the classes' names where the data names them (an image
+      folder's sub-folders), else empty.
   """
   name: str
   image_shape: tuple
   num_classes: int
   split_sizes: dict
   num_targets: int = 1
+  class_names: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

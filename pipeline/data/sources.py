@@ -11,13 +11,14 @@ import os
 
 import numpy as np
 
-from pipeline.data import affnist, idx, synthetic, tfds_source
+from pipeline.data import affnist, idx, image_folder, synthetic, tfds_source
 from pipeline.data.base import ArraySplit, DataError, DatasetInfo
 
 # Data set name → number of classes.
 DATASETS = {
     'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10, 'svhn_cropped': 10,
     'smallnorb': 5, 'synthetic': None, 'multimnist': 10, 'affnist': 10,
+    'image_folder': None,
 }
 DATA_SOURCES = ('tfds', 'idx')
 # Data sets built from the digits of another (MultiMNIST, affNIST training).
@@ -51,6 +52,10 @@ class DataSpec:
     synthetic_size: `(train, test)` examples of 'synthetic'.
     viewpoints: smallNORB: 'all', or the EM paper's novel-viewpoint split
       'azimuth' / 'elevation' (train on familiar viewpoints, test on novel).
+    image_shape: image_folder: `(H, W, C)` every image is converted to
+      (C: 1 or 3); empty: the images' own shape, which must be one.
+    test_fraction: image_folder without train/ and test/ sub-folders: the
+      share of each class's images held back as the test split.
   """
   dataset: str = 'synthetic'
   data_dir: str = None
@@ -66,6 +71,8 @@ class DataSpec:
   synthetic_classes: int = 10
   synthetic_size: tuple = (2000, 500)
   viewpoints: str = 'all'
+  image_shape: tuple = ()
+  test_fraction: float = 0.2
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
@@ -97,6 +104,17 @@ class DataSpec:
     if self.viewpoints != 'all' and self.dataset != 'smallnorb':
       raise DataError(f'viewpoints={self.viewpoints!r} applies to smallnorb '
                       'only.')
+    if self.dataset == 'image_folder' and not self.data_dir:
+      raise DataError('dataset=image_folder needs data_dir (--data_dir): the '
+                      'folder with one sub-folder of images per class.')
+    if self.image_shape and (len(self.image_shape) != 3 or
+                             min(self.image_shape) < 1 or
+                             self.image_shape[2] not in (1, 3)):
+      raise DataError('image_shape (--image_shape) takes H,W,C with C 1 '
+                      f'(grey) or 3 (RGB), got {self.image_shape}.')
+    if not 0 < self.test_fraction < 1:
+      raise DataError('test_fraction (--test_fraction) must lie in (0, 1), '
+                      f'got {self.test_fraction}.')
     if self.overlay not in ('max', 'sum'):
       raise DataError(f"overlay must be 'max' or 'sum', got {self.overlay!r}.")
 
@@ -109,8 +127,14 @@ class DataSource:
     self.kind = spec.dataset if spec.dataset in (
         'multimnist', 'affnist', 'smallnorb') else 'plain'
     train = self._raw('train')
-    self.num_classes = (spec.synthetic_classes if spec.dataset == 'synthetic'
-                        else DATASETS[spec.dataset])
+    self.class_names = ()
+    if spec.dataset == 'image_folder':
+      self.class_names = self._folder()[2]
+      self.num_classes = len(self.class_names)
+    else:
+      self.num_classes = (spec.synthetic_classes
+                          if spec.dataset == 'synthetic'
+                          else DATASETS[spec.dataset])
     if not len(train):
       raise DataError(f'The train split of {self._where()} holds no examples.')
     test = self.split('test')
@@ -153,14 +177,16 @@ class DataSource:
     self.info = DatasetInfo(
         name=spec.dataset, image_shape=self._output_shape(train.images.shape),
         num_classes=self.num_classes, split_sizes=sizes,
-        num_targets=2 if self.kind == 'multimnist' else 1)
+        num_targets=2 if self.kind == 'multimnist' else 1,
+        class_names=self.class_names)
 
   def _where(self, split='train'):
     """The data set and where the split comes from, for messages."""
     spec = self.spec
     if spec.dataset == 'affnist' and split == 'test' and spec.affnist_dir:
       return f'affnist ({spec.affnist_dir})'
-    if spec.data_source == 'idx' and spec.dataset != 'synthetic':
+    if spec.dataset == 'image_folder' or (
+        spec.data_source == 'idx' and spec.dataset != 'synthetic'):
       return f'{spec.dataset} ({os.path.expanduser(spec.data_dir)})'
     return spec.dataset
 
@@ -175,8 +201,15 @@ class DataSource:
     return (h, w, c)
 
   @functools.lru_cache(maxsize=None)
+  def _folder(self):
+    return image_folder.load_image_folder(
+        self.spec.data_dir, self.spec.image_shape, self.spec.test_fraction)
+
+  @functools.lru_cache(maxsize=None)
   def _raw(self, split):
     spec = self.spec
+    if spec.dataset == 'image_folder':
+      return self._folder()[0 if split == 'train' else 1]
     if spec.dataset == 'synthetic':
       n = spec.synthetic_size[0 if split == 'train' else 1]
       return synthetic.synthetic_split(

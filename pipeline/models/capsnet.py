@@ -57,6 +57,14 @@ class CapsNet(base.CapsuleModel):
                num_reconstructions=1, jit_compile=False, **kwargs):
     super().__init__(**kwargs)
     self._set_shape(input_shape, num_classes, routing_iterations)
+    side = min(self.image_shape[:2])
+    if side - conv_kernel + 1 < primary_kernel:
+      raise ValueError(
+          f'{self.image_shape[0]}x{self.image_shape[1]} images are too small '
+          f'for CapsNet\'s {conv_kernel}x{conv_kernel} Conv1 and '
+          f'{primary_kernel}x{primary_kernel} PrimaryCapsules: it needs at '
+          f'least {conv_kernel + primary_kernel - 1} pixels a side. Use '
+          'larger images (--image_shape).')
     self._config = dict(
         input_shape=self.image_shape, num_classes=int(num_classes),
         conv_filters=conv_filters, conv_kernel=conv_kernel,
