@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 import tensorflow as tf
@@ -35,6 +36,22 @@ def _changed(cfg, **changes):
       **changes)
 
 
+@pytest.fixture(scope='module')
+def first_run(tmp_path_factory):
+  """A tiny run trained to step 2, for the resume tests to copy."""
+  model_dir = tmp_path_factory.mktemp('first')
+  cfg = tiny_config(model_dir, train_steps=2)
+  run_trainer(trainer_lib.Trainer(cfg), flags_text='--conv_filters=8\n')
+  return cfg
+
+
+def _copy(cfg, tmp_path):
+  target = tmp_path / 'run'
+  shutil.copytree(cfg.model_dir, target)
+  os.remove(target / run_guard.LOCK_FILE)
+  return dataclasses.replace(cfg, model_dir=str(target)), target
+
+
 @pytest.mark.parametrize('change,named', [
     (dict(model=config_lib.model_spec(**dict(TINY_MODEL, conv_filters=16))),
      '--conv_filters was 8, now 16'),
@@ -50,40 +67,46 @@ def _changed(cfg, **changes):
     (dict(reconstruction_weight=1.0), '--reconstruction_weight'),
 ])
 def test_a_changed_run_is_refused_before_anything_is_touched(
-    tmp_path, change, named):
-  cfg = tiny_config(tmp_path, train_steps=2)
-  run_trainer(trainer_lib.Trainer(cfg), flags_text='--conv_filters=8\n')
-  before = _snapshot(tmp_path)
+    first_run, tmp_path, change, named):
+  cfg, model_dir = _copy(first_run, tmp_path)
+  before = _snapshot(model_dir)
   changed = _changed(cfg, train_steps=4, **change)
   trainer = trainer_lib.Trainer(changed)
   with pytest.raises(run_guard.RunGuardError, match=named) as e:
     controller_lib.Controller(trainer, '--conv_filters=16\n').train()
   assert 'pick a new --model_dir' in str(e.value)
-  assert _snapshot(tmp_path) == before
-  assert not os.path.exists(tmp_path / 'checkpoints' / 'corrupt')
-  # The original settings still resume the run where it stopped.
+  assert _snapshot(model_dir) == before
+  assert not os.path.exists(model_dir / 'checkpoints' / 'corrupt')
+
+
+def test_the_original_settings_resume_after_a_refusal(first_run, tmp_path):
+  cfg, model_dir = _copy(first_run, tmp_path)
+  refused = trainer_lib.Trainer(_changed(cfg, batch_size=4))
+  with pytest.raises(run_guard.RunGuardError):
+    controller_lib.Controller(refused).train()
   resumed = trainer_lib.Trainer(dataclasses.replace(cfg, train_steps=4))
   controller = controller_lib.Controller(resumed)
   assert controller.restore().endswith('ckpt-2')
   controller.train()
   assert resumed.step == 4
+  with open(model_dir / 'flags.txt') as f:
+    assert f.read() == '--conv_filters=8\n'
 
 
-def test_accepted_changes_are_stated(tmp_path, caplog):
-  cfg = tiny_config(tmp_path, train_steps=2)
-  run_trainer(trainer_lib.Trainer(cfg))
-  changed = _changed(cfg, train_steps=4, eval_every=2, strategy='mirrored')
+def test_accepted_changes_are_stated(first_run, tmp_path, caplog):
+  cfg, model_dir = _copy(first_run, tmp_path)
+  changed = _changed(cfg, train_steps=4, eval_every=2, deterministic=False)
   with caplog.at_level('WARNING'):
     run_trainer(trainer_lib.Trainer(changed))
-  assert "--strategy changed from 'one_device' to 'mirrored'" in caplog.text
-  with open(tmp_path / 'config.json') as f:
+  assert ('--deterministic changed from True to False: the input order and '
+          'op determinism change') in caplog.text
+  with open(model_dir / 'config.json') as f:
     assert json.load(f)['train_steps'] == 4
 
 
 def test_an_intact_checkpoint_of_another_model_is_refused_not_quarantined(
-    tmp_path):
-  cfg = tiny_config(tmp_path, train_steps=2)
-  run_trainer(trainer_lib.Trainer(cfg))
+    first_run, tmp_path):
+  cfg, tmp_path = _copy(first_run, tmp_path)
   os.remove(tmp_path / 'config.json')  # Lost: the check cannot see it.
   other = trainer_lib.Trainer(_changed(cfg, model=config_lib.model_spec(
       **dict(TINY_MODEL, class_dim=6))))
@@ -93,9 +116,8 @@ def test_an_intact_checkpoint_of_another_model_is_refused_not_quarantined(
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
 
 
-def test_nothing_is_written_before_the_lock_is_held(tmp_path):
-  cfg = tiny_config(tmp_path, train_steps=2)
-  run_trainer(trainer_lib.Trainer(cfg), flags_text='original\n')
+def test_nothing_is_written_before_the_lock_is_held(first_run, tmp_path):
+  cfg, tmp_path = _copy(first_run, tmp_path)
   before = _snapshot(tmp_path)
   with run_guard.RunLock(str(tmp_path)):
     second = controller_lib.Controller(trainer_lib.Trainer(
@@ -105,9 +127,8 @@ def test_nothing_is_written_before_the_lock_is_held(tmp_path):
   assert _snapshot(tmp_path) == before
 
 
-def test_a_corrupt_metrics_file_is_set_aside(tmp_path, caplog):
-  cfg = tiny_config(tmp_path, train_steps=2)
-  run_trainer(trainer_lib.Trainer(cfg))
+def test_a_corrupt_metrics_file_is_set_aside(first_run, tmp_path, caplog):
+  cfg, tmp_path = _copy(first_run, tmp_path)
   (tmp_path / 'metrics.json').write_text('{"history": [1, 2')
   with caplog.at_level('WARNING'):
     results = run_trainer(trainer_lib.Trainer(_changed(cfg, train_steps=4)))
@@ -118,9 +139,8 @@ def test_a_corrupt_metrics_file_is_set_aside(tmp_path, caplog):
     assert json.load(f)['latest']['accuracy'] == results['accuracy']
 
 
-def test_stale_save_directories_are_removed_at_start(tmp_path):
-  cfg = tiny_config(tmp_path, train_steps=2)
-  run_trainer(trainer_lib.Trainer(cfg))
+def test_stale_save_directories_are_removed_at_start(first_run, tmp_path):
+  cfg, tmp_path = _copy(first_run, tmp_path)
   stale = tmp_path / 'checkpoints' / 'ckpt-3_temp'
   stale.mkdir()
   (stale / 'part-00000-of-00001.data-00000-of-00001').write_bytes(b'x')

@@ -206,7 +206,6 @@ def test_resume_with_changed_flags_is_refused_by_the_command(tmp_path):
   for args, named in (
       (['--conv_filters=16', '--learning_rate=0.5'],
        '--learning_rate was 0.003, now 0.5; --conv_filters was 8, now 16'),
-      (['--precision=mixed_bfloat16'], "--precision was 'float32'"),
       (['--synthetic_shape=24,24,1'], '--synthetic_shape was'),
       (['--batch_size=4'], '--batch_size was 8, now 4')):
     refused = _run(tmp_path, '--train_steps=4', *args)
