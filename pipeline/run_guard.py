@@ -81,6 +81,10 @@ def check_writable(directory, what, min_free_bytes=MIN_FREE_BYTES):
       f.write('ok')
     os.remove(probe)
   except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise RunGuardError(
+          f'{what} {directory} is full ({e.strerror}); free space or pass '
+          f'another {what}.') from None
     raise RunGuardError(
         f'{what} {directory} is not writable ({e.strerror}); fix its '
         f'permissions or pass another {what}.') from None

@@ -17,6 +17,7 @@ from pipeline import strategies
 from pipeline.tasks import base as task_base
 from pipeline.tasks import registry as task_registry
 from pipeline.data import input_pipeline, sources
+from pipeline.data.base import DataError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,6 +34,8 @@ class Trainer:
 
   Raises:
     ValueError: when the global batch does not divide over the replicas.
+    DataError: when the data cannot be loaded, or the batch is larger than
+      the training split.
   """
 
   def __init__(self, config, strategy=None, source=None):
@@ -52,6 +55,11 @@ class Trainer:
                  replicas, ', '.join(self.strategy.extended.worker_devices))
     self.source = source or sources.open_source(config.data)
     self.info = self.source.info
+    if config.batch_size > self.info.split_sizes['train']:
+      raise DataError(
+          f'--batch_size={config.batch_size} is larger than the '
+          f"{self.info.split_sizes['train']} training examples of "
+          f'{self.info.name}; use a smaller batch.')
     self.task = task_registry.get_task(config)
     self.model_dir = config.model_dir
     # Non-chief workers of a multi-worker run write their checkpoints (which

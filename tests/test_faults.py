@@ -227,6 +227,11 @@ def test_data_errors_are_one_line_before_training(tmp_path):
       'Error: shift_pixels 20 (--shift_pixels) can move a whole 20x20 image')
   assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
+  big = _run(tmp_path, '--batch_size=256')
+  assert big.returncode == 1 and 'Traceback' not in big.stderr
+  assert big.stderr.strip().splitlines()[-1] == (
+      'Error: --batch_size=256 is larger than the 128 training examples of '
+      'synthetic; use a smaller batch.')
 
 
 if __name__ == '__main__':

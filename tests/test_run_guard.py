@@ -56,6 +56,23 @@ def test_check_writable(tmp_path):
                              min_free_bytes=1 << 62)
 
 
+def test_check_writable_names_a_full_disk(tmp_path, monkeypatch):
+  import builtins  # pylint: disable=g-import-not-at-top
+  import errno  # pylint: disable=g-import-not-at-top
+  real_open = builtins.open
+
+  def full(path, *args, **kwargs):
+    if '.write-probe-' in str(path):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, 'open', full)
+  with pytest.raises(run_guard.RunGuardError,
+                     match=r'--model_dir .* is full \(No space left on '
+                     r'device\); free space or pass another --model_dir'):
+    run_guard.check_writable(str(tmp_path), '--model_dir')
+
+
 def test_preemption_watcher_records_sigterm():
   with run_guard.PreemptionWatcher() as watcher:
     assert watcher.requested is None
