@@ -97,7 +97,8 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_fix(tmp_path,
                                                                  '1'],
                            synthetic_size=['16', '8'], conv_filters=8,
                            primary_channels=4, class_dim=4,
-                           decoder_units=['8', '8'], strategy='one_device',
+                           decoder_units=['8', '8'], batch_size=8,
+                           strategy='one_device',
                            model_dir=str(tmp_path), export_dir=''):
     with pytest.raises(SystemExit) as e:
       train.main(['train'])
