@@ -78,6 +78,61 @@ def test_class_capsules_xla_training_path_matches_plain():
                              atol=1e-5)
 
 
+@pytest.mark.parametrize('shape,kernel,strides', [
+    ((20, 20, 16), 9, 2),   # the paper's PrimaryCapsules
+    ((21, 19, 4), 9, 2),    # odd sides: padded to the stride
+    ((20, 20, 4), 8, 3),    # a kernel that is no multiple of the stride
+    ((13, 13, 4), 3, 2),
+    ((9, 9, 2), 9, 3)])     # one output position
+def test_primary_capsules_space_to_depth_equals_strided_conv(shape, kernel,
+                                                             strides):
+  # The 16-bit path computes the strided convolution as space-to-depth and
+  # a stride-1 convolution on the same weights; checked here in float32,
+  # values and gradients, against the layer's own strided convolution.
+  layer = layers.PrimaryCapsules(channels=3, dim=4, kernel_size=kernel,
+                                 strides=strides)
+  images = tf.random.uniform([2, *shape], seed=3)
+  layer(images)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(images)
+    direct = layer.conv(images)
+    s2d = layer._space_to_depth_conv(images)  # pylint: disable=protected-access
+    loss_direct = tf.reduce_sum(tf.sin(direct))
+    loss_s2d = tf.reduce_sum(tf.sin(s2d))
+  assert s2d.shape == direct.shape
+  np.testing.assert_allclose(s2d.numpy(), direct.numpy(), atol=1e-4)
+  for source in (images, layer.conv.kernel, layer.conv.bias):
+    np.testing.assert_allclose(tape.gradient(loss_s2d, source).numpy(),
+                               tape.gradient(loss_direct, source).numpy(),
+                               atol=1e-3)
+
+
+def test_primary_capsules_bfloat16_matches_float32():
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  images = tf.random.uniform([2, 20, 20, 16], seed=4)
+  plain = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2)
+  expected = plain(images)
+  half = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2,
+                                dtype=keras.mixed_precision.Policy(
+                                    'mixed_bfloat16'))
+  half(images)
+  half.set_weights(plain.get_weights())
+  got = half(images)
+  assert got.dtype == tf.float32
+  # bfloat16 keeps 8 bits of mantissa: capsule components of up to ~0.5
+  # agree to a few hundredths.
+  np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=0.03)
+
+
+def test_class_capsules_compile_inference_matches_plain():
+  inputs = tf.random.normal([3, 20, 4], seed=5)
+  layer = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True)
+  plain_v, _ = layer(inputs, training=False)
+  layer.compile_inference = True
+  compiled_v, _ = layer(inputs, training=False)
+  np.testing.assert_allclose(compiled_v.numpy(), plain_v.numpy(), atol=1e-5)
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)
