@@ -1,7 +1,7 @@
 """Exports a trained capsule model as a SavedModel that TF Serving loads as is.
 
   python -m pipeline.export --model_dir=runs/fashion_mnist \
-      --export_dir=exports/capsnet_fashion_mnist
+      --export_dir=exports/capsnet_fashion_mnist [--xla]
 
 Versions go to `<export_dir>/<integer>/`, the layout TF Serving polls: the
 next integer after the highest one there. Each is written under a hidden
@@ -377,7 +377,8 @@ def remove_stale_exports(export_base):
   return removed
 
 
-def export_model(model, image_shape, export_base, class_names=()):
+def export_model(model, image_shape, export_base, class_names=(),
+                 xla=False):
   """Writes `model` as the next version under `export_base`.
 
   Args:
@@ -387,6 +388,10 @@ def export_model(model, image_shape, export_base, class_names=()):
       path component names the model in the warmup requests.
     class_names: the classes' names, served as `class_names` (see
       `ServingModule`); empty: none.
+    xla: compile the model's capsule part with XLA inside the signatures
+      (`CapsuleModel.compile_inference`): faster, but served only by a TF
+      Serving started with `--xla_cpu_compilation_enabled`. The default
+      export holds plain TF ops.
 
   Returns:
     The path of the new version directory.
@@ -397,6 +402,14 @@ def export_model(model, image_shape, export_base, class_names=()):
   export_base = os.path.abspath(export_base)
   os.makedirs(export_base, exist_ok=True)
   module = ServingModule(model, image_shape, class_names)
+  # The signatures are traced in the mode asked for, whatever mode the
+  # caller's model is in (a Trainer's evaluates compiled), which is restored.
+  previous = model.inference_compiled
+  if model.compile_inference(xla) != xla:
+    model.compile_inference(previous)
+    raise ValueError(f'{type(model).__name__} has no XLA-compiled part to '
+                     'export (train it with --jit_compile, or export '
+                     'without --xla).')
   remove_stale_exports(export_base)
   tmp = tempfile.mkdtemp(prefix=_tmp_prefix(os.getpid()), dir=export_base)
   try:
@@ -413,6 +426,7 @@ def export_model(model, image_shape, export_base, class_names=()):
         if not os.path.isdir(target):
           raise
   finally:
+    model.compile_inference(previous)
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
 
@@ -444,11 +458,12 @@ def load_checkpointed_model(model_dir, checkpoint=None):
   return model, info
 
 
-def export_from_checkpoint(model_dir, export_base, checkpoint=None):
+def export_from_checkpoint(model_dir, export_base, checkpoint=None,
+                           xla=False):
   """Exports a checkpoint of a training run; returns the version path."""
   model, info = load_checkpointed_model(model_dir, checkpoint)
   return export_model(model, info['image_shape'], export_base,
-                      info.get('class_names', ()))
+                      info.get('class_names', ()), xla=xla)
 
 
 def main(argv):
@@ -459,8 +474,8 @@ def main(argv):
     raise app.UsageError('--model_dir and --export_dir are both required.')
   try:
     path = export_from_checkpoint(f.model_dir, f.export_dir,
-                                  f.checkpoint or None)
-  except FileNotFoundError as e:
+                                  f.checkpoint or None, xla=f.xla)
+  except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   print(f'Exported SavedModel to {path}')
   return 0
@@ -471,4 +486,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('export_dir', None, 'Export base (exports/<name>).')
   flags.DEFINE_string('checkpoint', None, 'A checkpoint path (default: the '
                       'latest in model_dir/checkpoints).')
+  flags.DEFINE_boolean('xla', False, 'Compile the capsule part with XLA '
+                       'inside the signatures (faster; needs TF Serving '
+                       'with --xla_cpu_compilation_enabled).')
   sys.exit(app.run(main))

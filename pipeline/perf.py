@@ -61,13 +61,35 @@ def bench_train(trainer, repeats):
 
 
 def bench_inference(trainer, batch, repeats):
+  """In-memory inference: plain TF ops (as the default export serves) and,
+  for a model with an XLA-compiled part, with it compiled (`_xla` keys)."""
+  model = trainer.model
   images = tf.random.uniform([batch, *trainer.info.image_shape], seed=1)
-  predict = tf.function(lambda x: trainer.model(x, training=False)['lengths'])
-  seconds = _median_time(lambda: predict(images).numpy(), repeats)
-  latency = _median_time(lambda: predict(images[:1]).numpy(), repeats)
-  return {'inference_examples_per_second': batch / seconds,
-          'inference_batch': batch,
-          'latency_batch1_ms': 1000 * latency}
+  results = {'inference_batch': batch}
+  previous = model.inference_compiled
+  for suffix, xla in (('', False), ('_xla', True)):
+    if model.compile_inference(xla) != xla:
+      continue
+    predict = tf.function(lambda x: model(x, training=False)['lengths'])
+    seconds = _median_time(lambda: predict(images).numpy(), repeats)
+    latency = _median_time(lambda: predict(images[:1]).numpy(), repeats)
+    results[f'inference{suffix}_examples_per_second'] = batch / seconds
+    results[f'latency{suffix}_batch1_ms'] = 1000 * latency
+  model.compile_inference(previous)
+  return results
+
+
+def _serve(model, image_shape, batch, repeats, xla):
+  path = export.export_model(model, image_shape,
+                             tempfile.mkdtemp(prefix='capsnet-serving-'),
+                             xla=xla)
+  serve = tf.saved_model.load(path).signatures['serving_default']
+  images = tf.random.uniform([batch, *image_shape], seed=1)
+  throughput = _median_time(
+      lambda: serve(images=images)['probabilities'].numpy(), repeats)
+  latency = _median_time(
+      lambda: serve(images=images[:1])['probabilities'].numpy(), repeats)
+  return batch / throughput, 1000 * latency
 
 
 def bench_serving(trainer, batch, repeats, in_memory=None):
@@ -76,16 +98,14 @@ def bench_serving(trainer, batch, repeats, in_memory=None):
   `in_memory`: figures `bench_inference` already measured in this run (else
   it is measured here), for the ratio of the two.
   """
-  path = export.export_model(trainer.model, trainer.info.image_shape,
-                             tempfile.mkdtemp(prefix='capsnet-serving-'))
-  serve = tf.saved_model.load(path).signatures['serving_default']
-  images = tf.random.uniform([batch, *trainer.info.image_shape], seed=1)
-  throughput = _median_time(
-      lambda: serve(images=images)['probabilities'].numpy(), repeats)
-  latency = _median_time(
-      lambda: serve(images=images[:1])['probabilities'].numpy(), repeats)
-  results = {'serving_examples_per_second': batch / throughput,
-             'serving_latency_batch1_ms': 1000 * latency}
+  results = {}
+  for suffix, xla in (('', False), ('_xla', True)):
+    if xla and not trainer.model.compile_inference(True):
+      continue
+    throughput, latency = _serve(trainer.model, trainer.info.image_shape,
+                                 batch, repeats, xla)
+    results[f'serving{suffix}_examples_per_second'] = throughput
+    results[f'serving{suffix}_latency_batch1_ms'] = latency
   results.update(in_memory or bench_inference(trainer, batch, repeats))
   results['serving_throughput_vs_in_memory'] = (
       results['serving_examples_per_second'] /
@@ -157,15 +177,18 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
     flops = trainer.model.flops_per_example()
     results['forward_flops_per_example'] = flops
     results['train_flops_per_example'] = 3 * flops
-    if 'train_examples_per_second' in results and 'matmul_gflops' in results:
-      results['train_fraction_of_matmul_peak'] = (
-          results['train_examples_per_second'] * 3 * flops / 1e9 /
-          results['matmul_gflops'])
-    if ('inference_examples_per_second' in results and
-        'matmul_gflops' in results):
-      results['inference_fraction_of_matmul_peak'] = (
-          results['inference_examples_per_second'] * flops / 1e9 /
-          results['matmul_gflops'])
+    # Against the matmul peak of the precision the model computes in.
+    # (no float16 peak is measured: mixed_float16 gets no fraction).
+    peak = results.get({'float32': 'matmul_gflops',
+                        'mixed_bfloat16': 'matmul_bf16_gflops'}.get(
+                            config.model.precision, ''))
+    for kind, per_example in (('train', 3 * flops), ('inference', flops),
+                              ('inference_xla', flops), ('serving', flops),
+                              ('serving_xla', flops)):
+      rate = results.get(f'{kind}_examples_per_second')
+      if rate and peak:
+        results[f'{kind}_fraction_of_matmul_peak'] = (
+            rate * per_example / 1e9 / peak)
   results['peak_rss_mb'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024
   return results

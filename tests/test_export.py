@@ -289,6 +289,42 @@ def test_stale_temporary_exports_are_removed_live_ones_kept(trained, tmp_path):
   assert not stale.exists() and live.exists() and other_host.exists()
 
 
+def _compiled_functions(path):
+  """Names of the functions serving_default calls that XLA must compile."""
+  signature = tf.saved_model.load(path).signatures['serving_default']
+  library = signature.graph.as_graph_def().library
+  return [fn.signature.name for fn in library.function
+          if fn.attr['_XlaMustCompile'].b]
+
+
+def test_xla_export_compiles_the_capsules_and_agrees(trained, tmp_path):
+  trainer, _ = trained
+  model = trainer.model
+  assert model.inference_compiled  # a Trainer evaluates compiled
+  plain = export.export_model(model, (20, 20, 1), str(tmp_path / 'm'))
+  xla = export.export_model(model, (20, 20, 1), str(tmp_path / 'm'), xla=True)
+  # The default export is plain TF ops for a stock TF Serving, even from
+  # a model that runs compiled; the mode of the model is left as it was.
+  assert not _compiled_functions(plain)
+  assert _compiled_functions(xla)
+  assert model.inference_compiled
+  images = tf.random.uniform([4, 20, 20, 1], seed=2)
+  outs = [tf.saved_model.load(path).signatures['serving_default'](
+      images=images) for path in (plain, xla)]
+  np.testing.assert_allclose(outs[1]['probabilities'].numpy(),
+                             outs[0]['probabilities'].numpy(), atol=1e-5)
+
+
+def test_xla_export_of_a_model_without_a_compiled_part_is_refused(tmp_path):
+  from pipeline.models import baseline_cnn  # pylint: disable=g-import-not-at-top
+  model = baseline_cnn.BaselineCNN(input_shape=(12, 12, 1), num_classes=3,
+                                   conv_channels=(4,), fc_units=(8,))
+  model(tf.zeros([1, 12, 12, 1]))
+  with pytest.raises(ValueError, match='no XLA-compiled part'):
+    export.export_model(model, (12, 12, 1), str(tmp_path / 'm'), xla=True)
+  assert not os.listdir(tmp_path / 'm')
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

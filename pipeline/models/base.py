@@ -81,6 +81,23 @@ class CapsuleModel(keras.Model):
     out. A training step costs about three times this."""
     raise NotImplementedError
 
+  def compile_inference(self, enabled: bool) -> bool:
+    """Whether inference calls (training=False) also run the model's
+    XLA-compiled part (the part `jit_compile=True` compiles for training).
+
+    Off by default, so an exported signature holds only plain TF ops that a
+    stock TF Serving runs; on, it needs a server with XLA's CPU JIT
+    (`--xla_cpu_compilation_enabled`). Returns whether it is now on (False
+    for a model with no compiled part).
+    """
+    del enabled
+    return False
+
+  @property
+  def inference_compiled(self) -> bool:
+    """Whether inference calls now run the XLA-compiled part."""
+    return False
+
   def parts(self, images, labels):
     """The model's stages, for per-part timings.
 

@@ -111,6 +111,15 @@ class CapsNet(base.CapsuleModel):
                                            tf.float32)
     return outputs
 
+  def compile_inference(self, enabled):
+    on = bool(enabled) and self._config['jit_compile']
+    self.class_capsules.compile_inference = on
+    return on
+
+  @property
+  def inference_compiled(self):
+    return self.class_capsules.compile_inference
+
   @property
   def pose_shape(self):
     return (self.num_classes, self.class_capsules.dim)
