@@ -116,6 +116,8 @@ class TrainConfig:
   learning_rate: float = 1e-3
   lr_decay_rate: float = 0.96
   lr_decay_steps: int = 2000
+  lr_schedule: str = 'exponential'
+  warmup_steps: int = 0
   reconstruction_weight: float = 0.0005
   m_plus: float = 0.9
   m_minus: float = 0.1

@@ -10,6 +10,7 @@ import os
 from absl import flags
 
 from pipeline import config as config_lib
+from pipeline import schedules
 from pipeline.data import sources
 from pipeline.data import tfds_source
 from pipeline.data.base import DataError
@@ -118,7 +119,13 @@ def define_flags():
   flags.DEFINE_float('lr_decay_rate', _D.lr_decay_rate,
                      'Exponential learning-rate decay per lr_decay_steps.')
   flags.DEFINE_integer('lr_decay_steps', _D.lr_decay_steps,
-                       'Steps per decay of lr_decay_rate.')
+                       'exponential: steps per decay of lr_decay_rate; '
+                       'cosine: steps of the decay to 0 after the warm-up.')
+  flags.DEFINE_enum('lr_schedule', _D.lr_schedule, schedules.SCHEDULES,
+                    'exponential (the paper) or cosine (warm-up, then a '
+                    'half cosine to 0; for short runs).')
+  flags.DEFINE_integer('warmup_steps', _D.warmup_steps,
+                       'Steps of linear learning-rate warm-up from 0.')
   flags.DEFINE_float('reconstruction_weight', _D.reconstruction_weight,
                      'Weight of the reconstruction loss (paper: 0.0005).')
   flags.DEFINE_float('m_plus', _D.m_plus, 'Margin loss m+.')
@@ -218,7 +225,7 @@ def config_from_flags(f=None):
                     ('conv_filters', 1), ('primary_channels', 1),
                     ('primary_dim', 1), ('class_dim', 1), ('cpu_devices', 0),
                     ('shift_pixels', 0), ('validation_size', 0),
-                    ('spread_anneal_steps', 1)):
+                    ('spread_anneal_steps', 1), ('warmup_steps', 0)):
     _at_least(name, f[name].value, low)
   if f.learning_rate <= 0:
     raise ValueError(f'--learning_rate must be > 0, got {f.learning_rate}.')
@@ -247,7 +254,8 @@ def config_from_flags(f=None):
       log_every=f.log_every, eval_every=f.eval_every,
       checkpoint_every=f.checkpoint_every, max_checkpoints=f.max_checkpoints,
       learning_rate=f.learning_rate, lr_decay_rate=f.lr_decay_rate,
-      lr_decay_steps=f.lr_decay_steps,
+      lr_decay_steps=f.lr_decay_steps, lr_schedule=f.lr_schedule,
+      warmup_steps=f.warmup_steps,
       reconstruction_weight=f.reconstruction_weight, m_plus=f.m_plus,
       m_minus=f.m_minus, down_weight=f.down_weight,
       spread_anneal_steps=f.spread_anneal_steps, strategy=f.strategy,

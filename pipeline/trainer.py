@@ -13,6 +13,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline import schedules
 from pipeline import strategies
 from pipeline.tasks import base as task_base
 from pipeline.tasks import registry as task_registry
@@ -69,8 +70,12 @@ class Trainer:
 
     with self.strategy.scope():
       self.model = self.task.build_model(self.info)
-      self.learning_rate = keras.optimizers.schedules.ExponentialDecay(
-          config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
+      # Evaluation runs the compiled capsule part as training does (exports
+      # are built from checkpoints and stay plain unless asked).
+      self.model.compile_inference(True)
+      self.learning_rate = schedules.LearningRate(
+          config.lr_schedule, config.learning_rate, config.lr_decay_steps,
+          config.lr_decay_rate, config.warmup_steps)
       self.optimizer = keras.optimizers.Adam(self.learning_rate)
       if config.model.precision == 'mixed_float16':
         self.optimizer = keras.mixed_precision.LossScaleOptimizer(
