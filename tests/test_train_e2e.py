@@ -136,6 +136,36 @@ def test_the_console_is_quiet_unless_asked(tmp_path):
   assert loud.returncode == 0 and 'oneDNN' in loud.stderr
 
 
+SHARED_MNIST = os.path.join(REPO, '..', 'shared', 'data', 'mnist')
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(SHARED_MNIST,
+                                    'train-images-idx3-ubyte.gz')),
+    reason=f'the MNIST IDX files are not at {SHARED_MNIST} (they are '
+           'beside the checkout on the project machine; see '
+           '../shared/data/README.md)')
+def test_headline_flagfile_on_the_real_mnist_idx_files(tmp_path):
+  # The paper's flagfile on the real MNIST files, read offline through the
+  # IDX source; a narrow model and a few steps keep it quick.
+  model_dir = tmp_path / 'run'
+  proc = _train('--flagfile=configs/mnist.flags', '--data_source=idx',
+                f'--data_dir={SHARED_MNIST}', f'--model_dir={model_dir}',
+                '--export_dir=', '--conv_filters=16', '--primary_channels=4',
+                '--decoder_units=32,32', '--train_steps=4',
+                '--steps_per_loop=2', '--eval_every=4', '--log_every=2',
+                '--checkpoint_every=4')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(model_dir / 'info.json') as f:
+    info = json.load(f)
+  assert info['split_sizes'] == {'train': 60000, 'test': 10000}
+  assert info['image_shape'] == [28, 28, 1]
+  with open(model_dir / 'metrics.json') as f:
+    latest = json.load(f)['latest']
+  assert latest['step'] == 4 and latest['split'] == 'test'
+  assert latest['examples'] == 10000
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)
