@@ -62,19 +62,14 @@ SERVING_CHUNK = 128
 MAX_IMAGE_PIXELS = 4096 * 4096
 
 
-def _be(data, offset, size):
-  """Big-endian unsigned integer of `size` bytes at `offset`, int64."""
+def _uint(data, offset, size, big_endian):
+  """Unsigned integer of `size` bytes at `offset` of a string, int64."""
   raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, size),
                                  tf.uint8), tf.int64)
-  return tf.reduce_sum(raw * (256 ** tf.range(size - 1, -1, -1,
-                                                dtype=tf.int64)))
-
-
-def _le(data, offset, size):
-  """Little-endian unsigned integer of `size` bytes at `offset`, int64."""
-  raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, size),
-                                 tf.uint8), tf.int64)
-  return tf.reduce_sum(raw * (256 ** tf.range(size, dtype=tf.int64)))
+  powers = tf.range(size, dtype=tf.int64)
+  if big_endian:
+    powers = tf.reverse(powers, [0])
+  return tf.reduce_sum(raw * (256 ** powers))
 
 
 def encoded_pixels(data):
@@ -88,13 +83,13 @@ def encoded_pixels(data):
                                   tf.int64))
 
   def other():
-    png = _be(padded, 16, 4) * _be(padded, 20, 4)
-    gif = _le(padded, 6, 2) * _le(padded, 8, 2)
+    png = _uint(padded, 16, 4, True) * _uint(padded, 20, 4, True)
+    gif = _uint(padded, 6, 2, False) * _uint(padded, 8, 2, False)
     # A BMP's height is negative for top-down rows.
-    bmp_height = _le(padded, 22, 4)
+    bmp_height = _uint(padded, 22, 4, False)
     bmp_height = tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height,
                           bmp_height)
-    bmp = _le(padded, 18, 4) * bmp_height
+    bmp = _uint(padded, 18, 4, False) * bmp_height
     return tf.case([(tf.equal(magic, b'\x89PNG'), lambda: png),
                     (tf.equal(tf.strings.substr(magic, 0, 3), b'GIF'),
                      lambda: gif),

@@ -94,6 +94,8 @@ class Trainer:
                                             optimizer=self.optimizer,
                                             wall_seconds=self.wall_seconds)
     self.train_loop = tf.function(self._train_loop_fn)
+    # The training input of run_steps, made at its first call.
+    self._iterator = None
     self._eval_fn = tf.function(self._eval_step_fn, reduce_retracing=True)
     self.summary_outputs = tf.function(
         lambda images, labels: self.model(images, labels, training=False))
@@ -140,7 +142,7 @@ class Trainer:
       NonFiniteLossError: naming the step whose loss or gradients were not
         finite; that step was not applied.
     """
-    if not hasattr(self, '_iterator'):
+    if self._iterator is None:
       self._iterator = self.train_iterator(self.step)
     bad = int(self.train_loop(self._iterator,
                               tf.constant(num_steps, tf.int64)))

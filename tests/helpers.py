@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline import config as config_lib
 from pipeline import controller as controller_lib
+from pipeline import run_guard
 from pipeline.data import sources
 from pipeline.data.idx import idx_bytes
 
@@ -52,3 +53,16 @@ def write_idx_dir(directory, n_train=40, n_test=20, size=28, gz=True,
         f.write(gzip.compress(data) if gz else data)
     out[split] = (images, labels)
   return out
+
+
+def snapshot(model_dir):
+  """Every file under model_dir with its bytes (the run's lock file aside)."""
+  files = {}
+  for root, _, names in os.walk(model_dir):
+    for name in names:
+      if name != run_guard.LOCK_FILE:
+        path = os.path.join(root, name)
+        with open(path, 'rb') as f:
+          files[os.path.relpath(path, model_dir)] = f.read()
+  return files
+

@@ -8,23 +8,11 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from helpers import run_trainer, TINY_MODEL, tiny_config
+from helpers import run_trainer, snapshot, TINY_MODEL, tiny_config
 from pipeline import config as config_lib
 from pipeline import controller as controller_lib
 from pipeline import run_guard
 from pipeline import trainer as trainer_lib
-
-
-def _snapshot(model_dir):
-  """Every file under model_dir with its bytes (the lock file aside)."""
-  files = {}
-  for root, _, names in os.walk(model_dir):
-    for name in names:
-      path = os.path.join(root, name)
-      if name != run_guard.LOCK_FILE:
-        with open(path, 'rb') as f:
-          files[os.path.relpath(path, model_dir)] = f.read()
-  return files
 
 
 def _changed(cfg, **changes):
@@ -69,13 +57,13 @@ def _copy(cfg, tmp_path):
 def test_a_changed_run_is_refused_before_anything_is_touched(
     first_run, tmp_path, change, named):
   cfg, model_dir = _copy(first_run, tmp_path)
-  before = _snapshot(model_dir)
+  before = snapshot(model_dir)
   changed = _changed(cfg, train_steps=4, **change)
   trainer = trainer_lib.Trainer(changed)
   with pytest.raises(run_guard.RunGuardError, match=named) as e:
     controller_lib.Controller(trainer, '--conv_filters=16\n').train()
   assert 'pick a new --model_dir' in str(e.value)
-  assert _snapshot(model_dir) == before
+  assert snapshot(model_dir) == before
   assert not os.path.exists(model_dir / 'checkpoints' / 'corrupt')
 
 
@@ -118,13 +106,13 @@ def test_an_intact_checkpoint_of_another_model_is_refused_not_quarantined(
 
 def test_nothing_is_written_before_the_lock_is_held(first_run, tmp_path):
   cfg, tmp_path = _copy(first_run, tmp_path)
-  before = _snapshot(tmp_path)
+  before = snapshot(tmp_path)
   with run_guard.RunLock(str(tmp_path)):
     second = controller_lib.Controller(trainer_lib.Trainer(
         _changed(cfg, train_steps=4)), 'intruder\n')
     with pytest.raises(run_guard.RunGuardError, match='in use by another'):
       second.train()
-  assert _snapshot(tmp_path) == before
+  assert snapshot(tmp_path) == before
 
 
 def test_a_corrupt_metrics_file_is_set_aside(first_run, tmp_path, caplog):

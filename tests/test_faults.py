@@ -16,7 +16,7 @@ from pipeline import controller as controller_lib
 from pipeline import trainer as trainer_lib
 
 from conftest import REPO
-from helpers import run_trainer, tiny_config
+from helpers import run_trainer, snapshot, tiny_config
 
 TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
         '--primary_channels=4', '--class_dim=4', '--decoder_units=16,32',
@@ -187,22 +187,11 @@ def test_concurrent_exports_never_share_a_version(tmp_path):
 
 
 
-def _files(model_dir):
-  out = {}
-  for root, _, names in os.walk(model_dir):
-    for name in names:
-      if name != '.lock':
-        path = os.path.join(root, name)
-        with open(path, 'rb') as f:
-          out[os.path.relpath(path, model_dir)] = f.read()
-  return out
-
-
 def test_resume_with_changed_flags_is_refused_by_the_command(tmp_path):
   first = _run(tmp_path, '--train_steps=2', '--checkpoint_every=2',
                '--eval_every=2')
   assert first.returncode == 0, first.stderr[-3000:]
-  before = _files(tmp_path)
+  before = snapshot(tmp_path)
   for args, named in (
       (['--conv_filters=16', '--learning_rate=0.5'],
        '--learning_rate was 0.003, now 0.5; --conv_filters was 8, now 16'),
@@ -212,7 +201,7 @@ def test_resume_with_changed_flags_is_refused_by_the_command(tmp_path):
     assert refused.returncode != 0
     assert named in refused.stderr, refused.stderr[-3000:]
     assert 'Traceback' not in refused.stderr
-    assert _files(tmp_path) == before
+    assert snapshot(tmp_path) == before
   resumed = _run(tmp_path, '--train_steps=4', '--checkpoint_every=2',
                  '--eval_every=2')
   assert resumed.returncode == 0, resumed.stderr[-3000:]
