@@ -30,8 +30,19 @@ def test_command_writes_all_keys(tmp_path):
               'forward_flops_per_example', 'train_fraction_of_matmul_peak',
               'latency_batch1_ms', 'serving_examples_per_second',
               'serving_latency_batch1_ms', 'layer_seconds/conv1',
-              'peak_rss_mb', 'tensorflow', 'precision'):
+              'peak_rss_mb', 'tensorflow', 'precision',
+              # With the class capsules compiled (in memory and exported).
+              'inference_xla_examples_per_second', 'latency_xla_batch1_ms',
+              'serving_xla_examples_per_second',
+              'serving_xla_latency_batch1_ms',
+              'inference_xla_fraction_of_matmul_peak',
+              'serving_xla_fraction_of_matmul_peak'):
     assert key in figures, key
+  # Fractions are of the peak of the model's own precision (float32 here).
+  assert abs(figures['train_fraction_of_matmul_peak'] -
+             figures['train_examples_per_second'] *
+             figures['train_flops_per_example'] / 1e9 /
+             figures['matmul_gflops']) < 1e-9
   assert figures['input_examples_per_second'] > 0
   assert figures['train_examples_per_second'] > 0
   assert 'train_examples_per_second' in proc.stdout
