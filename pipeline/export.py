@@ -447,6 +447,11 @@ def load_checkpointed_model(model_dir, checkpoint=None):
       raise FileNotFoundError(
           f'{model_dir}/checkpoints holds no checkpoint; train first or pass '
           'a checkpoint path.')
+  elif not tf.io.gfile.exists(checkpoint + '.index'):
+    raise FileNotFoundError(
+        f'{checkpoint} is not a checkpoint (no {checkpoint}.index); pass a '
+        f'path like {model_dir}/checkpoints/ckpt-N, or leave the checkpoint '
+        'out for the latest.')
   model = registry.build_from_spec(config.model, info['image_shape'],
                                  info['num_classes'], info['num_targets'])
   tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()

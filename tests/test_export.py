@@ -140,11 +140,27 @@ def test_export_command(trained, tmp_path):
        f'--export_dir={tmp_path}/cmd'], cwd=REPO, capture_output=True,
       text=True, timeout=300)
   assert bad.returncode != 0 and 'not a model directory' in bad.stderr
+  missing = subprocess.run(
+      [sys.executable, '-m', 'pipeline.export', f'--model_dir={model_dir}',
+       f'--export_dir={tmp_path}/cmd', '--checkpoint=/nonexistent/ckpt-1'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert missing.returncode != 0
+  assert 'is not a checkpoint' in missing.stderr
+  assert 'Traceback' not in missing.stderr
 
 
 def test_missing_run_files(tmp_path):
   with pytest.raises(FileNotFoundError, match='not a model directory'):
     export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
+
+
+@pytest.mark.parametrize('name', ['ckpt-999', 'ckpt-2.index', 'nothing'])
+def test_a_checkpoint_that_is_not_there_is_named(trained, tmp_path, name):
+  _, model_dir = trained
+  path = os.path.join(model_dir, 'checkpoints', name)
+  with pytest.raises(FileNotFoundError, match='is not a checkpoint'):
+    export.export_from_checkpoint(str(model_dir), str(tmp_path / 'e'), path)
+  assert not (tmp_path / 'e').exists()
 
 
 def test_large_request_runs_in_chunks(trained, tmp_path):
