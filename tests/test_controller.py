@@ -51,6 +51,8 @@ def _copy(cfg, tmp_path):
     (dict(data=dict(synthetic_shape=(24, 24, 1))), '--synthetic_shape'),
     (dict(batch_size=4), '--batch_size was 8, now 4'),
     (dict(learning_rate=0.5), '--learning_rate'),
+    (dict(lr_schedule='cosine'), "--lr_schedule was 'exponential'"),
+    (dict(warmup_steps=10), '--warmup_steps was 0, now 10'),
     (dict(seed=7), '--seed'),
     (dict(reconstruction_weight=1.0), '--reconstruction_weight'),
 ])

@@ -26,6 +26,9 @@ def test_defaults_build_a_config():
     (dict(train_steps=0), '--train_steps'),
     (dict(learning_rate=0.0), '--learning_rate'),
     (dict(lr_decay_rate=1.5), '--lr_decay_rate'),
+    (dict(warmup_steps=-1), '--warmup_steps must be >= 0'),
+    (dict(lr_schedule='cosine', lr_decay_steps=0),
+     '--lr_decay_steps must be >= 1'),
     (dict(eval_split='validation'), '--validation_size'),
     (dict(synthetic_shape=['28', '28']), '--synthetic_shape takes 3'),
     (dict(decoder_units=['a']), '--decoder_units'),
@@ -41,6 +44,16 @@ def test_bad_values(overrides, match):
 def test_enum_flag_lists_allowed_values():
   with pytest.raises(flags.IllegalFlagValueError, match='mnist'):
     FLAGS['dataset'].parse('imagenet')
+  with pytest.raises(flags.IllegalFlagValueError, match='cosine'):
+    FLAGS['lr_schedule'].parse('linear')
+
+
+def test_schedule_flags_reach_the_config():
+  with flagsaver.flagsaver(lr_schedule='cosine', warmup_steps=50,
+                           lr_decay_steps=550):
+    cfg = pipeline_flags.config_from_flags()
+  assert (cfg.lr_schedule, cfg.warmup_steps, cfg.lr_decay_steps) == (
+      'cosine', 50, 550)
 
 
 def test_data_overrides_change_only_the_flags_given():
