@@ -14,6 +14,7 @@ from pipeline import schedules
 from pipeline.data import sources
 from pipeline.data import tfds_source
 from pipeline.data.base import DataError
+from pipeline.models import layers
 from pipeline.models import registry
 from pipeline.models.capsnet import CapsNetConfig
 
@@ -26,7 +27,8 @@ _S = sources.DataSpec()
 # given with a value other than its default.
 MODEL_FLAGS = ('routing_iterations', 'stop_inner_gradients', 'conv_filters',
                'primary_channels', 'primary_dim', 'class_dim',
-               'decoder_units', 'use_decoder', 'class_bias', 'jit_compile')
+               'decoder_units', 'use_decoder', 'class_bias', 'jit_compile',
+               'routing_dtype')
 
 
 def define_flags():
@@ -56,6 +58,10 @@ def define_flags():
   flags.DEFINE_boolean('jit_compile', True,
                        'Compile the class capsules (u_hat, routing) with XLA '
                        'in training steps.')
+  flags.DEFINE_enum('routing_dtype', _M.routing_dtype, layers.ROUTING_DTYPES,
+                    'What CapsNet computes u_hat and the routing passes in; '
+                    'bfloat16 halves their memory traffic (sums, softmax and '
+                    'squash stay float32).')
   flags.DEFINE_enum('precision', 'float32', config_lib.PRECISIONS,
                     'float32, or mixed precision: 16-bit convolutions and '
                     'decoder, float32 routing, squash and losses '

@@ -65,6 +65,26 @@ def test_matches_numpy_reference(iterations):
   np.testing.assert_allclose(c.numpy(), c_ref, atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [tf.bfloat16, tf.float16])
+def test_16_bit_u_hat_gives_float32_outputs_near_the_reference(dtype):
+  rng = np.random.default_rng(7)
+  u_hat = rng.normal(scale=0.3, size=[4, 30, 5, 6]).astype(np.float32)
+  low = tf.Variable(tf.cast(u_hat, dtype))
+  with tf.GradientTape() as tape:
+    v, c = capsule_ops.dynamic_routing(low, 3)
+    loss = tf.reduce_sum(v)
+  grad = tape.gradient(loss, low)
+  assert v.dtype == tf.float32 and c.dtype == tf.float32
+  assert grad.dtype == dtype and np.isfinite(grad.numpy()).all()
+  # The reference sees the rounded inputs: what is left is the 16-bit
+  # rounding of the sums' results (8 bits of bfloat16 mantissa: ~0.4%).
+  v_ref, c_ref = reference_routing(
+      tf.cast(low, tf.float64).numpy(), 3)
+  np.testing.assert_allclose(v.numpy(), v_ref, atol=0.01)
+  np.testing.assert_allclose(c.numpy(), c_ref, atol=0.01)
+  np.testing.assert_allclose(c.numpy().sum(axis=2), 1.0, atol=1e-6)
+
+
 def test_coefficients_sum_to_one_over_classes():
   u_hat = tf.random.normal([3, 12, 7, 4], seed=4)
   _, c = capsule_ops.dynamic_routing(u_hat, 3)

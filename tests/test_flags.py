@@ -82,6 +82,7 @@ def test_data_overrides_change_only_the_flags_given():
     ('baseline_cnn', 'routing_iterations', '5'),
     ('baseline_cnn', 'decoder_units', '8,9'),
     ('baseline_cnn', 'jit_compile', 'false'),
+    ('matrix_capsnet', 'routing_dtype', 'bfloat16'),
 ])
 def test_a_flag_the_model_does_not_take_is_refused(model, flag, value):
   with flagsaver.flagsaver():
@@ -107,7 +108,10 @@ def test_model_flags_at_their_defaults_pass_and_fill_the_model_config():
     FLAGS['decoder_units'].parse('8,9')
     params = pipeline_flags.config_from_flags().model.params
     assert params.conv_filters == 8 and params.decoder_units == (8, 9)
-    assert params.jit_compile
+    assert params.jit_compile and params.routing_dtype == 'float32'
+    FLAGS['routing_dtype'].parse('bfloat16')
+    assert (pipeline_flags.config_from_flags().model.params.routing_dtype ==
+            'bfloat16')
 
 
 if __name__ == '__main__':

@@ -133,6 +133,33 @@ def test_class_capsules_compile_inference_matches_plain():
   np.testing.assert_allclose(compiled_v.numpy(), plain_v.numpy(), atol=1e-5)
 
 
+def test_class_capsules_bfloat16_routing_near_float32_and_compiled_float32():
+  inputs = tf.random.normal([3, 40, 8], seed=6)
+  full = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True)
+  full_v, _ = full(inputs, training=True)
+  half = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True,
+                              routing_dtype='bfloat16')
+  half(inputs)
+  half.set_weights(full.get_weights())
+  for training in (True, False):   # XLA training path, plain inference
+    with tf.GradientTape() as tape:
+      v, c = half(inputs, training=training)
+      loss = tf.reduce_sum(v)
+    assert v.dtype == tf.float32 and c.dtype == tf.float32
+    np.testing.assert_allclose(v.numpy(), full_v.numpy(),
+                               atol=0.01 * np.abs(full_v.numpy()).max())
+    grad = tape.gradient(loss, half.kernel)
+    assert grad.dtype == tf.float32 and np.isfinite(grad.numpy()).all()
+  # Compiled inference routes in float32: it equals the float32 layer's.
+  half.compile_inference = full.compile_inference = True
+  np.testing.assert_allclose(half(inputs)[0].numpy(), full(inputs)[0].numpy(),
+                             atol=1e-6)
+  assert half.get_config()['routing_dtype'] == 'bfloat16'
+  with pytest.raises(ValueError, match=r"routing_dtype must be one of .*"
+                     r"'float32', 'bfloat16', 'float16'.*got 'int8'"):
+    layers.ClassCapsules(routing_dtype='int8')
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

@@ -103,11 +103,12 @@ def test_batch_not_divisible_by_replicas(tmp_path):
         strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
 
 
-def _final_loss(tmp_path, precision):
-  cfg = tiny_config(tmp_path / precision, train_steps=200, steps_per_loop=20,
-                    log_every=200, eval_every=200, checkpoint_every=200,
-                    batch_size=16, model=config_lib.model_spec(
-                        precision=precision, **TINY_MODEL))
+def _final_loss(tmp_path, precision, **options):
+  cfg = tiny_config(tmp_path / precision / str(options), train_steps=200,
+                    steps_per_loop=20, log_every=200, eval_every=200,
+                    checkpoint_every=200, batch_size=16,
+                    model=config_lib.model_spec(
+                        precision=precision, **TINY_MODEL, **options))
   trainer = trainer_lib.Trainer(cfg)
   results = run_trainer(trainer)
   return trainer, results
@@ -125,6 +126,13 @@ def test_mixed_bfloat16_reaches_the_float32_loss(tmp_path):
   assert out['coupling'].dtype == tf.float32
   assert fp32_results['accuracy'] > 0.8 and bf16_results['accuracy'] > 0.8
   assert bf16_results['loss'] == pytest.approx(fp32_results['loss'], rel=0.25)
+  # u_hat and routing in bfloat16 too: the same tolerance.
+  routed, routed_results = _final_loss(tmp_path, 'mixed_bfloat16',
+                                       routing_dtype='bfloat16')
+  assert routed.model.class_capsules.routing_dtype == 'bfloat16'
+  assert routed_results['accuracy'] > 0.8
+  assert routed_results['loss'] == pytest.approx(fp32_results['loss'],
+                                                 rel=0.25)
 
 
 def test_mixed_float16_uses_loss_scaling(tmp_path):

@@ -29,6 +29,7 @@ class CapsNetConfig:
   use_decoder: bool = True
   decoder_units: tuple = (512, 1024)
   jit_compile: bool = False
+  routing_dtype: str = 'float32'
 
 
 class CapsNet(base.CapsuleModel):
@@ -54,7 +55,8 @@ class CapsNet(base.CapsuleModel):
                primary_dim=8, primary_kernel=9, primary_strides=2,
                class_dim=16, routing_iterations=3, stop_inner_gradients=False,
                class_bias=False, use_decoder=True, decoder_units=(512, 1024),
-               num_reconstructions=1, jit_compile=False, **kwargs):
+               num_reconstructions=1, jit_compile=False,
+               routing_dtype='float32', **kwargs):
     super().__init__(**kwargs)
     self._set_shape(input_shape, num_classes, routing_iterations)
     side = min(self.image_shape[:2])
@@ -75,7 +77,7 @@ class CapsNet(base.CapsuleModel):
         class_bias=bool(class_bias), use_decoder=bool(use_decoder),
         decoder_units=tuple(decoder_units),
         num_reconstructions=int(num_reconstructions),
-        jit_compile=bool(jit_compile))
+        jit_compile=bool(jit_compile), routing_dtype=str(routing_dtype))
     self.num_reconstructions = int(num_reconstructions)
     self.conv1 = keras.layers.Conv2D(conv_filters, conv_kernel,
                                      activation='relu', name='conv1')
@@ -84,7 +86,8 @@ class CapsNet(base.CapsuleModel):
         name='primary_capsules')
     self.class_capsules = layers.ClassCapsules(
         num_classes, class_dim, routing_iterations, stop_inner_gradients,
-        use_bias=class_bias, jit_compile=jit_compile, name='class_capsules')
+        use_bias=class_bias, jit_compile=jit_compile,
+        routing_dtype=routing_dtype, name='class_capsules')
     self.decoder = (layers.Decoder(self.image_shape, decoder_units,
                                    name='decoder') if use_decoder else None)
 

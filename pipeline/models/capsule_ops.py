@@ -65,7 +65,14 @@ _ROUTING_FNS = {}
 
 
 def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients):
-  """Runs Procedure 1 with the iterations unrolled in the graph."""
+  """Runs Procedure 1 with the iterations unrolled in the graph.
+
+  `u_hat` may be 16-bit: then the weighted sums and agreements read it in
+  16 bits and come back as float32 (the dot products accumulate in float32),
+  and the logits, softmax, squash and outputs stay float32.
+  """
+  f32 = tf.float32
+  low = u_hat.dtype
   batch = tf.shape(u_hat)[0]
   in_caps = tf.shape(u_hat)[1]
   out_caps = tf.shape(u_hat)[2]
@@ -80,17 +87,18 @@ def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients):
       # Logits start at zero (b_ij <- 0), so the first coupling is uniform:
       # c_ij = 1 / out_caps. Written out, not as a softmax of zeros, which
       # XLA would constant-fold into a [batch, in, out] constant.
-      share = 1.0 / tf.cast(out_caps, u_hat.dtype)
+      share = 1.0 / tf.cast(out_caps, f32)
       coupling = tf.fill(tf.stack([batch, in_caps, out_caps]), share)
-      s = tf.reduce_sum(u, axis=1) * share + bias
+      s = tf.reduce_sum(tf.cast(u, f32), axis=1) * share + bias
     else:
       # Coupling coefficients: softmax over the parent (class) capsules, so
       # each child distributes its output among parents (sum over j is 1).
       coupling = tf.nn.softmax(logits, axis=2)
-      s = tf.einsum('bio,biod->bod', coupling, u) + bias
+      s = tf.cast(tf.einsum('bio,biod->bod', tf.cast(coupling, low), u),
+                  f32) + bias
     v = squash(s, axis=-1)
     if not last:
-      agreement = tf.einsum('biod,bod->bio', u, v)
+      agreement = tf.cast(tf.einsum('biod,bod->bio', u, tf.cast(v, low)), f32)
       logits = agreement if logits is None else logits + agreement
   return v, coupling
 
@@ -100,7 +108,9 @@ def dynamic_routing(u_hat, num_iterations=3, stop_inner_gradients=False,
   """Routing-by-agreement between two capsule layers.
 
   Args:
-    u_hat: prediction vectors `[batch, in_caps, out_caps, out_dim]`, float32.
+    u_hat: prediction vectors `[batch, in_caps, out_caps, out_dim]`: float32,
+      or bfloat16/float16 to halve the memory traffic of the routing passes
+      (sums still accumulate in float32; outputs are float32).
     num_iterations: routing iterations r >= 1 (the paper uses 3).
     stop_inner_gradients: if True, gradients do not flow through the agreement
       updates of the inner iterations; the default lets them flow through all.
@@ -123,16 +133,16 @@ def dynamic_routing(u_hat, num_iterations=3, stop_inner_gradients=False,
         'u_hat must be [batch, in_caps, out_caps, out_dim] (rank 4), got '
         f'shape {u_hat.shape}.')
   if bias is None:
-    bias = tf.zeros(tf.shape(u_hat)[2:], u_hat.dtype)
+    bias = tf.zeros(tf.shape(u_hat)[2:], tf.float32)
   key = (int(num_iterations), bool(stop_inner_gradients), u_hat.dtype)
   fn = _ROUTING_FNS.get(key)
   if fn is None:
     fn = tf.function(
         lambda u, b: _routing_body(u, b, key[0], key[1]),
         input_signature=[tf.TensorSpec([None, None, None, None], u_hat.dtype),
-                         tf.TensorSpec([None, None], u_hat.dtype)])
+                         tf.TensorSpec([None, None], tf.float32)])
     _ROUTING_FNS[key] = fn
-  v, c = fn(u_hat, tf.cast(bias, u_hat.dtype))
+  v, c = fn(u_hat, tf.cast(bias, tf.float32))
   v = tf.ensure_shape(v, [u_hat.shape[0], u_hat.shape[2], u_hat.shape[3]])
   c = tf.ensure_shape(c, u_hat.shape[:3])
   return v, c
