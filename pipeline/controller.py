@@ -57,6 +57,11 @@ def duration(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+# Beside each profiler trace: the steps it holds and what ran them, read by
+# `python -m pipeline.profile_report`.
+PROFILE_RECORD = 'pipeline_steps.json'
+
+
 class Controller:
   """Drives a `Trainer` to `config.train_steps`.
 
@@ -320,6 +325,7 @@ class Controller:
       if self._profiling and (step >= profile[1] or done):
         tf.profiler.experimental.stop()
         self._profiling = False
+        self._record_profile(profile[0] + 1, step)
         logging.info('Profiled steps %d-%d into %s (TensorBoard: Profile).',
                      profile[0] + 1, step, os.path.join(self.work_dir, 'train'))
       if step % cfg.log_every == 0 or done:
@@ -355,6 +361,22 @@ class Controller:
     logging.info('Trained %d steps in %s.', step - start_step,
                  duration(time.time() - start_time))
     return RunResult(step=step, evaluation=results)
+
+  def _record_profile(self, first, last):
+    """Writes PROFILE_RECORD into the trace directory just written."""
+    root = os.path.join(self.work_dir, 'train', 'plugins', 'profile')
+    # Trace directories are named by their start time: the newest sorts last.
+    runs = sorted(tf.io.gfile.listdir(root)) if tf.io.gfile.isdir(root) else []
+    if not runs:
+      logging.warning('The profiler wrote no trace under %s.', root)
+      return
+    cfg = self.trainer.config
+    record = {'first_step': first, 'last_step': last,
+              'batch_size': cfg.batch_size, 'model': cfg.model.name,
+              'precision': cfg.model.precision}
+    with tf.io.gfile.GFile(os.path.join(root, runs[-1].rstrip('/'),
+                                        PROFILE_RECORD), 'w') as f:
+      f.write(json.dumps(record, indent=2))
 
   def _log_train(self, writer, step, rate):
     cfg, trainer = self.config, self.trainer

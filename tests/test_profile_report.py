@@ -1,0 +1,150 @@
+"""Tests of pipeline.profile_report: op names to parts, self time of nested
+events, the wall-time split, and the command on a real traced run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import profile_report
+
+from conftest import REPO
+
+TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
+        '--primary_channels=4', '--class_dim=4', '--decoder_units=16,32',
+        '--synthetic_shape=20,20,1', '--synthetic_size=64,32',
+        '--batch_size=8', '--eval_batch_size=16', '--steps_per_loop=2',
+        '--log_every=2', '--train_steps=8', '--eval_every=8',
+        '--checkpoint_every=8', '--strategy=one_device', '--export_dir=',
+        '--jit_compile']
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('while/body/_1/while/caps_net/primary_capsules/conv/BiasAdd',
+     ('primary_capsules', 'forward')),
+    ('while/body/_1/gradient_tape/while/caps_net/conv1/Conv2D/'
+     'Conv2DBackpropFilter', ('conv1', 'backward')),
+    ('while/body/_1/while/Adam/update_0_2/Square', ('optimizer', 'update')),
+    ('Adam_1/AssignAddVariableOp', ('optimizer', 'update')),
+    ('while/body/_1/while/IsFinite_4', ('step', 'forward')),
+    ('gradient_tape/Tile_2', ('step', 'backward')),
+    ('caps_net/Cast', ('step', 'forward')),
+    ('baseline_cnn/dense_1/MatMul', ('dense_1', 'forward')),
+])
+def test_op_names_map_to_parts_and_passes(name, expected):
+  assert profile_report.classify_op(name) == expected
+
+
+@pytest.mark.parametrize('module,expected', [
+    ('a_forward__capsules_1547__.9', ('forward', 'capsules')),
+    ('a_inference___backward__capsules_1181_1548__.6',
+     ('backward', 'capsules')),
+    ('a_inference__capsules_812__.3', ('forward', 'capsules')),
+])
+def test_xla_module_names(module, expected):
+  assert profile_report._xla_function(module) == expected
+
+
+def _event(ts, dur, tid=1, **args):
+  return {'ts': ts, 'dur': dur, 'pid': 1, 'tid': tid, 'args': args}
+
+
+def test_nested_events_keep_only_their_own_time():
+  outer, inner, wait = _event(0, 100), _event(20, 30), _event(60, 20)
+  segments = profile_report._segments(
+      [(outer, 'outer'), (inner, 'inner'), (wait, None)])
+  own = {}
+  for start, end, label in segments:
+    own[label] = own.get(label, 0) + end - start
+  # outer: 0-20, 50-60, 80-100; a None (waiting) event is nobody's time.
+  assert own == {'outer': 50, 'inner': 30}
+
+
+def test_wall_time_is_split_among_what_runs_at_once():
+  segments = [(0, 100, 'a'), (50, 150, 'b'), (200, 250, 'c')]
+  weight, busy = profile_report._share_wall_time(segments, 0, 300)
+  assert weight == pytest.approx({'a': 75, 'b': 75, 'c': 50})
+  assert busy == pytest.approx(200)
+  assert sum(weight.values()) == pytest.approx(busy)
+  # Clipped to the window.
+  weight, busy = profile_report._share_wall_time(segments, 120, 220)
+  assert weight == pytest.approx({'b': 30, 'c': 20})
+
+
+def test_missing_trace_and_record_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match='--profile_steps'):
+    profile_report.latest_profile(str(tmp_path))
+  trace = tmp_path / 'train' / 'plugins' / 'profile' / '2026_01_01_00_00_00'
+  trace.mkdir(parents=True)
+  (trace / 'host.xplane.pb').write_bytes(b'')
+  assert profile_report.latest_profile(str(tmp_path)) == str(trace)
+  with pytest.raises(ValueError, match='pass --steps=N'):
+    profile_report.report(str(trace))
+
+
+@pytest.fixture(scope='module')
+def traced_run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp('profiled') / 'run'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.train', *TINY,
+       f'--model_dir={model_dir}', '--profile_steps=5,6'], cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True,
+      text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return model_dir
+
+
+def test_the_controller_records_the_traced_steps(traced_run):
+  trace = profile_report.latest_profile(str(traced_run))
+  record = profile_report.read_steps(trace)
+  assert record == {'first_step': 5, 'last_step': 6, 'batch_size': 8,
+                    'model': 'capsnet', 'precision': 'float32'}
+
+
+def test_report_splits_the_step_among_the_model_parts(traced_run):
+  rep = profile_report.report(profile_report.latest_profile(str(traced_run)))
+  assert rep['steps'] == 2 and rep['step_ms'] > 0
+  parts = {(r['part'], r['pass']): r['ms_per_step'] for r in rep['parts']}
+  for key in [('primary_capsules', 'forward'), ('primary_capsules',
+                                                'backward'),
+              ('conv1', 'forward'),
+              ('class_capsules', 'forward'), ('class_capsules', 'backward'),
+              ('optimizer', 'update')]:
+    assert parts.get(key, 0) > 0, (key, sorted(parts))
+  # The XLA-compiled backward belongs to the layer, not to a bare function.
+  assert not any(part.startswith('XLA ') for part, _ in parts)
+  assert any(r['op'].startswith('XLA ') and r['part'] == 'class_capsules'
+             for r in profile_report.report(
+                 profile_report.latest_profile(str(traced_run)),
+                 top=1000)['top_ops'])
+  # The rows, idle included, are the step's wall time.
+  assert sum(parts.values()) == pytest.approx(rep['step_ms'], rel=1e-6)
+  assert sum(r['percent'] for r in rep['parts']) == pytest.approx(100.0)
+
+
+def test_the_command_prints_tables_and_writes_json(traced_run, tmp_path):
+  out = tmp_path / 'profile.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.profile_report',
+       f'--model_dir={traced_run}', '--top=5', f'--json={out}'], cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'capsnet, float32, steps 5-6:' in proc.stdout
+  assert '| primary_capsules | backward |' in proc.stdout
+  saved = json.loads(out.read_text())
+  assert len(saved['top_ops']) == 5 and saved['batch_size'] == 8
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.profile_report',
+       f'--model_dir={tmp_path}'], cwd=REPO, capture_output=True, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), timeout=300)
+  assert proc.returncode != 0
+  assert 'no profiler trace under' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)
