@@ -1,6 +1,8 @@
 """Tests of pipeline.flags: every bad value is refused with its flag's name."""
 
 import dataclasses
+import glob
+import os
 
 from absl import flags
 from absl.testing import flagsaver
@@ -8,6 +10,8 @@ import pytest
 
 from pipeline import flags as pipeline_flags
 from pipeline.data import sources
+
+from conftest import REPO
 
 pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -112,6 +116,23 @@ def test_model_flags_at_their_defaults_pass_and_fill_the_model_config():
     FLAGS['routing_dtype'].parse('bfloat16')
     assert (pipeline_flags.config_from_flags().model.params.routing_dtype ==
             'bfloat16')
+
+
+@pytest.mark.parametrize('path', sorted(
+    os.path.relpath(p, REPO)
+    for p in glob.glob(os.path.join(REPO, 'configs', '*.flags'))))
+def test_every_shipped_flagfile_parses_into_a_config(path, monkeypatch):
+  # A misspelt flag or a value out of range in a config is caught here, not
+  # by the user who runs it. Data is not loaded (no network, no files).
+  monkeypatch.chdir(REPO)
+  with flagsaver.flagsaver():
+    FLAGS(['train', f'--flagfile={path}'])
+    cfg = pipeline_flags.config_from_flags()
+    assert cfg.train_steps > 0 and cfg.model.name in ('capsnet',
+                                                       'matrix_capsnet',
+                                                       'baseline_cnn')
+    if path.endswith('mnist_fast.flags'):
+      assert cfg.model.params.routing_dtype == 'bfloat16'
 
 
 if __name__ == '__main__':
