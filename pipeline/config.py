@@ -196,6 +196,10 @@ _NOTED_FIELDS = {
                      'will not reproduce an uninterrupted one',
     'model.params.jit_compile': 'XLA compilation changes the order of float '
                                 'operations, not the model',
+    'model.params.recompute_routing': 'recomputing EM routing in the '
+                                      'backward pass changes memory and the '
+                                      'order of float operations, not the '
+                                      'model',
 }
 
 

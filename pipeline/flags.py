@@ -28,7 +28,7 @@ _S = sources.DataSpec()
 MODEL_FLAGS = ('routing_iterations', 'stop_inner_gradients', 'conv_filters',
                'primary_channels', 'primary_dim', 'class_dim',
                'decoder_units', 'use_decoder', 'class_bias', 'jit_compile',
-               'routing_dtype')
+               'routing_dtype', 'recompute_routing')
 
 
 def define_flags():
@@ -62,6 +62,10 @@ def define_flags():
                     'What CapsNet computes u_hat and the routing passes in; '
                     'bfloat16 halves their memory traffic (sums, softmax and '
                     'squash stay float32).')
+  flags.DEFINE_boolean('recompute_routing', False,
+                       'matrix_capsnet: recompute each EM iteration in the '
+                       'backward pass instead of keeping its temporaries '
+                       '(less memory, slower step).')
   flags.DEFINE_enum('precision', 'float32', config_lib.PRECISIONS,
                     'float32, or mixed precision: 16-bit convolutions and '
                     'decoder, float32 routing, squash and losses '

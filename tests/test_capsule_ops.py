@@ -207,6 +207,31 @@ def test_em_routing_matches_numpy_reference(conv):
   np.testing.assert_allclose(r.numpy(), ref[2], atol=1e-5)
 
 
+@pytest.mark.parametrize('conv', [False, True])
+def test_em_recompute_gives_the_same_values_and_gradients(conv):
+  rng = np.random.default_rng(5)
+  b, p, k, c, d = 2, (3 if conv else 1), 4, 3, 16
+  inputs = [tf.Variable(rng.normal(size=[b, p, k, c, d]).astype(np.float32)),
+            tf.Variable(rng.uniform(0.2, 1.0, size=[b, p, k]).astype(
+                np.float32)),
+            tf.Variable(rng.normal(size=[c]).astype(np.float32)),
+            tf.Variable(rng.normal(size=[c]).astype(np.float32))]
+  ids = tf.constant([0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7]) if conv else None
+  results = []
+  for recompute in (False, True):
+    with tf.GradientTape() as tape:
+      mu, a_out, _ = capsule_ops.em_routing(
+          *inputs, 3, child_ids=ids, num_children=8 if conv else None,
+          recompute=recompute)
+      loss = tf.reduce_sum(tf.sin(mu)) + tf.reduce_sum(a_out * [1., 2., 3.])
+    results.append([mu, a_out] + tape.gradient(loss, inputs))
+  # XLA sums in another order: float32 round-off through three iterations
+  # of exp and log, not a different function.
+  for plain, recomputed in zip(*results):
+    np.testing.assert_allclose(recomputed.numpy(), plain.numpy(), atol=1e-4,
+                               rtol=1e-3)
+
+
 def test_em_assignments_sum_to_one_over_all_parents_of_a_child():
   ids = tf.constant([0, 1, 2, 1, 2, 3], tf.int32)
   _, _, r = capsule_ops.em_routing(tf.random.normal([2, 2, 3, 4, 16], seed=1),

@@ -87,6 +87,7 @@ def test_data_overrides_change_only_the_flags_given():
     ('baseline_cnn', 'decoder_units', '8,9'),
     ('baseline_cnn', 'jit_compile', 'false'),
     ('matrix_capsnet', 'routing_dtype', 'bfloat16'),
+    ('capsnet', 'recompute_routing', 'true'),
 ])
 def test_a_flag_the_model_does_not_take_is_refused(model, flag, value):
   with flagsaver.flagsaver():

@@ -84,6 +84,34 @@ def test_export_and_reload(tmp_path):
                              atol=1e-5)
 
 
+def test_recompute_routing_trains_to_the_same_gradients_and_exports_plain(
+    tmp_path):
+  images = tf.random.uniform([3, 20, 20, 1], seed=6)
+  models = [MatrixCapsNet(input_shape=(20, 20, 1), num_classes=3,
+                          recompute_routing=r, **SMALL) for r in (False, True)]
+  models[0](images)
+  models[1](images)
+  models[1].set_weights(models[0].get_weights())
+  grads = []
+  for model in models:
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(model(images, training=True)['lengths'] *
+                           [1.0, 2.0, 3.0])
+    grads.append(tape.gradient(loss, model.trainable_variables))
+  for plain, recomputed in zip(*grads):   # XLA's float32 summation order
+    np.testing.assert_allclose(recomputed.numpy(), plain.numpy(), atol=1e-4,
+                               rtol=1e-3)
+  np.testing.assert_allclose(models[1](images)['lengths'].numpy(),
+                             models[0](images)['lengths'].numpy(), atol=1e-6)
+  assert models[1].get_config()['recompute_routing'] is True
+  # Inference never recomputes: serving calls no XLA-compiled function.
+  path = export.export_model(models[1], (20, 20, 1), str(tmp_path))
+  serving = tf.saved_model.load(path).signatures['serving_default']
+  assert not [fn.signature.name
+              for fn in serving.graph.as_graph_def().library.function
+              if fn.attr['_XlaMustCompile'].b]
+
+
 def test_bad_input_shape():
   model = MatrixCapsNet(input_shape=(20, 20, 1), num_classes=3, **SMALL)
   with pytest.raises(ValueError, match=r'\[batch, 20, 20, 1\]'):
