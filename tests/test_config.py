@@ -71,6 +71,22 @@ def test_config_changes_refuses_what_changes_the_run():
   assert 'same data' in noted[0][3]
 
 
+
+def test_routing_options_a_resume_refuses_or_notes():
+  """--routing_dtype changes the numbers a run trains with: refused.
+  --recompute_routing only trades memory for time: noted."""
+  capsnet = config_lib.TrainConfig(model=config_lib.model_spec())
+  refused, noted = config_lib.config_changes(capsnet, dataclasses.replace(
+      capsnet, model=config_lib.model_spec(routing_dtype='bfloat16')))
+  assert refused == [('routing_dtype', 'float32', 'bfloat16')] and not noted
+  em = config_lib.TrainConfig(model=config_lib.model_spec('matrix_capsnet'))
+  refused, noted = config_lib.config_changes(em, dataclasses.replace(
+      em, model=config_lib.model_spec('matrix_capsnet',
+                                      recompute_routing=True)))
+  assert refused == []
+  assert [n[:3] for n in noted] == [('recompute_routing', False, True)]
+  assert 'memory' in noted[0][3]
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)
