@@ -117,8 +117,11 @@ class ClassCapsules(keras.layers.Layer):
     # forward pass alone is slower with 16-bit u_hat on CPU (0.71x, measured
     # at the paper's shapes), where training steps and plain TF inference
     # gain (1.26x, 1.29x).
-    self._compiled_float32 = tf.function(
-        lambda inputs: self._capsules(inputs, tf.float32), jit_compile=True)
+    # A float32 layer's is the training function itself: one compilation.
+    self._compiled_float32 = self._compiled
+    if routing_dtype != 'float32':
+      self._compiled_float32 = tf.function(
+          lambda inputs: self._capsules(inputs, tf.float32), jit_compile=True)
     # Set through `CapsNet.compile_inference`: inference calls compiled too.
     self.compile_inference = False
 
