@@ -128,6 +128,8 @@ class TrainConfig:
   seed: int = 0
   deterministic: bool = False
   eval_split: str = 'test'
+  # Stop at the first evaluation whose accuracy reaches this; 0: never.
+  target_accuracy: float = 0.0
   # Steps [first, last] traced by the TensorFlow profiler; () for none.
   profile_steps: tuple = ()
 
@@ -175,7 +177,8 @@ def load_run(model_dir):
 # runs and what it reports, not what it computes.
 FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
                 'log_every', 'eval_every', 'checkpoint_every',
-                'max_checkpoints', 'eval_batch_size', 'profile_steps')
+                'max_checkpoints', 'eval_batch_size', 'profile_steps',
+                'target_accuracy')
 # Fields a resumed run may change, with what that costs.
 _NOTED_FIELDS = {
     'eval_split': 'evaluations from now on score another split; earlier '

@@ -247,7 +247,8 @@ class Controller:
   # --- The loop ----------------------------------------------------------------
 
   def train(self) -> RunResult:
-    """Trains to `train_steps`, evaluating and checkpointing on the way.
+    """Trains to `train_steps`, evaluating and checkpointing on the way,
+    or until an evaluation reaches `target_accuracy` (when set).
 
     Holds the model directory's lock for the whole run. On SIGTERM it
     saves a checkpoint at the current step and returns early.
@@ -302,6 +303,12 @@ class Controller:
     def evaluate():
       return dict(trainer.evaluate(), wall_seconds=wall())
 
+    earlier = self._target_reached_at(step)
+    if earlier is not None:
+      logging.info('Step %d already reached --target_accuracy=%g (%s '
+                   'accuracy %.4f): nothing to train.', step,
+                   cfg.target_accuracy, earlier['split'], earlier['accuracy'])
+      return RunResult(step=step, evaluation=earlier)
     last_log_step, last_log_time = step, start_time
     results = None
     while step < cfg.train_steps:
@@ -339,6 +346,13 @@ class Controller:
       if step % cfg.eval_every == 0 or done:
         results = evaluate()
         self._write_eval(eval_writer, step, results, summary_batch)
+        if not done and self._reaches_target(results):
+          if step % cfg.checkpoint_every:
+            save(step)
+          logging.info('Reached --target_accuracy=%g at step %d (%s accuracy '
+                       '%.4f): stopping here.', cfg.target_accuracy, step,
+                       results['split'], results['accuracy'])
+          break
       # examples/s counts training only, not checkpoints and evaluations.
       last_log_time += time.time() - paused
       if not done and trainer.any_worker(preemption.requested):
@@ -361,6 +375,24 @@ class Controller:
     logging.info('Trained %d steps in %s.', step - start_step,
                  duration(time.time() - start_time))
     return RunResult(step=step, evaluation=results)
+
+  def _reaches_target(self, results):
+    target = self.config.target_accuracy
+    return bool(target) and results['accuracy'] >= target
+
+  def _target_reached_at(self, step):
+    """The evaluation of metrics.json at `step` on the run's eval split,
+    if it reached --target_accuracy (a finished run resumed); else None."""
+    if not self.config.target_accuracy:
+      return None
+    history = run_guard.read_metrics_history(
+        os.path.join(self.work_dir, METRICS_FILE))
+    for entry in reversed(history):
+      if (entry.get('step') == step and
+          entry.get('split') == self.config.eval_split and
+          self._reaches_target(entry)):
+        return entry
+    return None
 
   def _record_profile(self, first, last):
     """Writes PROFILE_RECORD into the trace directory just written."""

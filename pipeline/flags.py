@@ -155,6 +155,11 @@ def define_flags():
                        'Deterministic ops and input order (reproductions).')
   flags.DEFINE_enum('eval_split', _D.eval_split, list(sources.SPLITS),
                     'Split evaluated during and after training.')
+  flags.DEFINE_float('target_accuracy', _D.target_accuracy,
+                     'Stop at the first evaluation (--eval_every, on '
+                     '--eval_split) whose accuracy reaches this, e.g. 0.99; '
+                     'the run ends there as if --train_steps were reached. '
+                     '0: train all --train_steps.')
   flags.DEFINE_list('profile_steps', [],
                     'FIRST,LAST: trace these training steps with the '
                     'TensorFlow profiler into <model_dir>/train (TensorBoard '
@@ -245,6 +250,9 @@ def config_from_flags(f=None):
   if f.reconstruction_weight < 0:
     raise ValueError('--reconstruction_weight must be >= 0, got '
                      f'{f.reconstruction_weight}.')
+  if not 0 <= f.target_accuracy <= 1:
+    raise ValueError('--target_accuracy must be in [0, 1] (0: off), got '
+                     f'{f.target_accuracy}.')
   if f.eval_split == 'validation' and not f.validation_size:
     raise ValueError('--eval_split=validation needs --validation_size > 0.')
   if not f.model_dir:
@@ -270,7 +278,8 @@ def config_from_flags(f=None):
       m_minus=f.m_minus, down_weight=f.down_weight,
       spread_anneal_steps=f.spread_anneal_steps, strategy=f.strategy,
       cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
-      eval_split=f.eval_split, profile_steps=profile_steps)
+      eval_split=f.eval_split, target_accuracy=f.target_accuracy,
+      profile_steps=profile_steps)
 
 
 def model_spec_from_flags(f=None):

@@ -138,6 +138,61 @@ def test_stale_save_directories_are_removed_at_start(first_run, tmp_path):
   assert not stale.exists()
 
 
+def _scripted_accuracies(trainer, accuracies):
+  """Makes `trainer.evaluate` report `accuracies` in turn (the rest of each
+  result real); returns the list of steps it was called at."""
+  real, calls, queue = trainer.evaluate, [], list(accuracies)
+
+  def evaluate(*args, **kwargs):
+    calls.append(trainer.step)
+    return dict(real(*args, **kwargs), accuracy=queue.pop(0))
+  trainer.evaluate = evaluate
+  return calls
+
+
+def test_target_accuracy_stops_at_the_first_evaluation_reaching_it(
+    tmp_path, caplog):
+  cfg = tiny_config(tmp_path, train_steps=12, eval_every=2,
+                    checkpoint_every=4, target_accuracy=0.9)
+  trainer = trainer_lib.Trainer(cfg)
+  calls = _scripted_accuracies(trainer, [0.5, 0.89, 0.9, 0.1])
+  with caplog.at_level('INFO'):
+    result = controller_lib.Controller(trainer).train()
+  assert calls == [2, 4, 6]
+  assert result.step == trainer.step == 6 and result.preempted is None
+  assert result.evaluation['accuracy'] == 0.9
+  assert 'Reached --target_accuracy=0.9 at step 6' in caplog.text
+  # Step 6 is off the checkpoint cadence, so it is saved for the stop.
+  assert tf.train.latest_checkpoint(
+      os.path.join(tmp_path, 'checkpoints')).endswith('ckpt-6')
+  with open(tmp_path / 'metrics.json') as f:
+    assert json.load(f)['latest']['step'] == 6
+
+  # The same command again finds the target reached: no step, no evaluation.
+  again = trainer_lib.Trainer(cfg)
+  calls = _scripted_accuracies(again, [])
+  with caplog.at_level('INFO'):
+    result = controller_lib.Controller(again).train()
+  assert calls == [] and result.step == 6
+  assert result.evaluation['accuracy'] == 0.9
+  assert 'already reached --target_accuracy=0.9' in caplog.text
+
+  # A higher target (a free change) trains on from the checkpoint.
+  higher = trainer_lib.Trainer(_changed(cfg, target_accuracy=0.95))
+  calls = _scripted_accuracies(higher, [0.96])
+  result = controller_lib.Controller(higher).train()
+  assert calls == [8] and result.step == 8
+
+
+def test_target_accuracy_off_or_unreached_trains_every_step(tmp_path):
+  for target, name in ((0.0, 'off'), (0.99, 'unreached')):
+    trainer = trainer_lib.Trainer(tiny_config(
+        tmp_path / name, train_steps=6, eval_every=2, target_accuracy=target))
+    calls = _scripted_accuracies(trainer, [1.0 if target == 0 else 0.5] * 3)
+    result = controller_lib.Controller(trainer).train()
+    assert calls == [2, 4, 6] and result.step == 6
+
+
 def test_run_result_shapes(tmp_path):
   trainer, result = controller_lib.train(tiny_config(tmp_path, train_steps=2))
   assert result.step == trainer.step == 2 and result.preempted is None

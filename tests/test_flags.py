@@ -8,6 +8,7 @@ from absl import flags
 from absl.testing import flagsaver
 import pytest
 
+from pipeline import config as config_lib
 from pipeline import flags as pipeline_flags
 from pipeline.data import sources
 
@@ -34,6 +35,8 @@ def test_defaults_build_a_config():
     (dict(lr_schedule='cosine', lr_decay_steps=0),
      '--lr_decay_steps must be >= 1'),
     (dict(eval_split='validation'), '--validation_size'),
+    (dict(target_accuracy=1.5), r'--target_accuracy must be in \[0, 1\]'),
+    (dict(target_accuracy=-0.1), '--target_accuracy'),
     (dict(synthetic_shape=['28', '28']), '--synthetic_shape takes 3'),
     (dict(decoder_units=['a']), '--decoder_units'),
     (dict(dataset='mnist', data_source='idx'), 'needs data_dir'),
@@ -58,6 +61,15 @@ def test_schedule_flags_reach_the_config():
     cfg = pipeline_flags.config_from_flags()
   assert (cfg.lr_schedule, cfg.warmup_steps, cfg.lr_decay_steps) == (
       'cosine', 50, 550)
+
+
+def test_target_accuracy_reaches_the_config_and_is_free_on_resume():
+  with flagsaver.flagsaver(target_accuracy=0.99):
+    cfg = pipeline_flags.config_from_flags()
+  assert cfg.target_accuracy == 0.99
+  assert config_lib.TrainConfig.from_json(cfg.to_json()) == cfg
+  assert config_lib.config_changes(
+      dataclasses.replace(cfg, target_accuracy=0.0), cfg) == ([], [])
 
 
 def test_data_overrides_change_only_the_flags_given():
