@@ -91,6 +91,30 @@ def test_unknown_model_is_refused_before_any_work():
     experiment.run_experiment('accuracy', models=['baseline_cnn'])
 
 
+def test_affine_mnist_makes_its_test_set_from_mnist_before_scoring(
+    tmp_path):
+  digits = tmp_path / 'mnist'
+  write_idx_dir(str(digits), n_train=20, n_test=6)
+  affine_dir = tmp_path / 'affine'
+  # No run to score yet: the set is made first, then the missing
+  # checkpoint is named.
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    experiment.run_experiment(
+        'affine_mnist', skip_training=True, runs_dir=str(tmp_path / 'runs'),
+        affnist_dir=str(affine_dir), extra=[f'--data_dir={digits}'])
+  record = json.loads((affine_dir / 'generation.json').read_text())
+  assert record['source'] == {'dataset': 'mnist', 'data_source': 'idx',
+                              'data_dir': str(digits), 'split': 'test'}
+  assert record['examples'] == 6 and record['canvas_size'] == 40
+
+
+def test_affine_mnist_runs_stop_at_matched_validation_accuracy():
+  for flagfile in experiment.EXPERIMENTS['affine_mnist'].flagfiles.values():
+    path = os.path.join(REPO, flagfile)
+    assert experiment.flagfile_value(path, 'target_accuracy') == '0.99'
+    assert experiment.flagfile_value(path, 'eval_split') == 'validation'
+
+
 def test_model_flags_go_only_to_models_that_take_them():
   extra = ['--conv_filters=8', '--nouse_decoder', '--routing_iterations=2',
            '--batch_size=4']
