@@ -115,6 +115,58 @@ def test_affine_mnist_runs_stop_at_matched_validation_accuracy():
     assert experiment.flagfile_value(path, 'eval_split') == 'validation'
 
 
+def test_overlap_mnist_baseline_trains_to_capsnets_validation_accuracy(
+    tmp_path, monkeypatch):
+  trained = {}
+  summaries = {'multimnist_mnist': 0.8125, 'multimnist_mnist_baseline': 0.82}
+  monkeypatch.setattr(experiment, 'train', lambda flagfile, steps, extra: (
+      trained.setdefault(os.path.basename(flagfile), list(extra))))
+  monkeypatch.setattr(experiment, 'run_summary', lambda model_dir: {
+      'steps': 10, 'wall_seconds': 1.0, 'eval_step': 10,
+      'eval_split': 'validation',
+      'eval_accuracy': summaries[os.path.basename(model_dir)]})
+  monkeypatch.setattr(experiment, 'score', lambda *args: {})
+  runs = str(tmp_path / 'runs')
+  row = experiment.run_experiment('overlap_mnist', runs_dir=runs)
+  assert not any(f.startswith('--target_accuracy') for f in
+                 trained['multimnist_mnist.flags'])
+  assert trained['multimnist_mnist_baseline.flags'][-1] == (
+      '--target_accuracy=0.8125')
+  assert row['models']['baseline_cnn']['target_accuracy'] == 0.8125
+  assert 'target_accuracy' not in row['models']['capsnet']
+  # Only the baseline: CapsNet's earlier run still sets the target.
+  trained.clear()
+  experiment.run_experiment('overlap_mnist', runs_dir=runs,
+                            models=['baseline_cnn'])
+  assert list(trained) == ['multimnist_mnist_baseline.flags']
+  assert '--target_accuracy=0.8125' in trained[
+      'multimnist_mnist_baseline.flags']
+  # A target the user sets wins; scoring alone trains nothing.
+  trained.clear()
+  row = experiment.run_experiment('overlap_mnist', runs_dir=runs,
+                                  extra=['--target_accuracy=0.5'])
+  assert trained['multimnist_mnist_baseline.flags'].count(
+      '--target_accuracy=0.5') == 1
+  assert not any(f == '--target_accuracy=0.8125' for flags in
+                 trained.values() for f in flags)
+  assert 'target_accuracy' not in row['models']['baseline_cnn']
+  trained.clear()
+  experiment.run_experiment('overlap_mnist', runs_dir=runs,
+                            skip_training=True)
+  assert not trained
+
+
+def test_overlap_mnist_configs_read_mnist_and_validate_on_held_back_pairs():
+  spec = experiment.EXPERIMENTS['overlap_mnist']
+  assert spec.match and not experiment.EXPERIMENTS['affine_mnist'].match
+  for flagfile in spec.flagfiles.values():
+    path = os.path.join(REPO, flagfile)
+    for name, value in (('dataset', 'multimnist'), ('base_dataset', 'mnist'),
+                        ('data_source', 'idx'), ('eval_split', 'validation'),
+                        ('validation_size', '5000'), ('batch_size', '32')):
+      assert experiment.flagfile_value(path, name) == value, (flagfile, name)
+
+
 def test_model_flags_go_only_to_models_that_take_them():
   extra = ['--conv_filters=8', '--nouse_decoder', '--routing_iterations=2',
            '--batch_size=4']
