@@ -207,8 +207,9 @@ def test_em_routing_matches_numpy_reference(conv):
   np.testing.assert_allclose(r.numpy(), ref[2], atol=1e-5)
 
 
-@pytest.mark.parametrize('conv', [False, True])
-def test_em_recompute_gives_the_same_values_and_gradients(conv):
+@pytest.mark.parametrize('conv,iterations', [(False, 3), (True, 3),
+                                             (True, 1)])
+def test_em_recompute_gives_the_same_values_and_gradients(conv, iterations):
   rng = np.random.default_rng(5)
   b, p, k, c, d = 2, (3 if conv else 1), 4, 3, 16
   inputs = [tf.Variable(rng.normal(size=[b, p, k, c, d]).astype(np.float32)),
@@ -220,11 +221,21 @@ def test_em_recompute_gives_the_same_values_and_gradients(conv):
   results = []
   for recompute in (False, True):
     with tf.GradientTape() as tape:
-      mu, a_out, _ = capsule_ops.em_routing(
-          *inputs, 3, child_ids=ids, num_children=8 if conv else None,
+      mu, a_out, r = capsule_ops.em_routing(
+          *inputs, iterations, child_ids=ids, num_children=8 if conv else None,
           recompute=recompute)
-      loss = tf.reduce_sum(tf.sin(mu)) + tf.reduce_sum(a_out * [1., 2., 3.])
-    results.append([mu, a_out] + tape.gradient(loss, inputs))
+      # Every output carries a gradient, the final assignments too.
+      loss = (tf.reduce_sum(tf.sin(mu)) + tf.reduce_sum(a_out * [1., 2., 3.])
+              + tf.reduce_sum(tf.square(r)))
+    results.append([mu, a_out, r] + tape.gradient(loss, inputs))
+    # Outputs left out of the loss pass no gradient, and break nothing.
+    with tf.GradientTape() as tape:
+      mu, _, _ = capsule_ops.em_routing(
+          *inputs, iterations, child_ids=ids, num_children=8 if conv else None,
+          recompute=recompute)
+      loss = tf.reduce_sum(mu)
+    # (With one iteration the means do not depend on beta_a: zero.)
+    results[-1] += tape.gradient(loss, inputs, unconnected_gradients='zero')
   # XLA sums in another order: float32 round-off through three iterations
   # of exp and log, not a different function.
   for plain, recomputed in zip(*results):
