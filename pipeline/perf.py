@@ -24,6 +24,9 @@ from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
 
 WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
+# Environment variables that size TensorFlow's and oneDNN's thread pools.
+THREAD_VARIABLES = ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS',
+                    'OMP_NUM_THREADS')
 
 
 def _median_time(fn, repeats, warmup=1):
@@ -146,6 +149,10 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
       'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
       'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
       'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
+      # TensorFlow's thread pools also take their sizes from these (the
+      # getters above still say 0, "default"): recorded when set.
+      'thread_environment': {k: os.environ[k] for k in THREAD_VARIABLES
+                             if k in os.environ},
       'precision': config.model.precision, 'batch_size': config.batch_size,
       'dataset': config.data.dataset,
       'model': config.model.name,

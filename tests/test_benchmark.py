@@ -16,7 +16,9 @@ TINY_FLAGS = ['--conv_filters=8', '--primary_channels=4', '--primary_dim=4',
 
 def test_command_writes_all_keys(tmp_path):
   out = tmp_path / 'bench.json'
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+  env.update(TF_CPP_MIN_LOG_LEVEL='2', TF_NUM_INTRAOP_THREADS='2',
+             TF_NUM_INTEROP_THREADS='1')
   proc = subprocess.run(
       [sys.executable, '-m', 'pipeline.benchmark', *TINY_FLAGS,
        '--what=input,train,inference,serving,matmul,layers', '--repeats=2',
@@ -43,6 +45,9 @@ def test_command_writes_all_keys(tmp_path):
              figures['train_examples_per_second'] *
              figures['train_flops_per_example'] / 1e9 /
              figures['matmul_gflops']) < 1e-9
+  # The thread pools' sizes it ran with are on record.
+  assert figures['thread_environment'] == {'TF_NUM_INTRAOP_THREADS': '2',
+                                           'TF_NUM_INTEROP_THREADS': '1'}
   assert figures['input_examples_per_second'] > 0
   assert figures['train_examples_per_second'] > 0
   assert 'train_examples_per_second' in proc.stdout
