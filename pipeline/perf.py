@@ -24,7 +24,8 @@ from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
 
 WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
-# Environment variables that size TensorFlow's and oneDNN's thread pools.
+# Environment variables that size thread pools: TensorFlow's intra- and
+# inter-op pools, and OpenMP's (used by OpenMP builds of oneDNN).
 THREAD_VARIABLES = ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS',
                     'OMP_NUM_THREADS')
 
