@@ -264,33 +264,36 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
     return (os.path.join(runs_dir, os.path.basename(model_dir)) if runs_dir
             else model_dir)
 
-  for model, flagfile in experiment.flagfiles.items():
-    if models and model not in models:
-      continue
-    model_dir = run_dir(flagfile)
+  chosen = {m: f for m, f in experiment.flagfiles.items()
+            if not models or m in models}
+  # Every model trains before any is scored: a resumed experiment goes
+  # straight back to its unfinished training.
+  targets = {}
+  for model, flagfile in chosen.items():
     run_flags = flags_for_model(model, extra)
     if runs_dir:
-      run_flags.append(f'--model_dir={model_dir}')
-    matched = None
+      run_flags.append(f'--model_dir={run_dir(flagfile)}')
     if (experiment.match and model != 'capsnet' and not skip_training and
         not any(f.startswith('--target_accuracy=') for f in extra)):
       # CapsNet's run (trained above, or earlier) sets the target.
       reached = run_summary(run_dir(experiment.flagfiles['capsnet']))
-      matched = reached['eval_accuracy']
+      targets[model] = reached['eval_accuracy']
       logging.info("%s trains until its %s accuracy reaches CapsNet's %.4f "
                    '(step %d), or its steps run out.', model,
-                   reached['eval_split'], matched, reached['eval_step'])
-      run_flags.append(f'--target_accuracy={matched!r}')
+                   reached['eval_split'], targets[model], reached['eval_step'])
+      run_flags.append(f'--target_accuracy={targets[model]!r}')
     if not skip_training:
       steps = (baseline_train_steps if model != 'capsnet' and
                baseline_train_steps else train_steps)
       train(flagfile, steps, run_flags)
+  for model, flagfile in chosen.items():
+    model_dir = run_dir(flagfile)
     figures = os.path.join(figures_dir, model) if figures_dir else None
     row['models'][model] = dict(
         run_summary(model_dir), model_dir=model_dir, flagfile=flagfile,
         tests=score(model_dir, test_sets, figures))
-    if matched is not None:
-      row['models'][model]['target_accuracy'] = matched
+    if model in targets:
+      row['models'][model]['target_accuracy'] = targets[model]
   return row
 
 

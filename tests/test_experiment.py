@@ -117,17 +117,22 @@ def test_affine_mnist_runs_stop_at_matched_validation_accuracy():
 
 def test_overlap_mnist_baseline_trains_to_capsnets_validation_accuracy(
     tmp_path, monkeypatch):
-  trained = {}
+  trained, calls = {}, []
   summaries = {'multimnist_mnist': 0.8125, 'multimnist_mnist_baseline': 0.82}
   monkeypatch.setattr(experiment, 'train', lambda flagfile, steps, extra: (
+      calls.append('train'),
       trained.setdefault(os.path.basename(flagfile), list(extra))))
   monkeypatch.setattr(experiment, 'run_summary', lambda model_dir: {
       'steps': 10, 'wall_seconds': 1.0, 'eval_step': 10,
       'eval_split': 'validation',
       'eval_accuracy': summaries[os.path.basename(model_dir)]})
-  monkeypatch.setattr(experiment, 'score', lambda *args: {})
+  monkeypatch.setattr(experiment, 'score',
+                      lambda *args: calls.append('score') or {})
   runs = str(tmp_path / 'runs')
   row = experiment.run_experiment('overlap_mnist', runs_dir=runs)
+  # Both train before either is scored (a resumed experiment goes straight
+  # back to the unfinished training).
+  assert calls == ['train', 'train', 'score', 'score']
   assert not any(f.startswith('--target_accuracy') for f in
                  trained['multimnist_mnist.flags'])
   assert trained['multimnist_mnist_baseline.flags'][-1] == (
