@@ -115,19 +115,27 @@ def test_affine_mnist_runs_stop_at_matched_validation_accuracy():
     assert experiment.flagfile_value(path, 'eval_split') == 'validation'
 
 
-def test_overlap_mnist_baseline_trains_to_capsnets_validation_accuracy(
-    tmp_path, monkeypatch):
+def fake_runs(monkeypatch, accuracies):
+  """Replaces training and scoring: each run's last validation accuracy is
+  `accuracies[<its model_dir name>]`. Returns `({flagfile name: the extra
+  flags it trained with}, ['train' / 'score' in call order])`."""
   trained, calls = {}, []
-  summaries = {'multimnist_mnist': 0.8125, 'multimnist_mnist_baseline': 0.82}
   monkeypatch.setattr(experiment, 'train', lambda flagfile, steps, extra: (
       calls.append('train'),
       trained.setdefault(os.path.basename(flagfile), list(extra))))
   monkeypatch.setattr(experiment, 'run_summary', lambda model_dir: {
       'steps': 10, 'wall_seconds': 1.0, 'eval_step': 10,
       'eval_split': 'validation',
-      'eval_accuracy': summaries[os.path.basename(model_dir)]})
+      'eval_accuracy': accuracies[os.path.basename(model_dir)]})
   monkeypatch.setattr(experiment, 'score',
                       lambda *args: calls.append('score') or {})
+  return trained, calls
+
+
+def test_overlap_mnist_baseline_trains_to_capsnets_validation_accuracy(
+    tmp_path, monkeypatch):
+  trained, calls = fake_runs(monkeypatch, {
+      'multimnist_mnist': 0.8125, 'multimnist_mnist_baseline': 0.82})
   runs = str(tmp_path / 'runs')
   row = experiment.run_experiment('overlap_mnist', runs_dir=runs)
   # Both train before either is scored (a resumed experiment goes straight
@@ -163,13 +171,8 @@ def test_overlap_mnist_baseline_trains_to_capsnets_validation_accuracy(
 
 def test_affine_mnist_baseline_matches_capsnet_over_its_own_target(
     tmp_path, monkeypatch):
-  trained = {}
-  monkeypatch.setattr(experiment, 'train', lambda flagfile, steps, extra: (
-      trained.setdefault(os.path.basename(flagfile), list(extra))))
-  monkeypatch.setattr(experiment, 'run_summary', lambda model_dir: {
-      'steps': 10, 'wall_seconds': 1.0, 'eval_step': 10,
-      'eval_split': 'validation', 'eval_accuracy': 0.9912})
-  monkeypatch.setattr(experiment, 'score', lambda *args: {})
+  trained, _ = fake_runs(monkeypatch, {'affnist_mnist': 0.9912,
+                                       'affnist_mnist_baseline': 0.9912})
   experiment.run_experiment('affine_mnist', runs_dir=str(tmp_path),
                             affnist_dir=str(tmp_path))
   # The flagfile's 0.99 holds for CapsNet; the CNN gets what CapsNet reached.
