@@ -5,6 +5,8 @@
   python -m pipeline.benchmark --precision=mixed_bfloat16 --what=train,inference
   python -m pipeline.benchmark --what=layers --output=layers.json
   python -m pipeline.benchmark --scaling --output=scaling.json
+  python -m pipeline.benchmark --what=serving --trace_dir=/tmp/traces
+  python -m pipeline.profile_report --model_dir=/tmp/traces/serving_b1
   python -m pipeline.benchmark --what=input --dataset=multimnist \
       --base_dataset=fashion_mnist --data_source=idx \
       --data_dir=/usr/share/datasets/fashion-mnist --output=input.json
@@ -37,6 +39,10 @@ flags.DEFINE_integer('repeats', 5, 'Timed repetitions (the median is kept).')
 flags.DEFINE_integer('input_batches', 200, 'Batches per input timing.')
 flags.DEFINE_integer('inference_batch_size', 100, 'Batch of the inference '
                      'timing.')
+flags.DEFINE_string('trace_dir', '', 'Also trace one more run of each '
+                    'training, inference and serving timing with the '
+                    'TensorFlow profiler, each into its own directory here '
+                    '(read them with pipeline.profile_report --model_dir=).')
 flags.DEFINE_boolean('scaling', False, 'Instead: training throughput and peak '
                      'memory over batch sizes and routing iterations, each '
                      'in its own process.')
@@ -64,7 +70,8 @@ def main(argv):
     else:
       results = perf.run_benchmarks(config, FLAGS.what, FLAGS.repeats,
                                     FLAGS.input_batches,
-                                    FLAGS.inference_batch_size)
+                                    FLAGS.inference_batch_size,
+                                    FLAGS.trace_dir)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   perf.print_table(results)

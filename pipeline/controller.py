@@ -62,6 +62,22 @@ def duration(seconds: float) -> str:
 PROFILE_RECORD = 'pipeline_steps.json'
 
 
+def record_trace(logdir, record):
+  """Writes `record` as PROFILE_RECORD beside the newest profiler trace that
+  `tf.profiler.experimental.start(logdir)` wrote (`logdir/plugins/profile/
+  <start time>/`), for `pipeline.profile_report` to read."""
+  root = os.path.join(logdir, 'plugins', 'profile')
+  # Trace directories are named by their start time: the newest sorts last.
+  runs = sorted(tf.io.gfile.listdir(root)) if tf.io.gfile.isdir(root) else []
+  if not runs:
+    logging.warning('The profiler wrote no trace under %s.', root)
+    return None
+  path = os.path.join(root, runs[-1].rstrip('/'))
+  with tf.io.gfile.GFile(os.path.join(path, PROFILE_RECORD), 'w') as f:
+    f.write(json.dumps(record, indent=2))
+  return path
+
+
 class Controller:
   """Drives a `Trainer` to `config.train_steps`.
 
@@ -396,19 +412,11 @@ class Controller:
 
   def _record_profile(self, first, last):
     """Writes PROFILE_RECORD into the trace directory just written."""
-    root = os.path.join(self.work_dir, 'train', 'plugins', 'profile')
-    # Trace directories are named by their start time: the newest sorts last.
-    runs = sorted(tf.io.gfile.listdir(root)) if tf.io.gfile.isdir(root) else []
-    if not runs:
-      logging.warning('The profiler wrote no trace under %s.', root)
-      return
     cfg = self.trainer.config
-    record = {'first_step': first, 'last_step': last,
-              'batch_size': cfg.batch_size, 'model': cfg.model.name,
-              'precision': cfg.model.precision}
-    with tf.io.gfile.GFile(os.path.join(root, runs[-1].rstrip('/'),
-                                        PROFILE_RECORD), 'w') as f:
-      f.write(json.dumps(record, indent=2))
+    record_trace(os.path.join(self.work_dir, 'train'),
+                 {'first_step': first, 'last_step': last,
+                  'batch_size': cfg.batch_size, 'model': cfg.model.name,
+                  'precision': cfg.model.precision})
 
   def _log_train(self, writer, step, rate):
     cfg, trainer = self.config, self.trainer

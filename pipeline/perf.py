@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline import controller
 from pipeline import export
 from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
@@ -53,20 +54,50 @@ def bench_input(config, source, batches, repeats):
   return {'input_examples_per_second': batches * config.batch_size / seconds}
 
 
-def bench_train(trainer, repeats):
+def tracer(trace_dir, config):
+  """A function `trace(name, fn, batch, calls=1)` that runs `fn` once more
+  under the TensorFlow profiler, into `<trace_dir>/<name>/plugins/profile/`
+  with the record `pipeline.profile_report` reads (`calls` steps of
+  `batch`); returns the trace's directory, also kept in its `paths` dict by
+  name. None without a `trace_dir`."""
+  if not trace_dir:
+    return None
+
+  def trace(name, fn, batch, calls=1):
+    logdir = os.path.join(trace_dir, name)
+    tf.profiler.experimental.start(logdir)
+    try:
+      fn()
+    finally:
+      tf.profiler.experimental.stop()
+    trace.paths[name] = controller.record_trace(logdir, {
+        'first_step': 1, 'last_step': calls, 'batch_size': batch,
+        'model': config.model.name, 'precision': config.model.precision,
+        'what': name})
+    return trace.paths[name]
+  trace.paths = {}
+  return trace
+
+
+def bench_train(trainer, repeats, trace=None):
   cfg = trainer.config
   iterator = trainer.train_iterator(0)
   steps = tf.constant(cfg.steps_per_loop, tf.int64)
-  seconds = _median_time(lambda: int(trainer.train_loop(iterator, steps)),
-                         repeats)
+
+  def run():
+    int(trainer.train_loop(iterator, steps))
+  seconds = _median_time(run, repeats)
   step = seconds / cfg.steps_per_loop
+  if trace:
+    trace('train', run, cfg.batch_size, cfg.steps_per_loop)
   return {'train_step_seconds': step,
           'train_examples_per_second': cfg.batch_size / step}
 
 
-def bench_inference(trainer, batch, repeats):
+def bench_inference(trainer, batch, repeats, trace=None):
   """In-memory inference: plain TF ops (as the default export serves) and,
-  for a model with an XLA-compiled part, with it compiled (`_xla` keys)."""
+  for a model with an XLA-compiled part, with it compiled (`_xla` keys).
+  `trace`: a `tracer`, to trace one call at each batch size."""
   model = trainer.model
   images = tf.random.uniform([batch, *trainer.info.image_shape], seed=1)
   results = {'inference_batch': batch}
@@ -75,28 +106,39 @@ def bench_inference(trainer, batch, repeats):
     if model.compile_inference(xla) != xla:
       continue
     predict = tf.function(lambda x: model(x, training=False)['lengths'])
-    seconds = _median_time(lambda: predict(images).numpy(), repeats)
-    latency = _median_time(lambda: predict(images[:1]).numpy(), repeats)
+    seconds, latency = _time_batch_and_one(
+        lambda x: predict(x).numpy(), images, repeats, trace,
+        f'inference{suffix}')
     results[f'inference{suffix}_examples_per_second'] = batch / seconds
     results[f'latency{suffix}_batch1_ms'] = 1000 * latency
   model.compile_inference(previous)
   return results
 
 
-def _serve(model, image_shape, batch, repeats, xla):
+def _time_batch_and_one(call, images, repeats, trace, name):
+  """Median seconds of `call` on the whole batch and on its first image;
+  with a `trace`, one more call of each traced as `<name>_b<batch>`."""
+  seconds = []
+  for x in (images, images[:1]):
+    seconds.append(_median_time(lambda x=x: call(x), repeats))
+    if trace:
+      trace(f'{name}_b{x.shape[0]}', lambda x=x: call(x), x.shape[0])
+  return seconds
+
+
+def _serve(model, image_shape, batch, repeats, xla, trace=None):
   path = export.export_model(model, image_shape,
                              tempfile.mkdtemp(prefix='capsnet-serving-'),
                              xla=xla)
   serve = tf.saved_model.load(path).signatures['serving_default']
   images = tf.random.uniform([batch, *image_shape], seed=1)
-  throughput = _median_time(
-      lambda: serve(images=images)['probabilities'].numpy(), repeats)
-  latency = _median_time(
-      lambda: serve(images=images[:1])['probabilities'].numpy(), repeats)
+  throughput, latency = _time_batch_and_one(
+      lambda x: serve(images=x)['probabilities'].numpy(), images, repeats,
+      trace, 'serving_xla' if xla else 'serving')
   return batch / throughput, 1000 * latency
 
 
-def bench_serving(trainer, batch, repeats, in_memory=None):
+def bench_serving(trainer, batch, repeats, in_memory=None, trace=None):
   """The exported SavedModel's serving_default beside the in-memory model.
 
   `in_memory`: figures `bench_inference` already measured in this run (else
@@ -107,10 +149,11 @@ def bench_serving(trainer, batch, repeats, in_memory=None):
     if xla and not trainer.model.compile_inference(True):
       continue
     throughput, latency = _serve(trainer.model, trainer.info.image_shape,
-                                 batch, repeats, xla)
+                                 batch, repeats, xla, trace)
     results[f'serving{suffix}_examples_per_second'] = throughput
     results[f'serving{suffix}_latency_batch1_ms'] = latency
-  results.update(in_memory or bench_inference(trainer, batch, repeats))
+  results.update(in_memory or bench_inference(trainer, batch, repeats,
+                                              trace))
   results['serving_throughput_vs_in_memory'] = (
       results['serving_examples_per_second'] /
       results['inference_examples_per_second'])
@@ -131,7 +174,7 @@ def bench_matmul(repeats, n=2048):
 
 
 def run_benchmarks(config, what, repeats=5, input_batches=200,
-                   inference_batch=100):
+                   inference_batch=100, trace_dir=None):
   """Runs the chosen measurements; returns a dict of figures.
 
   Args:
@@ -140,6 +183,10 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
     repeats: timed repetitions per figure.
     input_batches: batches per input timing.
     inference_batch: batch size of the inference timing.
+    trace_dir: if set, one more run of each training, inference and serving
+      timing is traced by the TensorFlow profiler into a directory of its
+      own under it (`train`, `inference_b100`, `serving_xla_b1`, ...), for
+      `pipeline.profile_report --model_dir=<trace_dir>/<name>`.
   """
   unknown = set(what) - set(WHATS)
   if unknown:
@@ -160,6 +207,7 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
       'routing_iterations': getattr(config.model.params,
                                     'routing_iterations', None),
   }
+  trace = tracer(trace_dir, config)
   trainer = None
   if set(what) - {'matmul'}:
     trainer = trainer_lib.Trainer(config)
@@ -168,14 +216,14 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
     results.update(bench_input(config, trainer.source, input_batches,
                                repeats))
   if 'train' in what:
-    results.update(bench_train(trainer, repeats))
+    results.update(bench_train(trainer, repeats, trace))
   in_memory = None
   if 'inference' in what:
-    in_memory = bench_inference(trainer, inference_batch, repeats)
+    in_memory = bench_inference(trainer, inference_batch, repeats, trace)
     results.update(in_memory)
   if 'serving' in what:
     results.update(bench_serving(trainer, inference_batch, repeats,
-                                 in_memory))
+                                 in_memory, trace))
   if 'matmul' in what:
     results.update(bench_matmul(repeats))
   if 'layers' in what:
@@ -197,6 +245,8 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
       if rate and peak:
         results[f'{kind}_fraction_of_matmul_peak'] = (
             rate * per_example / 1e9 / peak)
+  if trace:
+    results['traces'] = trace.paths
   results['peak_rss_mb'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024
   return results

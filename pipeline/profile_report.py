@@ -2,6 +2,8 @@
 
   python -m pipeline.train ... --profile_steps=31,35 --model_dir=RUN
   python -m pipeline.profile_report --model_dir=RUN [--top=12] [--json=F]
+  python -m pipeline.benchmark ... --trace_dir=TRACES
+  python -m pipeline.profile_report --model_dir=TRACES/serving_b1
 
 TensorBoard's Profile tab shows such a trace, but needs a browser with
 network (its page loads Google Charts). This reads the newest trace under
@@ -46,18 +48,25 @@ _XLA_FUNCTION = re.compile(
 def latest_profile(model_dir):
   """The newest trace directory of a run, holding `*.xplane.pb`.
 
+  `model_dir` is a training run (traces under `train/plugins/profile/`) or
+  a directory the profiler wrote into itself, as `pipeline.benchmark
+  --trace_dir` does for each timing (`plugins/profile/`).
+
   Raises:
-    FileNotFoundError: naming the directory looked in and the flag that
-      writes a trace.
+    FileNotFoundError: naming the directory looked in and the flags that
+      write a trace.
   """
-  root = os.path.join(model_dir, 'train', 'plugins', 'profile')
-  runs = sorted(d for d in glob.glob(os.path.join(root, '*'))
-                if glob.glob(os.path.join(d, '*.xplane.pb')))
-  if not runs:
-    raise FileNotFoundError(
-        f'no profiler trace under {root}: train with '
-        '--profile_steps=FIRST,LAST to write one.')
-  return runs[-1]
+  roots = [os.path.join(model_dir, 'train', 'plugins', 'profile'),
+           os.path.join(model_dir, 'plugins', 'profile')]
+  for root in roots:
+    runs = sorted(d for d in glob.glob(os.path.join(root, '*'))
+                  if glob.glob(os.path.join(d, '*.xplane.pb')))
+    if runs:
+      return runs[-1]
+  raise FileNotFoundError(
+      f'no profiler trace under {roots[0]} or {roots[1]}: train with '
+      '--profile_steps=FIRST,LAST (or benchmark with --trace_dir) to write '
+      'one.')
 
 
 def read_steps(run_dir):
@@ -139,13 +148,18 @@ def _labelled(events, threads):
     out.append((e, label))
   # An XLA function's part is the layer that launched its forward pass; its
   # backward is launched from the gradient function, outside any layer.
-  launches = [i for i, (e, _) in enumerate(out)
-              if e['name'] == 'ExecutorState::ProcessAsync::Start']
+  launches = [i for i, (e, label) in enumerate(out)
+              if e['name'] == 'ExecutorState::ProcessAsync::Start' and
+              label[0] != 'input pipeline']
   launched = {}   # launch index → (kind, function) of the XLA it ran
   for e in xla:
     for i in launches:
-      start = out[i][0]['ts']
-      if start <= e['ts'] <= start + out[i][0]['dur']:
+      launch = out[i][0]
+      # XLA's CPU code runs on the thread that launched it; another
+      # thread's launch open at the same time (the input pipeline's) is not
+      # its owner.
+      if ((launch['pid'], launch['tid']) == (e['pid'], e['tid']) and
+          launch['ts'] <= e['ts'] <= launch['ts'] + launch['dur']):
         launched.setdefault(i, _xla_function(e['args']['hlo_module']))
   owner = {fn: out[i][1][0] for i, (kind, fn) in launched.items()
            if kind == 'forward'}
@@ -278,7 +292,8 @@ def report(run_dir, steps=None, top=12):
          'step_ms': wall * per_step, 'parts': rows, 'top_ops': top_ops}
   if record:
     out.update({k: record[k] for k in ('first_step', 'last_step',
-                                       'batch_size', 'precision', 'model')
+                                       'batch_size', 'precision', 'model',
+                                       'what')
                 if k in record})
     if record.get('batch_size'):
       out['examples_per_second'] = record['batch_size'] / (
@@ -287,9 +302,15 @@ def report(run_dir, steps=None, top=12):
 
 
 def markdown(rep):
-  head = (f'{rep.get("model", "model")}, {rep.get("precision", "")}, '
-          f'steps {rep.get("first_step", "?")}-{rep.get("last_step", "?")}: '
-          f'{rep["step_ms"]:.0f} ms a step')
+  if 'what' in rep:    # a pipeline.benchmark timing
+    head = (f'{rep.get("model", "model")}, {rep.get("precision", "")}, '
+            f'{rep["what"]}, batch {rep.get("batch_size", "?")}: '
+            f'{rep["step_ms"]:.1f} ms a '
+            f'{"step" if rep["what"] == "train" else "call"}')
+  else:
+    head = (f'{rep.get("model", "model")}, {rep.get("precision", "")}, '
+            f'steps {rep.get("first_step", "?")}-'
+            f'{rep.get("last_step", "?")}: {rep["step_ms"]:.0f} ms a step')
   if 'examples_per_second' in rep:
     head += f' ({rep["examples_per_second"]:.1f} examples/s)'
   lines = [head, '', '| part | pass | ms/step | % of step |',

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from pipeline import profile_report
+
 from conftest import REPO
 
 TINY_FLAGS = ['--conv_filters=8', '--primary_channels=4', '--primary_dim=4',
@@ -23,7 +25,8 @@ def test_command_writes_all_keys(tmp_path):
       [sys.executable, '-m', 'pipeline.benchmark', *TINY_FLAGS,
        '--what=input,train,inference,serving,matmul,layers', '--repeats=2',
        '--input_batches=5', '--inference_batch_size=10',
-       f'--model_dir={tmp_path}/m', f'--output={out}'],
+       f'--model_dir={tmp_path}/m', f'--output={out}',
+       f'--trace_dir={tmp_path}/traces'],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   figures = json.loads(out.read_text())
@@ -51,6 +54,21 @@ def test_command_writes_all_keys(tmp_path):
   assert figures['input_examples_per_second'] > 0
   assert figures['train_examples_per_second'] > 0
   assert 'train_examples_per_second' in proc.stdout
+  # One more run of each timing, traced where profile_report finds it.
+  assert sorted(figures['traces']) == sorted(
+      f'{kind}_b{b}' for kind in ('inference', 'inference_xla', 'serving',
+                                  'serving_xla') for b in (1, 10)) + ['train']
+  for name, path in figures['traces'].items():
+    assert profile_report.latest_profile(
+        str(tmp_path / 'traces' / name)) == path
+  latency = profile_report.report(figures['traces']['serving_b1'])
+  assert (latency['what'], latency['batch_size'], latency['steps']) == (
+      'serving_b1', 1, 1)
+  assert any(r['part'] == 'caps_net' for r in latency['parts'])
+  train = profile_report.report(figures['traces']['train'])
+  assert train['steps'] == 2 and train['batch_size'] == 8
+  assert any(r['part'] == 'primary_capsules' and r['pass'] == 'backward'
+             for r in train['parts'])
 
 
 def test_scaling_runs_each_configuration(tmp_path):

@@ -73,6 +73,29 @@ def test_wall_time_is_split_among_what_runs_at_once():
   assert weight == pytest.approx({'b': 30, 'c': 20})
 
 
+def test_xla_code_belongs_to_the_launch_on_its_own_thread():
+  # The class capsules' compiled function launched on thread 1; the input
+  # pipeline's iterator launch on thread 2 is open at the same time.
+  def launch(ts, dur, tid, name, kernel):
+    return dict(_event(ts, dur, tid, name=name, kernel_type=kernel),
+                name='ExecutorState::ProcessAsync::Start')
+  iterator = launch(0, 100, 2, 'IteratorGetNext', 'IteratorGetNext')
+  forward = launch(10, 50, 1, 'caps_net/class_capsules/capsules', 'XlaLaunch')
+  fusion = dict(_event(20, 10, 1, hlo_module='a_forward__capsules_12__.3'),
+                name='fusion.1')
+  backward_fusion = dict(
+      _event(70, 10, 2, hlo_module='a_inference___backward__capsules_9_12__.1'),
+      name='fusion.2')
+  labels = {e['name'] + str(e['tid']): label for e, label in
+            profile_report._labelled(
+                [iterator, forward, fusion, backward_fusion], {})}
+  assert labels['fusion.11'] == ('class_capsules', 'forward', 'XLA fusion.1')
+  # The backward takes its part from the forward's launch, on any thread.
+  assert labels['fusion.22'] == ('class_capsules', 'backward',
+                                 'XLA fusion.2')
+  assert labels['ExecutorState::ProcessAsync::Start2'][0] == 'input pipeline'
+
+
 def test_missing_trace_and_record_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='--profile_steps'):
     profile_report.latest_profile(str(tmp_path))
@@ -80,8 +103,26 @@ def test_missing_trace_and_record_are_named(tmp_path):
   trace.mkdir(parents=True)
   (trace / 'host.xplane.pb').write_bytes(b'')
   assert profile_report.latest_profile(str(tmp_path)) == str(trace)
+  # A directory the profiler wrote into itself (pipeline.benchmark's).
+  own = tmp_path / 'serving_b1' / 'plugins' / 'profile' / '2026_01_01_00_00_01'
+  own.mkdir(parents=True)
+  (own / 'host.xplane.pb').write_bytes(b'')
+  assert profile_report.latest_profile(str(tmp_path / 'serving_b1')) == str(
+      own)
   with pytest.raises(ValueError, match='pass --steps=N'):
     profile_report.report(str(trace))
+
+
+def test_headings_say_steps_or_calls():
+  rep = {'model': 'capsnet', 'precision': 'float32', 'first_step': 5,
+         'last_step': 6, 'step_ms': 12.3, 'parts': [], 'top_ops': []}
+  assert profile_report.markdown(rep).startswith(
+      'capsnet, float32, steps 5-6: 12 ms a step')
+  rep.update(what='serving_b1', batch_size=1)
+  assert profile_report.markdown(rep).startswith(
+      'capsnet, float32, serving_b1, batch 1: 12.3 ms a call')
+  rep.update(what='train', batch_size=100)
+  assert ', train, batch 100: 12.3 ms a step' in profile_report.markdown(rep)
 
 
 @pytest.fixture(scope='module')
