@@ -133,6 +133,41 @@ def test_class_capsules_compile_inference_matches_plain():
   np.testing.assert_allclose(compiled_v.numpy(), plain_v.numpy(), atol=1e-5)
 
 
+def test_primary_capsules_compile_inference_only_in_inference():
+  inputs = tf.random.normal([2, 14, 14, 8], seed=7)
+  layer = layers.PrimaryCapsules(channels=4, dim=4, kernel_size=5, strides=2)
+  plain = layer(inputs, training=False)
+  layer.compile_inference = True
+  compiled = layer(inputs, training=False)
+  np.testing.assert_allclose(compiled.numpy(), plain.numpy(), atol=1e-5)
+  assert layer._compiled.experimental_get_tracing_count() == 1
+  # Training keeps the plain convolution (XLA's backward pass is slow).
+  def not_in_training(x):
+    raise AssertionError(f'the compiled convolution ran in training on {x}')
+  layer._compiled = not_in_training
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(layer(inputs, training=True))
+  assert all(g is not None for g in tape.gradient(
+      loss, layer.trainable_variables))
+
+
+def test_capsnet_compile_inference_reaches_the_primary_capsules():
+  from pipeline.models import capsnet  # pylint: disable=g-import-not-at-top
+  model = capsnet.CapsNet(conv_filters=8, primary_channels=4, primary_dim=4,
+                          class_dim=4, decoder_units=(8, 16),
+                          input_shape=(20, 20, 1), num_classes=3,
+                          jit_compile=True)
+  images = tf.random.uniform([2, 20, 20, 1], seed=8)
+  plain = model(images, training=False)['lengths']
+  assert model.compile_inference(True)
+  assert model.primary.compile_inference
+  np.testing.assert_allclose(model(images, training=False)['lengths'],
+                             plain, atol=1e-5)
+  assert model.primary._compiled.experimental_get_tracing_count() == 1
+  assert not model.compile_inference(False)
+  assert not model.primary.compile_inference
+
+
 def test_class_capsules_bfloat16_routing_near_float32_and_compiled_float32():
   inputs = tf.random.normal([3, 40, 8], seed=6)
   full = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True)

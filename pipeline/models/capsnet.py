@@ -103,7 +103,7 @@ class CapsNet(base.CapsuleModel):
       labels = tf.convert_to_tensor(labels)
     self._check_labels(labels)
     x = self.conv1(images)
-    primary = self.primary(x)
+    primary = self.primary(x, training=training)
     poses, coupling = self.class_capsules(primary, training=training)
     lengths = capsule_ops.length(poses, axis=-1)
     outputs = {'lengths': lengths, 'poses': poses, 'coupling': coupling}
@@ -117,6 +117,7 @@ class CapsNet(base.CapsuleModel):
   def compile_inference(self, enabled):
     on = bool(enabled) and self._config['jit_compile']
     self.class_capsules.compile_inference = on
+    self.primary.compile_inference = on
     return on
 
   @property

@@ -22,16 +22,33 @@ class PrimaryCapsules(keras.layers.Layer):
     self.conv = keras.layers.Conv2D(
         channels * dim, kernel_size, strides=strides, padding='valid',
         name='conv')
+    # Set through `CapsNet.compile_inference`: in float32, inference calls
+    # run the convolution XLA-compiled (see `_compiled_conv`).
+    self.compile_inference = False
+    self._compiled = tf.function(self._compiled_conv, jit_compile=True)
 
-  def call(self, inputs):
+  def call(self, inputs, training=None):
     if self.strides > 1 and self.compute_dtype in ('bfloat16', 'float16'):
       x = self._space_to_depth_conv(inputs)
+    elif self.compile_inference and not training and self.conv.built:
+      x = self._compiled(inputs)
     else:
       x = self.conv(inputs)
     h, w = x.shape[1], x.shape[2]
     x = tf.reshape(x, [-1, h * w * self.channels, self.dim])
     # Squash (and everything after it up to the decoder) runs in float32.
     return capsule_ops.squash(tf.cast(x, tf.float32))
+
+  def _compiled_conv(self, inputs):
+    """The float32 convolution as XLA compiles it, for inference only.
+
+    On this project's CPUs XLA's float32 convolution runs the forward pass
+    of the paper's layer (9x9/2, 256 → 256 channels) 1.1-1.6x faster than
+    oneDNN's, but its backward pass some 40x slower, so training keeps
+    oneDNN's; in 16 bits oneDNN's (the stride-1 form) is the faster one.
+    """
+    x = tf.nn.conv2d(inputs, self.conv.kernel, self.strides, 'VALID')
+    return tf.nn.bias_add(x, self.conv.bias)
 
   def _space_to_depth_conv(self, inputs):
     """The same strided convolution as a stride-1 one, on the same weights.
