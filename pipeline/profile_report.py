@@ -124,6 +124,7 @@ def _labelled(events, threads):
   """
   out = []
   xla = []
+  pool = []
   for e in events:
     args = e.get('args', {})
     thread = threads.get((e['pid'], e['tid']), '')
@@ -141,6 +142,9 @@ def _labelled(events, threads):
     elif 'hlo_module' in args:
       xla.append(e)
       continue
+    elif e['name'] == 'ThreadpoolListener::Region' and 'Eigen' in thread:
+      pool.append(e)   # a thread-pool worker's share of some op's work
+      continue
     elif e['name'] == 'BlockUntilReady':
       label = None   # a launching thread waiting for XLA: not work
     else:
@@ -151,16 +155,22 @@ def _labelled(events, threads):
   launches = [i for i, (e, label) in enumerate(out)
               if e['name'] == 'ExecutorState::ProcessAsync::Start' and
               label[0] != 'input pipeline']
+
+  def launch_of(e):
+    """The launch open when `e` ran: on its own thread if there is one
+    (XLA code may run inline), else on any (on the thread pool)."""
+    during = [i for i in launches
+              if out[i][0]['ts'] <= e['ts'] <= out[i][0]['ts'] +
+              out[i][0]['dur']]
+    same = [i for i in during
+            if (out[i][0]['pid'], out[i][0]['tid']) == (e['pid'], e['tid'])]
+    return (same or during or [None])[0]
+
   launched = {}   # launch index → (kind, function) of the XLA it ran
   for e in xla:
-    for i in launches:
-      launch = out[i][0]
-      # XLA's CPU code runs on the thread that launched it; another
-      # thread's launch open at the same time (the input pipeline's) is not
-      # its owner.
-      if ((launch['pid'], launch['tid']) == (e['pid'], e['tid']) and
-          launch['ts'] <= e['ts'] <= launch['ts'] + launch['dur']):
-        launched.setdefault(i, _xla_function(e['args']['hlo_module']))
+    i = launch_of(e)
+    if i is not None:
+      launched.setdefault(i, _xla_function(e['args']['hlo_module']))
   owner = {fn: out[i][1][0] for i, (kind, fn) in launched.items()
            if kind == 'forward'}
   for i, (kind, fn) in launched.items():
@@ -169,6 +179,15 @@ def _labelled(events, threads):
     kind, fn = _xla_function(e['args']['hlo_module'])
     out.append((e, (owner.get(fn, f'XLA {fn}'), kind,
                     f'XLA {e["name"]}')))
+  # XLA's parallel loops (its convolutions, large fusions) run on the intra-op
+  # pool, where the trace shows only the workers' regions: each counts
+  # towards the XLA launch open at the time. Outside XLA a region is
+  # nobody's: TF's own kernels' time is on their op's event.
+  for e in pool:
+    i = launch_of(e)
+    if i in launched:
+      part, kind, _ = out[i][1]
+      out.append((e, (part, kind, 'XLA (thread pool)')))
   return out
 
 

@@ -96,6 +96,25 @@ def test_xla_code_belongs_to_the_launch_on_its_own_thread():
   assert labels['ExecutorState::ProcessAsync::Start2'][0] == 'input pipeline'
 
 
+def test_xla_work_on_the_thread_pool_counts_towards_its_launch():
+  launch = dict(_event(0, 100, 1, name='caps_net/primary_capsules/conv',
+                       kernel_type='XlaLaunch'),
+                name='ExecutorState::ProcessAsync::Start')
+  thunk = dict(_event(5, 2, 3, hlo_module='a_inference__compiled_conv_7__.1'),
+               name='Conv2D.1')
+  worker = dict(_event(10, 80, 3), name='ThreadpoolListener::Region')
+  outside = dict(_event(200, 50, 3), name='ThreadpoolListener::Region')
+  threads = {(1, 3): 'tf_numa_-1_Eigen/123'}
+  labelled = profile_report._labelled([launch, thunk, worker, outside],
+                                      threads)
+  labels = [(e['ts'], label) for e, label in labelled]
+  assert (5, ('primary_capsules', 'forward', 'XLA Conv2D.1')) in labels
+  assert (10, ('primary_capsules', 'forward', 'XLA (thread pool)')) in labels
+  # A worker's region outside any XLA launch is no part's (TF kernels count
+  # their time on their own op's event).
+  assert not any(ts == 200 for ts, _ in labels)
+
+
 def test_missing_trace_and_record_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='--profile_steps'):
     profile_report.latest_profile(str(tmp_path))
