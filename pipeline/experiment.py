@@ -36,7 +36,6 @@ from pipeline import quiet  # pylint: disable=unused-import
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import flags as pipeline_flags
 from pipeline import make_affnist
+from pipeline import perf
 from pipeline.data import sources
 from pipeline.models import registry
 
@@ -148,21 +148,6 @@ def flags_for_model(model, extra):
   return kept
 
 
-def machine():
-  """One line naming this machine's CPU and accelerators."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f
-               if l.startswith('model name')]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
-  gpus = tf.config.list_physical_devices('GPU')
-  return (f'{cpu}, {os.cpu_count()} cores, ' +
-          (f'{len(gpus)} GPU(s)' if gpus else 'no GPU'))
-
-
 def train(flagfile, train_steps=None, extra=()):
   """Runs `python -m pipeline.train` on a flagfile; raises if it fails."""
   command = [sys.executable, '-m', 'pipeline.train', f'--flagfile={flagfile}']
@@ -256,7 +241,7 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
       make_affnist.make_affnist(
           sources.DataSpec(**{k: v for k, v in base.items() if v}),
           changes['affnist_dir'])
-  row = {'experiment': name, 'machine': machine(), 'paper': experiment.paper,
+  row = {'experiment': name, 'machine': perf.machine(), 'paper': experiment.paper,
          'models': {}}
 
   def run_dir(flagfile):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from pipeline import perf
 from pipeline import profile_report
 
 from conftest import REPO
@@ -51,6 +52,9 @@ def test_command_writes_all_keys(tmp_path):
   # The thread pools' sizes it ran with are on record.
   assert figures['thread_environment'] == {'TF_NUM_INTRAOP_THREADS': '2',
                                            'TF_NUM_INTEROP_THREADS': '1'}
+  # The CPU it ran on, and its 16-bit matmul features, are on record.
+  assert 'cores' in figures['cpu']
+  assert set(figures['cpu_features']) <= set(perf.CPU_FEATURES)
   assert figures['input_examples_per_second'] > 0
   assert figures['train_examples_per_second'] > 0
   assert 'train_examples_per_second' in proc.stdout
