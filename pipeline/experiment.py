@@ -241,7 +241,8 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
       make_affnist.make_affnist(
           sources.DataSpec(**{k: v for k, v in base.items() if v}),
           changes['affnist_dir'])
-  row = {'experiment': name, 'machine': perf.machine(), 'paper': experiment.paper,
+  row = {'experiment': name, 'machine': perf.machine(),
+         'paper': experiment.paper,
          'models': {}}
 
   def run_dir(flagfile):

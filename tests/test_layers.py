@@ -151,6 +151,20 @@ def test_primary_capsules_compile_inference_only_in_inference():
       loss, layer.trainable_variables))
 
 
+def test_primary_capsules_compile_inference_keeps_16_bit_convolutions():
+  # Stride 1 in bfloat16 takes the plain branch, not the float32 XLA one
+  # (whose float32 kernel would not match the 16-bit inputs).
+  layer = layers.PrimaryCapsules(channels=4, dim=4, kernel_size=5, strides=1,
+                                 dtype='mixed_bfloat16')
+  inputs = tf.random.normal([2, 10, 10, 8], seed=9)
+  plain = layer(inputs, training=False)
+  layer.compile_inference = True
+  # (bf16 sums may be ordered differently from one call to the next.)
+  np.testing.assert_allclose(layer(inputs, training=False).numpy(),
+                             plain.numpy(), atol=0.02)
+  assert layer._compiled.experimental_get_tracing_count() == 0
+
+
 def test_capsnet_compile_inference_reaches_the_primary_capsules():
   from pipeline.models import capsnet  # pylint: disable=g-import-not-at-top
   model = capsnet.CapsNet(conv_filters=8, primary_channels=4, primary_dim=4,

@@ -30,7 +30,8 @@ class PrimaryCapsules(keras.layers.Layer):
   def call(self, inputs, training=None):
     if self.strides > 1 and self.compute_dtype in ('bfloat16', 'float16'):
       x = self._space_to_depth_conv(inputs)
-    elif self.compile_inference and not training and self.conv.built:
+    elif (self.compile_inference and not training and self.conv.built and
+          self.compute_dtype == 'float32'):
       x = self._compiled(inputs)
     else:
       x = self.conv(inputs)
