@@ -26,6 +26,7 @@ and the ops with the most time. `idle` is the wall time of the steps in
 which nothing ran (waiting on a thread, Python between steps).
 """
 
+import bisect
 import collections
 import glob
 import json
@@ -156,19 +157,28 @@ def _labelled(events, threads):
               if e['name'] == 'ExecutorState::ProcessAsync::Start' and
               label[0] != 'input pipeline']
 
-  def launch_of(e):
-    """The launch open when `e` ran: on its own thread if there is one
-    (XLA code may run inline), else on any (on the thread pool)."""
-    during = [i for i in launches
-              if out[i][0]['ts'] <= e['ts'] <= out[i][0]['ts'] +
-              out[i][0]['dur']]
+  def launch_of(e, candidates):
+    """The launch among `candidates` (indices into `out`, sorted by start)
+    open when `e` ran: on its own thread if there is one (XLA code may run
+    inline), else the first on any (on the thread pool)."""
+    starts = [out[i][0]['ts'] for i in candidates]
+    longest = max((out[i][0]['dur'] for i in candidates), default=0)
+    during = []
+    # Only launches that started at most the longest launch's duration
+    # before `e` can still be open: a bisection, not a scan of the trace.
+    j = bisect.bisect_right(starts, e['ts'])
+    lo = bisect.bisect_left(starts, e['ts'] - longest)
+    for i in candidates[lo:j]:
+      if e['ts'] <= out[i][0]['ts'] + out[i][0]['dur']:
+        during.append(i)
     same = [i for i in during
             if (out[i][0]['pid'], out[i][0]['tid']) == (e['pid'], e['tid'])]
     return (same or during or [None])[0]
 
+  launches.sort(key=lambda i: out[i][0]['ts'])
   launched = {}   # launch index → (kind, function) of the XLA it ran
   for e in xla:
-    i = launch_of(e)
+    i = launch_of(e, launches)
     if i is not None:
       launched.setdefault(i, _xla_function(e['args']['hlo_module']))
   owner = {fn: out[i][1][0] for i, (kind, fn) in launched.items()
@@ -182,10 +192,13 @@ def _labelled(events, threads):
   # XLA's parallel loops (its convolutions, large fusions) run on the intra-op
   # pool, where the trace shows only the workers' regions: each counts
   # towards the XLA launch open at the time. Outside XLA a region is
-  # nobody's: TF's own kernels' time is on their op's event.
+  # nobody's: TF's own kernels' time is on their op's event. Only launches
+  # that ran XLA code are candidates: a plain async kernel open beside one
+  # does not take its workers' time.
+  xla_launches = sorted(launched, key=lambda i: out[i][0]['ts'])
   for e in pool:
-    i = launch_of(e)
-    if i in launched:
+    i = launch_of(e, xla_launches)
+    if i is not None:
       part, kind, _ = out[i][1]
       out.append((e, (part, kind, 'XLA (thread pool)')))
   return out

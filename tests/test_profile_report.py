@@ -115,6 +115,32 @@ def test_xla_work_on_the_thread_pool_counts_towards_its_launch():
   assert not any(ts == 200 for ts, _ in labels)
 
 
+def test_thread_pool_regions_go_to_an_xla_launch_not_any_open_one():
+  def launch(ts, dur, tid, name, kernel='XlaLaunch'):
+    return dict(_event(ts, dur, tid, name=name, kernel_type=kernel),
+                name='ExecutorState::ProcessAsync::Start')
+  # An async kernel that runs no XLA opens first (a long one, on thread 2),
+  # then the compiled convolution's launch on thread 1: the workers' region
+  # during both is the convolution's.
+  other = launch(0, 1000, 2, 'caps_net/decoder/some_async_op', 'SomeAsyncOp')
+  conv = launch(100, 100, 1, 'caps_net/primary_capsules/conv')
+  thunk = dict(_event(110, 2, 1,
+                      hlo_module='a_inference__compiled_conv_7__.1'),
+               name='Conv2D.1')
+  # Many short launches long before: the search still finds the open one.
+  early = [launch(t, 5, 1, 'caps_net/class_capsules/capsules',
+                  'SomeAsyncOp') for t in range(-900, -100, 10)]
+  worker = dict(_event(120, 50, 3), name='ThreadpoolListener::Region')
+  late = dict(_event(500, 50, 3), name='ThreadpoolListener::Region')
+  threads = {(1, 3): 'tf_numa_-1_Eigen/123'}
+  labelled = profile_report._labelled(
+      early + [other, conv, thunk, worker, late], threads)
+  labels = [(e['ts'], label) for e, label in labelled]
+  assert (120, ('primary_capsules', 'forward', 'XLA (thread pool)')) in labels
+  # At 500 only the non-XLA launch is open: the region is nobody's.
+  assert not any(ts == 500 for ts, _ in labels)
+
+
 def test_missing_trace_and_record_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='--profile_steps'):
     profile_report.latest_profile(str(tmp_path))
