@@ -334,15 +334,14 @@ def report(run_dir, steps=None, top=12):
 
 
 def markdown(rep):
+  head = f'{rep.get("model", "model")}, {rep.get("precision", "")}, '
   if 'what' in rep:    # a pipeline.benchmark timing
-    head = (f'{rep.get("model", "model")}, {rep.get("precision", "")}, '
-            f'{rep["what"]}, batch {rep.get("batch_size", "?")}: '
-            f'{rep["step_ms"]:.1f} ms a '
-            f'{"step" if rep["what"] == "train" else "call"}')
+    head += (f'{rep["what"]}, batch {rep.get("batch_size", "?")}: '
+             f'{rep["step_ms"]:.1f} ms a '
+             f'{"step" if rep["what"] == "train" else "call"}')
   else:
-    head = (f'{rep.get("model", "model")}, {rep.get("precision", "")}, '
-            f'steps {rep.get("first_step", "?")}-'
-            f'{rep.get("last_step", "?")}: {rep["step_ms"]:.0f} ms a step')
+    head += (f'steps {rep.get("first_step", "?")}-'
+             f'{rep.get("last_step", "?")}: {rep["step_ms"]:.0f} ms a step')
   if 'examples_per_second' in rep:
     head += f' ({rep["examples_per_second"]:.1f} examples/s)'
   lines = [head, '', '| part | pass | ms/step | % of step |',
