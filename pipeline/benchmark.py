@@ -66,7 +66,7 @@ def main(argv):
            '--what'))]
       results = perf.scaling(passed, [int(b) for b in FLAGS.scaling_batches],
                              [int(i) for i in FLAGS.scaling_iterations],
-                             config.batch_size)
+                             config)
     else:
       results = perf.run_benchmarks(config, FLAGS.what, FLAGS.repeats,
                                     FLAGS.input_batches,

@@ -207,6 +207,28 @@ def bench_matmul(repeats, n=2048):
   return results
 
 
+def describe_run(config):
+  """What a benchmark ran on and with: versions, the CPU and its 16-bit
+  features, thread settings, and the model, precision and data."""
+  return {
+      'tensorflow': tf.__version__, 'python': platform.python_version(),
+      'machine': platform.machine(), 'cpu_count': os.cpu_count(),
+      'cpu': machine(), 'cpu_features': cpu_features(),
+      'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
+      'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
+      'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
+      # TensorFlow's thread pools also take their sizes from these (the
+      # getters above still say 0, "default"): recorded when set.
+      'thread_environment': {k: os.environ[k] for k in THREAD_VARIABLES
+                             if k in os.environ},
+      'precision': config.model.precision, 'batch_size': config.batch_size,
+      'dataset': config.data.dataset,
+      'model': config.model.name,
+      'routing_iterations': getattr(config.model.params,
+                                    'routing_iterations', None),
+  }
+
+
 def run_benchmarks(config, what, repeats=5, input_batches=200,
                    inference_batch=100, trace_dir=None):
   """Runs the chosen measurements; returns a dict of figures.
@@ -225,23 +247,7 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
   unknown = set(what) - set(WHATS)
   if unknown:
     raise ValueError(f'--what takes {WHATS}, got {sorted(unknown)}.')
-  results = {
-      'tensorflow': tf.__version__, 'python': platform.python_version(),
-      'machine': platform.machine(), 'cpu_count': os.cpu_count(),
-      'cpu': machine(), 'cpu_features': cpu_features(),
-      'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
-      'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
-      'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
-      # TensorFlow's thread pools also take their sizes from these (the
-      # getters above still say 0, "default"): recorded when set.
-      'thread_environment': {k: os.environ[k] for k in THREAD_VARIABLES
-                             if k in os.environ},
-      'precision': config.model.precision, 'batch_size': config.batch_size,
-      'dataset': config.data.dataset,
-      'model': config.model.name,
-      'routing_iterations': getattr(config.model.params,
-                                    'routing_iterations', None),
-  }
+  results = describe_run(config)
   trace = tracer(trace_dir, config)
   trainer = None
   if set(what) - {'matmul'}:
@@ -372,21 +378,33 @@ def _child_train(flag_args, batch, iterations):
           'peak_rss_mb': figures['peak_rss_mb']}
 
 
-def scaling(flag_args, batches, iterations, base_batch):
+def scaling(flag_args, batches, iterations, config):
   """Throughput and peak memory over batch sizes and routing iterations.
 
+  Each configuration trains in a fresh process with `flag_args` (the
+  command's own flags) and its batch size or routing iterations; the rows
+  at other batch sizes route `config`'s way, the iteration rows run at its
+  batch size.
+
   Returns:
-    A dict: `by_batch` and `by_routing_iterations` rows, and the linear fit
-    of peak memory against batch size (MB per example, intercept, R^2).
+    A dict: `describe_run` of `config` (without the batch size and routing
+    iterations that vary), the flags every child ran with, `by_batch` and
+    `by_routing_iterations` rows, and the linear fit of peak memory against
+    batch size (MB per example, intercept, R^2).
   """
+  results = describe_run(config)
+  del results['batch_size'], results['routing_iterations']
+  results['flags'] = list(flag_args)
   by_batch = [_child_train(flag_args, b, 3) for b in batches]
-  by_iterations = [_child_train(flag_args, base_batch, i) for i in iterations]
+  by_iterations = [_child_train(flag_args, config.batch_size, i)
+                   for i in iterations]
   x = np.array([r['batch_size'] for r in by_batch], np.float64)
   y = np.array([r['peak_rss_mb'] for r in by_batch], np.float64)
   slope, intercept = np.polyfit(x, y, 1)
   fitted = slope * x + intercept
   r2 = 1 - ((y - fitted) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-9)
-  return {'by_batch': by_batch, 'by_routing_iterations': by_iterations,
-          'peak_mb_per_example': float(slope),
-          'peak_mb_intercept': float(intercept),
-          'peak_mb_linear_fit_r2': float(r2)}
+  results.update(by_batch=by_batch, by_routing_iterations=by_iterations,
+                 peak_mb_per_example=float(slope),
+                 peak_mb_intercept=float(intercept),
+                 peak_mb_linear_fit_r2=float(r2))
+  return results

@@ -89,6 +89,13 @@ def test_scaling_runs_each_configuration(tmp_path):
           for r in figures['by_routing_iterations']] == [1, 2]
   assert all(r['peak_rss_mb'] > 0 for r in figures['by_batch'])
   assert 'peak_mb_per_example' in figures
+  # What ran, as the other benchmark JSONs say it: the CPU, versions, the
+  # precision and the flags each configuration's process had.
+  assert figures['cpu'] and figures['tensorflow'] and figures['cpu_count']
+  assert figures['precision'] == 'float32'
+  assert '--repeats=1' in figures['flags']
+  assert not any(f.startswith(('--scaling', '--output'))
+                 for f in figures['flags'])
 
 
 if __name__ == '__main__':
