@@ -157,28 +157,32 @@ def _labelled(events, threads):
               if e['name'] == 'ExecutorState::ProcessAsync::Start' and
               label[0] != 'input pipeline']
 
-  def launch_of(e, candidates):
-    """The launch among `candidates` (indices into `out`, sorted by start)
-    open when `e` ran: on its own thread if there is one (XLA code may run
-    inline), else the first on any (on the thread pool)."""
+  def open_launch(candidates):
+    """A function giving, for an event `e`, the launch among `candidates`
+    (indices into `out`) open when `e` ran: on its own thread if there is
+    one (XLA code may run inline), else the first on any (on the thread
+    pool)."""
+    candidates = sorted(candidates, key=lambda i: out[i][0]['ts'])
     starts = [out[i][0]['ts'] for i in candidates]
     longest = max((out[i][0]['dur'] for i in candidates), default=0)
-    during = []
-    # Only launches that started at most the longest launch's duration
-    # before `e` can still be open: a bisection, not a scan of the trace.
-    j = bisect.bisect_right(starts, e['ts'])
-    lo = bisect.bisect_left(starts, e['ts'] - longest)
-    for i in candidates[lo:j]:
-      if e['ts'] <= out[i][0]['ts'] + out[i][0]['dur']:
-        during.append(i)
-    same = [i for i in during
-            if (out[i][0]['pid'], out[i][0]['tid']) == (e['pid'], e['tid'])]
-    return (same or during or [None])[0]
 
-  launches.sort(key=lambda i: out[i][0]['ts'])
+    def find(e):
+      # Only launches that started at most the longest launch's duration
+      # before `e` can still be open: a bisection, not a scan of the trace.
+      lo = bisect.bisect_left(starts, e['ts'] - longest)
+      hi = bisect.bisect_right(starts, e['ts'])
+      during = [i for i in candidates[lo:hi]
+                if e['ts'] <= out[i][0]['ts'] + out[i][0]['dur']]
+      same = [i for i in during
+              if (out[i][0]['pid'], out[i][0]['tid']) == (e['pid'],
+                                                          e['tid'])]
+      return (same or during or [None])[0]
+    return find
+
   launched = {}   # launch index → (kind, function) of the XLA it ran
+  launch_of = open_launch(launches)
   for e in xla:
-    i = launch_of(e, launches)
+    i = launch_of(e)
     if i is not None:
       launched.setdefault(i, _xla_function(e['args']['hlo_module']))
   owner = {fn: out[i][1][0] for i, (kind, fn) in launched.items()
@@ -195,9 +199,9 @@ def _labelled(events, threads):
   # nobody's: TF's own kernels' time is on their op's event. Only launches
   # that ran XLA code are candidates: a plain async kernel open beside one
   # does not take its workers' time.
-  xla_launches = sorted(launched, key=lambda i: out[i][0]['ts'])
+  xla_launch_of = open_launch(launched)
   for e in pool:
-    i = launch_of(e, xla_launches)
+    i = xla_launch_of(e)
     if i is not None:
       part, kind, _ = out[i][1]
       out.append((e, (part, kind, 'XLA (thread pool)')))
