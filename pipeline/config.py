@@ -132,6 +132,9 @@ class TrainConfig:
   target_accuracy: float = 0.0
   # Steps [first, last] traced by the TensorFlow profiler; () for none.
   profile_steps: tuple = ()
+  # How layer formulations are chosen (`pipeline.autotune.POLICIES`); 'off'
+  # keeps the layers' defaults (the flag's default is 'cached').
+  autotune: str = 'off'
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -148,6 +151,17 @@ class TrainConfig:
       raw['profile_steps'] = tuple(raw['profile_steps'])
     return cls(model=ModelSpec.from_dict(model), data=DataSpec(**data),
                **raw)
+
+
+def saved_precision(model_dir):
+  """The precision the run in `model_dir` resolved at its start (from its
+  `config.json`), or None where there is no readable one."""
+  try:
+    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
+      precision = json.load(f)['model']['precision']
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return precision if precision in PRECISIONS else None
 
 
 def load_run(model_dir):
@@ -178,7 +192,7 @@ def load_run(model_dir):
 FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
                 'log_every', 'eval_every', 'checkpoint_every',
                 'max_checkpoints', 'eval_batch_size', 'profile_steps',
-                'target_accuracy')
+                'target_accuracy', 'autotune')
 # Fields a resumed run may change, with what that costs.
 _NOTED_FIELDS = {
     'eval_split': 'evaluations from now on score another split; earlier '

@@ -20,6 +20,7 @@ from absl import logging
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from pipeline import autotune
 from pipeline import config as config_lib
 from pipeline import run_guard
 from pipeline import summaries
@@ -135,7 +136,8 @@ class Controller:
                       consequence)
 
   def write_run_files(self):
-    """Writes the resolved config, the data description and flags.txt."""
+    """Writes the resolved config, the data description, flags.txt and
+    the formulations autotune chose (`autotune.json`)."""
     if not self.trainer.chief:
       return
     info = self.trainer.info
@@ -150,6 +152,8 @@ class Controller:
     }
     if self.flags_text is not None:
       files[FLAGS_FILE] = self.flags_text
+    files[autotune.RECORD_FILE] = json.dumps(self.trainer.autotune, indent=2,
+                                             default=str)
     for name, text in files.items():
       run_guard.write_atomic(os.path.join(self.work_dir, name), text)
 

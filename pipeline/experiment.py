@@ -50,7 +50,7 @@ from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import flags as pipeline_flags
 from pipeline import make_affnist
-from pipeline import perf
+from pipeline import hardware
 from pipeline.data import sources
 from pipeline.models import registry
 
@@ -241,7 +241,7 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
       make_affnist.make_affnist(
           sources.DataSpec(**{k: v for k, v in base.items() if v}),
           changes['affnist_dir'])
-  row = {'experiment': name, 'machine': perf.machine(),
+  row = {'experiment': name, 'machine': hardware.machine(),
          'paper': experiment.paper,
          'models': {}}
 

@@ -8,8 +8,11 @@ import dataclasses
 import os
 
 from absl import flags
+from absl import logging
 
+from pipeline import autotune
 from pipeline import config as config_lib
+from pipeline import hardware
 from pipeline import schedules
 from pipeline.data import sources
 from pipeline.data import tfds_source
@@ -66,10 +69,20 @@ def define_flags():
                        'matrix_capsnet: recompute each EM iteration in the '
                        'backward pass instead of keeping its temporaries '
                        '(less memory, slower step).')
-  flags.DEFINE_enum('precision', 'float32', config_lib.PRECISIONS,
+  flags.DEFINE_enum('precision', 'float32',
+                    (hardware.AUTO,) + config_lib.PRECISIONS,
                     'float32, or mixed precision: 16-bit convolutions and '
                     'decoder, float32 routing, squash and losses '
-                    '(mixed_float16 adds loss scaling; for GPUs).')
+                    '(mixed_float16 adds loss scaling; for GPUs). auto: '
+                    'mixed_bfloat16 on CPUs with avx512_bf16/amx_bf16 and '
+                    'GPUs of compute capability >= 8.0, mixed_float16 on '
+                    'GPUs of 7.x, float32 elsewhere; a resumed run keeps '
+                    'what it resolved at its start.')
+  flags.DEFINE_enum('autotune', 'cached', autotune.POLICIES,
+                    'How each layer\'s formulation (e.g. strided or '
+                    'space-to-depth convolution, u_hat layout, XLA) is '
+                    'chosen: cached (measure once per machine, then reuse), '
+                    'probe (measure now), off (the layers\' defaults).')
   # Data.
   flags.DEFINE_enum('dataset', _S.dataset, sorted(sources.DATASETS),
                     'Data set.')
@@ -279,7 +292,7 @@ def config_from_flags(f=None):
       spread_anneal_steps=f.spread_anneal_steps, strategy=f.strategy,
       cpu_devices=f.cpu_devices, seed=f.seed, deterministic=f.deterministic,
       eval_split=f.eval_split, target_accuracy=f.target_accuracy,
-      profile_steps=profile_steps)
+      profile_steps=profile_steps, autotune=f.autotune)
 
 
 def model_spec_from_flags(f=None):
@@ -305,7 +318,31 @@ def model_spec_from_flags(f=None):
           + (f' ({f.model} takes '
              f'{", ".join("--" + n for n in accepted)}).' if accepted else
              f' ({f.model} takes none of the model flags).'))
-  return config_lib.model_spec(f.model, f.precision, **options)
+  return config_lib.model_spec(
+      f.model, resolve_precision(f.precision, f.model_dir), **options)
+
+
+def resolve_precision(requested, model_dir):
+  """The concrete precision of `--precision` (`auto` resolved), logged.
+
+  `auto` means what the run in `model_dir` resolved at its start when there
+  is one (a resumed run never changes precision), else what this machine's
+  hardware computes fast (`hardware.auto_precision`). An explicit 16-bit
+  precision that is emulated here is kept, with a one-line warning.
+  """
+  if requested != hardware.AUTO:
+    warning = hardware.emulation_warning(requested)
+    if warning:
+      logging.warning('%s', warning)
+    return requested
+  saved = config_lib.saved_precision(model_dir) if model_dir else None
+  if saved:
+    logging.info('--precision=auto: %s, as the run in %s resolved at its '
+                 'start.', saved, model_dir)
+    return saved
+  precision, reason = hardware.auto_precision()
+  logging.info('--precision=auto: %s (%s).', precision, reason)
+  return precision
 
 
 def data_spec_from_flags(f=None):

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from pipeline import controller
 from pipeline import export
+from pipeline import hardware
 from pipeline import trainer as trainer_lib
 from pipeline.data import input_pipeline
 
@@ -29,40 +30,6 @@ WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
 # inter-op pools, and OpenMP's (used by OpenMP builds of oneDNN).
 THREAD_VARIABLES = ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS',
                     'OMP_NUM_THREADS')
-
-
-# CPU features that decide which kernels run fast (16-bit matmuls on
-# AVX-512 BF16 or on AMX tiles): recorded with every benchmark.
-CPU_FEATURES = ('avx512f', 'avx512_bf16', 'avx512_fp16', 'amx_bf16',
-                'amx_tile')
-
-
-def _cpuinfo():
-  try:
-    with open('/proc/cpuinfo') as f:
-      return f.read().splitlines()
-  except OSError:
-    return []
-
-
-def machine():
-  """One line naming this machine's CPU and accelerators."""
-  names = [l.split(':', 1)[1].strip() for l in _cpuinfo()
-           if l.startswith('model name')]
-  cpu = names[0] if names else (platform.processor() or platform.machine())
-  gpus = tf.config.list_physical_devices('GPU')
-  return (f'{cpu}, {os.cpu_count()} cores, ' +
-          (f'{len(gpus)} GPU(s)' if gpus else 'no GPU'))
-
-
-def cpu_features():
-  """Which of CPU_FEATURES this CPU has (empty where /proc/cpuinfo is not)."""
-  flags = set()
-  for line in _cpuinfo():
-    if line.startswith('flags'):
-      flags = set(line.split(':', 1)[1].split())
-      break
-  return [f for f in CPU_FEATURES if f in flags]
 
 
 def _median_time(fn, repeats, warmup=1):
@@ -213,8 +180,9 @@ def describe_run(config):
   return {
       'tensorflow': tf.__version__, 'python': platform.python_version(),
       'machine': platform.machine(), 'cpu_count': os.cpu_count(),
-      'cpu': machine(), 'cpu_features': cpu_features(),
-      'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
+      'cpu': hardware.machine(), 'cpu_features': hardware.cpu_features(),
+      'gpus': [{'name': g.name, 'compute_capability': g.compute_capability}
+               for g in hardware.gpus()],
       'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
       'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
       # TensorFlow's thread pools also take their sizes from these (the
@@ -253,6 +221,9 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
   if set(what) - {'matmul'}:
     trainer = trainer_lib.Trainer(config)
     results['image_shape'] = list(trainer.info.image_shape)
+    results['autotune'] = trainer.autotune
+    results['autotune_probe_seconds'] = trainer.autotune.get(
+        'probe_seconds', 0.0)
   if 'input' in what:
     results.update(bench_input(config, trainer.source, input_batches,
                                repeats))

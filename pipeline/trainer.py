@@ -13,6 +13,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline import autotune
 from pipeline import schedules
 from pipeline import strategies
 from pipeline.tasks import base as task_base
@@ -73,6 +74,10 @@ class Trainer:
       # Evaluation runs the compiled capsule part as training does (exports
       # are built from checkpoints and stay plain unless asked).
       self.model.compile_inference(True)
+    # Before any step is traced: each layer's formulation for this
+    # machine, at the per-replica shapes that will run.
+    self.autotune = self._tune(config.autotune, replicas)
+    with self.strategy.scope():
       self.learning_rate = schedules.LearningRate(
           config.lr_schedule, config.learning_rate, config.lr_decay_steps,
           config.lr_decay_rate, config.warmup_steps)
@@ -99,6 +104,26 @@ class Trainer:
     self._eval_fn = tf.function(self._eval_step_fn, reduce_retracing=True)
     self.summary_outputs = tf.function(
         lambda images, labels: self.model(images, labels, training=False))
+
+  def _tune(self, policy, replicas):
+    """Runs `pipeline.autotune.tune` for training and evaluation batches;
+    returns its record ({'policy': 'off'} when off)."""
+    if policy == 'off':
+      return {'policy': 'off', 'parts': {}}
+    shape = self.info.image_shape
+    batches = {
+        'train': tf.random.uniform(
+            [self.config.batch_size // replicas, *shape], seed=1),
+        'infer': tf.random.uniform(
+            [max(1, self.config.eval_batch_size // replicas), *shape],
+            seed=2)}
+    record = autotune.tune(self.model, batches, policy)
+    if record['parts']:
+      logging.info('Autotune (%s, %.1f s): %s', policy,
+                   record['probe_seconds'],
+                   ', '.join(f'{k} {v}' for k, v in
+                             autotune.summary(record).items()))
+    return record
 
   @property
   def step(self) -> int:

@@ -4,6 +4,11 @@ import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The tools' --autotune=cached default keeps its choices in one file shared
+# by the test processes (and the commands they start), not in the user's
+# ~/.cache.
+os.environ.setdefault('CAPSNET_AUTOTUNE_CACHE', os.path.join(
+    __import__('tempfile').gettempdir(), 'capsnet-tests-autotune.json'))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from pipeline import perf
+from pipeline import hardware
 from pipeline import profile_report
 
 from conftest import REPO
@@ -54,7 +54,7 @@ def test_command_writes_all_keys(tmp_path):
                                            'TF_NUM_INTEROP_THREADS': '1'}
   # The CPU it ran on, and its 16-bit matmul features, are on record.
   assert 'cores' in figures['cpu']
-  assert set(figures['cpu_features']) <= set(perf.CPU_FEATURES)
+  assert set(figures['cpu_features']) <= set(hardware.CPU_FEATURES)
   assert figures['input_examples_per_second'] > 0
   assert figures['train_examples_per_second'] > 0
   assert 'train_examples_per_second' in proc.stdout

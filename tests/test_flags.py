@@ -146,6 +146,72 @@ def test_every_shipped_flagfile_parses_into_a_config(path, monkeypatch):
                                                        'baseline_cnn')
     if path.endswith('mnist_fast.flags'):
       assert cfg.model.params.routing_dtype == 'bfloat16'
+    # Every shipped flagfile asks for the precision the machine computes
+    # fastest, resolved here to a concrete one.
+    assert FLAGS.precision == 'auto'
+    assert cfg.model.precision in config_lib.PRECISIONS
+
+
+@pytest.mark.parametrize('features,expected', [
+    (['avx2'], 'float32'), (['avx2', 'amx_bf16'], 'mixed_bfloat16'),
+    (['avx512_bf16'], 'mixed_bfloat16')])
+def test_auto_precision_follows_the_cpu(features, expected, monkeypatch,
+                                        tmp_path):
+  from pipeline import hardware  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: features)
+  with flagsaver.flagsaver(precision='auto', model_dir=str(tmp_path / 'new')):
+    assert pipeline_flags.config_from_flags().model.precision == expected
+
+
+def test_auto_precision_on_resume_keeps_what_the_run_resolved(monkeypatch,
+                                                               tmp_path):
+  from pipeline import hardware  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  run.mkdir()
+  saved = config_lib.TrainConfig(
+      model=config_lib.model_spec(precision='mixed_bfloat16'),
+      model_dir=str(run))
+  (run / config_lib.CONFIG_FILE).write_text(saved.to_json())
+  # The run started on a bf16 CPU; it resumes on one without bf16.
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['avx2'])
+  with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
+    assert (pipeline_flags.config_from_flags().model.precision ==
+            'mixed_bfloat16')
+  # An unreadable config is the run guard's business: auto then follows
+  # the hardware, and the guard refuses or accepts the resume.
+  (run / config_lib.CONFIG_FILE).write_text('{')
+  with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
+    assert pipeline_flags.config_from_flags().model.precision == 'float32'
+
+
+def test_explicit_emulated_precision_runs_with_a_warning(monkeypatch,
+                                                         tmp_path):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from pipeline import hardware  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['avx2', 'fma'])
+  warnings = []
+  monkeypatch.setattr(logging, 'warning',
+                      lambda fmt, *args: warnings.append(fmt % args))
+  with flagsaver.flagsaver(precision='mixed_bfloat16',
+                           model_dir=str(tmp_path)):
+    assert (pipeline_flags.config_from_flags().model.precision ==
+            'mixed_bfloat16')
+  assert len(warnings) == 1 and 'emulated' in warnings[0]
+  warnings.clear()
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['amx_bf16'])
+  with flagsaver.flagsaver(precision='mixed_bfloat16',
+                           model_dir=str(tmp_path)):
+    pipeline_flags.config_from_flags()
+  assert not warnings
+
+
+def test_autotune_flag_reaches_the_config_and_is_free_on_resume():
+  with flagsaver.flagsaver(autotune='probe'):
+    cfg = pipeline_flags.config_from_flags()
+  assert cfg.autotune == 'probe'
+  refused, noted = config_lib.config_changes(
+      cfg, dataclasses.replace(cfg, autotune='off'))
+  assert not refused and not noted
 
 
 if __name__ == '__main__':

@@ -84,27 +84,32 @@ def test_class_capsules_xla_training_path_matches_plain():
     ((20, 20, 4), 8, 3),    # a kernel that is no multiple of the stride
     ((13, 13, 4), 3, 2),
     ((9, 9, 2), 9, 3)])     # one output position
-def test_primary_capsules_space_to_depth_equals_strided_conv(shape, kernel,
-                                                             strides):
-  # The 16-bit path computes the strided convolution as space-to-depth and
-  # a stride-1 convolution on the same weights; checked here in float32,
-  # values and gradients, against the layer's own strided convolution.
+def test_primary_capsules_formulations_equal_the_strided_conv(shape, kernel,
+                                                              strides):
+  # Every formulation (space-to-depth: a stride-1 convolution on the same
+  # weights; XLA) computes the strided convolution: values and gradients
+  # against Keras' own Conv2D, in float32.
   layer = layers.PrimaryCapsules(channels=3, dim=4, kernel_size=kernel,
                                  strides=strides)
   images = tf.random.uniform([2, *shape], seed=3)
   layer(images)
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch(images)
-    direct = layer.conv(images)
-    s2d = layer._space_to_depth_conv(images)  # pylint: disable=protected-access
-    loss_direct = tf.reduce_sum(tf.sin(direct))
-    loss_s2d = tf.reduce_sum(tf.sin(s2d))
-  assert s2d.shape == direct.shape
-  np.testing.assert_allclose(s2d.numpy(), direct.numpy(), atol=1e-4)
-  for source in (images, layer.conv.kernel, layer.conv.bias):
-    np.testing.assert_allclose(tape.gradient(loss_s2d, source).numpy(),
-                               tape.gradient(loss_direct, source).numpy(),
-                               atol=1e-3)
+  for name in layer.FORMULATIONS:
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(images)
+      direct = layer.conv(images)
+      got = layer.convolve(images, name)
+      loss_direct = tf.reduce_sum(tf.sin(direct))
+      loss_got = tf.reduce_sum(tf.sin(got))
+    assert got.shape == direct.shape, name
+    np.testing.assert_allclose(got.numpy(), direct.numpy(), atol=1e-4,
+                               err_msg=name)
+    for source in (images, layer.conv.kernel, layer.conv.bias):
+      np.testing.assert_allclose(tape.gradient(loss_got, source).numpy(),
+                                 tape.gradient(loss_direct, source).numpy(),
+                                 atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(layer.run(images, name).numpy(),
+                               layer.reference(images).numpy(), atol=1e-4,
+                               err_msg=name)
 
 
 def test_primary_capsules_bfloat16_matches_float32():
@@ -117,55 +122,71 @@ def test_primary_capsules_bfloat16_matches_float32():
                                     'mixed_bfloat16'))
   half(images)
   half.set_weights(plain.get_weights())
-  got = half(images)
-  assert got.dtype == tf.float32
-  # bfloat16 keeps 8 bits of mantissa: capsule components of up to ~0.5
-  # agree to a few hundredths.
-  np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=0.03)
+  for name in ('direct', 'space_to_depth'):
+    half.set_formulation('train', name)
+    got = half(images, training=True)
+    assert got.dtype == tf.float32
+    # bfloat16 keeps 8 bits of mantissa: capsule components of up to ~0.5
+    # agree to a few hundredths.
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=0.03,
+                               err_msg=name)
 
 
-def test_class_capsules_compile_inference_matches_plain():
+def test_class_capsules_formulations_match_the_reference():
   inputs = tf.random.normal([3, 20, 4], seed=5)
-  layer = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True)
-  plain_v, _ = layer(inputs, training=False)
-  layer.compile_inference = True
-  compiled_v, _ = layer(inputs, training=False)
-  np.testing.assert_allclose(compiled_v.numpy(), plain_v.numpy(), atol=1e-5)
+  layer = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True,
+                               use_bias=True)
+  layer(inputs)
+  layer.bias.assign(tf.random.normal([5, 6], stddev=0.1, seed=1))
+  want_v, want_c = layer.reference(inputs)
+  assert set(layer.formulations('train')) == {
+      'batch_major', 'caps_major', 'batch_major+xla', 'caps_major+xla'}
+  for name in layer.formulations('infer'):
+    with tf.GradientTape() as tape:
+      v, c = layer.run(inputs, name)
+      loss = tf.reduce_sum(v * tf.range(6, dtype=tf.float32))
+    np.testing.assert_allclose(v.numpy(), want_v.numpy(), atol=1e-5,
+                               err_msg=name)
+    np.testing.assert_allclose(c.numpy(), want_c.numpy(), atol=1e-5,
+                               err_msg=name)
+    with tf.GradientTape() as ref_tape:
+      ref = tf.reduce_sum(layer.reference(inputs)[0] *
+                          tf.range(6, dtype=tf.float32))
+    np.testing.assert_allclose(
+        tape.gradient(loss, layer.kernel).numpy(),
+        ref_tape.gradient(ref, layer.kernel).numpy(), atol=1e-5, err_msg=name)
 
 
-def test_primary_capsules_compile_inference_only_in_inference():
+def test_class_capsules_without_jit_compile_offers_no_xla():
+  layer = layers.ClassCapsules(num_classes=3, dim=4)
+  assert layer.formulations('train') == ('batch_major', 'caps_major')
+  assert layer.formulation('train') == 'batch_major'
+  with pytest.raises(ValueError, match="formulation of .*'caps_major'.*"
+                     "got 'train', 'caps_major\\+xla'"):
+    layer.set_formulation('train', 'caps_major+xla')
+
+
+def test_primary_capsules_xla_runs_in_inference_only_when_compiled():
   inputs = tf.random.normal([2, 14, 14, 8], seed=7)
   layer = layers.PrimaryCapsules(channels=4, dim=4, kernel_size=5, strides=2)
   plain = layer(inputs, training=False)
+  layer.set_formulation('infer', 'xla')
+  # Not compiled for inference (an export): the plain convolution runs.
+  layer(inputs, training=False)
+  assert layer._compiled.experimental_get_tracing_count() == 0
   layer.compile_inference = True
   compiled = layer(inputs, training=False)
   np.testing.assert_allclose(compiled.numpy(), plain.numpy(), atol=1e-5)
   assert layer._compiled.experimental_get_tracing_count() == 1
-  # Training keeps the plain convolution (XLA's backward pass is slow).
-  def not_in_training(x):
-    raise AssertionError(f'the compiled convolution ran in training on {x}')
-  layer._compiled = not_in_training
-  with tf.GradientTape() as tape:
-    loss = tf.reduce_sum(layer(inputs, training=True))
-  assert all(g is not None for g in tape.gradient(
-      loss, layer.trainable_variables))
+  # On a CPU, XLA is no training candidate (its convolution backprop is
+  # generic loops); on a GPU it is.
+  assert 'xla' not in layer.formulations('train', 'CPU')
+  assert 'xla' in layer.formulations('train', 'GPU')
+  with pytest.raises(ValueError, match='formulation of'):
+    layer.set_formulation('train', 'winograd')
 
 
-def test_primary_capsules_compile_inference_keeps_16_bit_convolutions():
-  # Stride 1 in bfloat16 takes the plain branch, not the float32 XLA one
-  # (whose float32 kernel would not match the 16-bit inputs).
-  layer = layers.PrimaryCapsules(channels=4, dim=4, kernel_size=5, strides=1,
-                                 dtype='mixed_bfloat16')
-  inputs = tf.random.normal([2, 10, 10, 8], seed=9)
-  plain = layer(inputs, training=False)
-  layer.compile_inference = True
-  # (bf16 sums may be ordered differently from one call to the next.)
-  np.testing.assert_allclose(layer(inputs, training=False).numpy(),
-                             plain.numpy(), atol=0.02)
-  assert layer._compiled.experimental_get_tracing_count() == 0
-
-
-def test_capsnet_compile_inference_reaches_the_primary_capsules():
+def test_capsnet_compile_inference_reaches_the_capsule_layers():
   from pipeline.models import capsnet  # pylint: disable=g-import-not-at-top
   model = capsnet.CapsNet(conv_filters=8, primary_channels=4, primary_dim=4,
                           class_dim=4, decoder_units=(8, 16),
@@ -173,16 +194,21 @@ def test_capsnet_compile_inference_reaches_the_primary_capsules():
                           jit_compile=True)
   images = tf.random.uniform([2, 20, 20, 1], seed=8)
   plain = model(images, training=False)['lengths']
+  model.primary.set_formulation('infer', 'xla')
   assert model.compile_inference(True)
   assert model.primary.compile_inference
+  assert model.class_capsules.compile_inference
   np.testing.assert_allclose(model(images, training=False)['lengths'],
                              plain, atol=1e-5)
   assert model.primary._compiled.experimental_get_tracing_count() == 1
   assert not model.compile_inference(False)
   assert not model.primary.compile_inference
+  parts = model.tunable_parts(images)
+  assert sorted(parts) == ['class_capsules', 'primary_capsules']
+  assert parts['class_capsules'][1].shape == (2, 4 * 4, 4)
 
 
-def test_class_capsules_bfloat16_routing_near_float32_and_compiled_float32():
+def test_class_capsules_bfloat16_routing_near_float32():
   inputs = tf.random.normal([3, 40, 8], seed=6)
   full = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True)
   full_v, _ = full(inputs, training=True)
@@ -190,19 +216,21 @@ def test_class_capsules_bfloat16_routing_near_float32_and_compiled_float32():
                               routing_dtype='bfloat16')
   half(inputs)
   half.set_weights(full.get_weights())
-  for training in (True, False):   # XLA training path, plain inference
+  for name in half.formulations('train'):
     with tf.GradientTape() as tape:
-      v, c = half(inputs, training=training)
+      v, c = half.run(inputs, name)
       loss = tf.reduce_sum(v)
     assert v.dtype == tf.float32 and c.dtype == tf.float32
     np.testing.assert_allclose(v.numpy(), full_v.numpy(),
-                               atol=0.01 * np.abs(full_v.numpy()).max())
+                               atol=0.01 * np.abs(full_v.numpy()).max(),
+                               err_msg=name)
     grad = tape.gradient(loss, half.kernel)
     assert grad.dtype == tf.float32 and np.isfinite(grad.numpy()).all()
-  # Compiled inference routes in float32: it equals the float32 layer's.
-  half.compile_inference = full.compile_inference = True
-  np.testing.assert_allclose(half(inputs)[0].numpy(), full(inputs)[0].numpy(),
-                             atol=1e-6)
+  # Inference may also route in float32: then it equals the float32 layer.
+  assert 'caps_major+xla/float32' in half.formulations('infer')
+  np.testing.assert_allclose(
+      half.run(inputs, 'caps_major+xla/float32')[0].numpy(),
+      full(inputs)[0].numpy(), atol=1e-5)
   assert half.get_config()['routing_dtype'] == 'bfloat16'
   with pytest.raises(ValueError, match=r"routing_dtype must be one of .*"
                      r"'float32', 'bfloat16', 'float16'.*got 'int8'"):

@@ -98,6 +98,14 @@ class CapsuleModel(keras.Model):
     """Whether inference calls now run the XLA-compiled part."""
     return False
 
+  def tunable_parts(self, images):
+    """The layers that have several formulations (`formulations(mode)`,
+    `set_formulation(mode, name)`, `run(inputs, name)`, `reference(inputs)`)
+    for `pipeline.autotune` to choose from, as `name -> (layer, inputs)` at
+    the batch of `images`. None by default."""
+    del images
+    return {}
+
   def parts(self, images, labels):
     """The model's stages, for per-part timings.
 

@@ -5,13 +5,28 @@ import tf_keras as keras
 
 from pipeline.models import capsule_ops
 
+# The modes a layer's formulation is chosen for: a training step (forward
+# and backward) and inference (forward only).
+MODES = ('train', 'infer')
+
+
 class PrimaryCapsules(keras.layers.Layer):
   """A convolution whose channels are grouped into squashed capsules.
 
   On the paper's 20x20x256 Conv1 output: 9x9 stride 2 → 6x6 grid of 32
   capsule channels of 8D → 1152 capsules.
   Input `[batch, H, W, C]`; output `[batch, h * w * channels, dim]`.
+
+  The convolution has `FORMULATIONS`, equal up to float rounding, whose
+  speed depends on the hardware, the precision and the pass: `direct`
+  (the strided convolution), `space_to_depth` (the same convolution as a
+  stride-1 one over space-to-depth blocks) and `xla` (the direct one
+  compiled by XLA; used in inference only while `compile_inference` is on).
+  `set_formulation(mode, name)` picks one per mode; `pipeline.autotune`
+  does so by measurement on the machine that runs. The default is `direct`.
   """
+
+  FORMULATIONS = ('direct', 'space_to_depth', 'xla')
 
   def __init__(self, channels=32, dim=8, kernel_size=9, strides=2, **kwargs):
     super().__init__(**kwargs)
@@ -22,48 +37,80 @@ class PrimaryCapsules(keras.layers.Layer):
     self.conv = keras.layers.Conv2D(
         channels * dim, kernel_size, strides=strides, padding='valid',
         name='conv')
-    # Set through `CapsNet.compile_inference`: in float32, inference calls
-    # run the convolution XLA-compiled (see `_compiled_conv`).
+    # Set through `CapsNet.compile_inference`: whether inference calls may
+    # run an XLA formulation (exported signatures stay plain TF ops).
     self.compile_inference = False
-    self._compiled = tf.function(self._compiled_conv, jit_compile=True)
+    self._formulation = {mode: 'direct' for mode in MODES}
+    self._compiled = tf.function(self._direct_conv, jit_compile=True)
 
-  def call(self, inputs, training=None):
-    if self.strides > 1 and self.compute_dtype in ('bfloat16', 'float16'):
-      x = self._space_to_depth_conv(inputs)
-    elif (self.compile_inference and not training and self.conv.built and
-          self.compute_dtype == 'float32'):
-      x = self._compiled(inputs)
-    else:
-      x = self.conv(inputs)
+  def formulations(self, mode, device='CPU'):
+    """The formulations `mode` ('train' or 'infer') may run on `device`
+    ('CPU' or 'GPU').
+
+    XLA's CPU backend has no oneDNN convolution backprop (its generic loops
+    run a training step of the paper's layer tens of times slower; see
+    docs/benchmark.md), so on a CPU `xla` is an inference candidate only.
+    """
+    if mode == 'train' and device != 'GPU':
+      return ('direct', 'space_to_depth')
+    return self.FORMULATIONS
+
+  def run(self, inputs, name):
+    """The layer's output on `inputs` in formulation `name`."""
+    x = self.convolve(inputs, name)
     h, w = x.shape[1], x.shape[2]
     x = tf.reshape(x, [-1, h * w * self.channels, self.dim])
-    # Squash (and everything after it up to the decoder) runs in float32.
     return capsule_ops.squash(tf.cast(x, tf.float32))
 
-  def _compiled_conv(self, inputs):
-    """The float32 convolution as XLA compiles it, for inference only.
+  def formulation(self, mode):
+    """The formulation `mode` ('train' or 'infer') runs."""
+    return self._formulation[mode]
 
-    On this project's CPUs XLA's float32 convolution runs the forward pass
-    of the paper's layer (9x9/2, 256 → 256 channels) 1.1-1.6x faster than
-    oneDNN's, but its backward pass some 40x slower, so training keeps
-    oneDNN's; in 16 bits oneDNN's (the stride-1 form) is the faster one.
+  def set_formulation(self, mode, name):
+    """Makes calls in `mode` run formulation `name` (from the next trace).
+
+    Raises:
+      ValueError: for an unknown mode or formulation.
     """
-    x = tf.nn.conv2d(inputs, self.conv.kernel, self.strides, 'VALID')
-    return tf.nn.bias_add(x, self.conv.bias)
+    if mode not in MODES or name not in self.FORMULATIONS:
+      raise ValueError(f'PrimaryCapsules takes a mode of {MODES} and a '
+                       f'formulation of {self.FORMULATIONS}, got {mode!r}, '
+                       f'{name!r}.')
+    self._formulation[mode] = name
+
+  def call(self, inputs, training=None):
+    name = self._formulation['train' if training else 'infer']
+    if name == 'xla' and not training and not self.compile_inference:
+      name = 'direct'
+    # Squash (and everything after it up to the decoder) runs in float32.
+    return self.run(inputs, name)
+
+  def convolve(self, inputs, name='direct'):
+    """The layer's convolution of `inputs` in formulation `name`, in the
+    layer's compute dtype: `[batch, h, w, channels * dim]`."""
+    if not self.conv.built:
+      self.conv.build(inputs.shape)
+    if name == 'space_to_depth':
+      return self._space_to_depth_conv(inputs)
+    if name == 'xla':
+      return self._compiled(inputs)
+    return self._direct_conv(inputs)
+
+  def _direct_conv(self, inputs):
+    dtype = self.compute_dtype
+    x = tf.nn.conv2d(tf.cast(inputs, dtype), tf.cast(self.conv.kernel, dtype),
+                     self.strides, 'VALID')
+    return tf.nn.bias_add(x, tf.cast(self.conv.bias, dtype))
 
   def _space_to_depth_conv(self, inputs):
     """The same strided convolution as a stride-1 one, on the same weights.
 
     Space-to-depth by the stride s turns the input into `[H/s, W/s, s*s*C]`
     and the k x k kernel (zero-padded to a multiple of s) into a
-    ceil(k/s) x ceil(k/s) one over s*s*C channels. In 16-bit precision
-    oneDNN's strided convolution has a slow backward pass on CPUs (its
-    input gradient); the stride-1 form runs forward and backward at about
-    2.2x its speed on this project's CPU (9x9/2 over 256 channels, batch
-    100). In float32 the direct convolution is the faster one.
+    ceil(k/s) x ceil(k/s) one over s*s*C channels. Some CPUs run the
+    strided form's backward pass (its input gradient) slowly in 16 bits;
+    which form is faster is measured (`pipeline.autotune`).
     """
-    if not self.conv.built:
-      self.conv.build(inputs.shape)
     s, k = self.strides, self.kernel_size
     h, w = int(inputs.shape[1]), int(inputs.shape[2])
     out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
@@ -85,6 +132,16 @@ class PrimaryCapsules(keras.layers.Layer):
     x = tf.nn.conv2d(x, kernel, 1, 'VALID')[:, :out_h, :out_w]
     return tf.nn.bias_add(x, tf.cast(self.conv.bias, self.compute_dtype))
 
+  def reference(self, inputs):
+    """The layer's output computed the plainest way, in float32 (the
+    yardstick every formulation is checked against)."""
+    x = tf.nn.conv2d(tf.cast(inputs, tf.float32), self.conv.kernel,
+                     self.strides, 'VALID')
+    x = tf.nn.bias_add(x, self.conv.bias)
+    h, w = x.shape[1], x.shape[2]
+    return capsule_ops.squash(tf.reshape(x, [-1, h * w * self.channels,
+                                             self.dim]))
+
   def get_config(self):
     config = super().get_config()
     config.update(channels=self.channels, dim=self.dim,
@@ -100,18 +157,28 @@ class ClassCapsules(keras.layers.Layer):
   """Fully connected capsules with dynamic routing.
 
   One `[in_dim, out_dim]` transform per (input capsule, class) pair gives the
-  predictions u_hat = W_ij u_i in a single einsum (a batched matmul over the
-  input capsules; W is never tiled across the batch), then
-  `capsule_ops.dynamic_routing`. u_hat and routing run in `routing_dtype`,
-  float32 by default whatever the layer's compute dtype; 'bfloat16' halves
-  the memory traffic of the routing passes over u_hat, the part of the
-  layer's time that does not shrink otherwise (sums, logits, softmax and
-  squash stay float32). It applies to training steps and plain inference;
-  compiled inference (`compile_inference`) always routes in float32.
+  predictions u_hat = W_ij u_i (W is never tiled across the batch), then
+  routing-by-agreement (`capsule_ops.dynamic_routing`). u_hat and routing
+  run in `routing_dtype`, float32 by default whatever the layer's compute
+  dtype; 'bfloat16' halves the memory traffic of the routing passes over
+  u_hat (sums, logits, softmax and squash stay float32).
+
+  The layer has formulations, equal up to float rounding, named
+  `<layout>[+xla][/float32]`: the layout of u_hat, `batch_major`
+  `[batch, in_caps, classes, dim]` (an einsum) or `caps_major`
+  `[in_caps, batch, classes * dim]` (one batched matmul over the input
+  capsules); `+xla` compiles u_hat and the routing passes with XLA (in
+  inference only while `compile_inference` is on, so exported signatures
+  hold plain TF ops); `/float32` (inference only) routes in float32
+  whatever `routing_dtype`. `set_formulation(mode, name)` picks one per
+  mode; `pipeline.autotune` does so by measurement. The default is
+  `batch_major`, with `+xla` when `jit_compile`.
 
   Input `[batch, in_caps, in_dim]`; returns `(v [batch, classes, out_dim],
   c [batch, in_caps, classes])`.
   """
+
+  LAYOUTS = ('batch_major', 'caps_major')
 
   def __init__(self, num_classes=10, dim=16, routing_iterations=3,
                stop_inner_gradients=False, use_bias=False, jit_compile=False,
@@ -127,21 +194,42 @@ class ClassCapsules(keras.layers.Layer):
     self.stop_inner_gradients = stop_inner_gradients
     self.use_bias = use_bias
     self.jit_compile = jit_compile
-    # XLA fuses u_hat and the routing passes over it (memory-bound chains of
-    # small ops); used in training steps only, so exported signatures hold
-    # plain TF ops that any TF Serving build runs.
-    self._compiled = tf.function(self._capsules, jit_compile=True)
-    # Compiled inference routes in float32 whatever `routing_dtype`: XLA's
-    # forward pass alone is slower with 16-bit u_hat on CPU (0.71x, measured
-    # at the paper's shapes), where training steps and plain TF inference
-    # gain (1.26x, 1.29x).
-    # A float32 layer's is the training function itself: one compilation.
-    self._compiled_float32 = self._compiled
-    if routing_dtype != 'float32':
-      self._compiled_float32 = tf.function(
-          lambda inputs: self._capsules(inputs, tf.float32), jit_compile=True)
-    # Set through `CapsNet.compile_inference`: inference calls compiled too.
+    default = 'batch_major+xla' if jit_compile else 'batch_major'
+    self._formulation = {mode: default for mode in MODES}
+    # One XLA function per (layout, dtype), made at its first use; kept
+    # out of Keras' tracking (a cache, not state to checkpoint or export).
+    object.__setattr__(self, '_compiled', {})
+    # Set through `CapsNet.compile_inference`: inference calls may run an
+    # XLA formulation.
     self.compile_inference = False
+
+  def formulations(self, mode, device='CPU'):
+    """The formulations `mode` ('train' or 'infer') may run (on any
+    `device`)."""
+    del device
+    names = list(self.LAYOUTS)
+    if self.jit_compile:
+      names += [f'{layout}+xla' for layout in self.LAYOUTS]
+    if mode == 'infer' and self.routing_dtype != 'float32':
+      names += [f'{n}/float32' for n in names]
+    return tuple(names)
+
+  def formulation(self, mode):
+    """The formulation `mode` ('train' or 'infer') runs."""
+    return self._formulation[mode]
+
+  def set_formulation(self, mode, name):
+    """Makes calls in `mode` run formulation `name` (from the next trace).
+
+    Raises:
+      ValueError: for an unknown mode, or a formulation `mode` does not take.
+    """
+    if mode not in MODES or name not in self.formulations(mode, 'GPU'):
+      raise ValueError(
+          f'ClassCapsules takes a mode of {MODES} and there a formulation '
+          f'of {self.formulations(mode if mode in MODES else "train")}, got '
+          f'{mode!r}, {name!r}.')
+    self._formulation[mode] = name
 
   def build(self, input_shape):
     in_caps, in_dim = int(input_shape[-2]), int(input_shape[-1])
@@ -155,22 +243,43 @@ class ClassCapsules(keras.layers.Layer):
           initializer='zeros')
     super().build(input_shape)
 
-  def _capsules(self, inputs, dtype=None):
+  def _capsules(self, inputs, layout='batch_major', dtype=None):
     dtype = dtype or self.routing_dtype
     u = tf.cast(inputs, dtype)
     kernel = tf.cast(self.kernel, dtype)
-    u_hat = tf.einsum('bid,iodk->biok', u, kernel)
     bias = None if self.bias is None else tf.cast(self.bias, tf.float32)
+    if layout == 'caps_major':
+      return capsule_ops.dynamic_routing_caps_major(
+          u, kernel, self.routing_iterations,
+          stop_inner_gradients=self.stop_inner_gradients, bias=bias)
+    u_hat = tf.einsum('bid,iodk->biok', u, kernel)
     return capsule_ops.dynamic_routing(
         u_hat, self.routing_iterations,
         stop_inner_gradients=self.stop_inner_gradients, bias=bias)
 
+  def run(self, inputs, name):
+    """The layer's output on `inputs` in formulation `name`."""
+    base, _, dtype = name.partition('/')
+    layout, _, xla = base.partition('+')
+    dtype = dtype or self.routing_dtype
+    if not xla:
+      return self._capsules(inputs, layout, dtype)
+    key = (layout, dtype)
+    if key not in self._compiled:
+      self._compiled[key] = tf.function(
+          lambda x: self._capsules(x, layout, dtype), jit_compile=True)
+    return self._compiled[key](inputs)
+
+  def reference(self, inputs):
+    """The output computed the plainest way (batch-major, float32, no
+    XLA): the yardstick every formulation is checked against."""
+    return self._capsules(inputs, 'batch_major', tf.float32)
+
   def call(self, inputs, training=None):
-    if self.jit_compile and training:
-      return self._compiled(inputs)
-    if self.jit_compile and self.compile_inference:
-      return self._compiled_float32(inputs)
-    return self._capsules(inputs)
+    name = self._formulation['train' if training else 'infer']
+    if '+xla' in name and not training and not self.compile_inference:
+      name = name.replace('+xla', '')
+    return self.run(inputs, name)
 
   def get_config(self):
     config = super().get_config()

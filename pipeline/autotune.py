@@ -1,0 +1,283 @@
+"""Chooses each layer's formulation by measurement on the machine that runs.
+
+Where a layer can compute the same function in more than one way (CapsNet's
+PrimaryCapsules: a strided, a space-to-depth or an XLA convolution; its
+ClassCapsules: two layouts of u_hat, with or without XLA), which way is
+fastest depends on the CPU or GPU, the precision, the shapes and the pass.
+`tune` times every candidate at the run's real per-replica shapes (forward
+and backward for training, forward for inference), checks each against the
+layer's plain float32 form, keeps the fastest correct one and caches the
+choice per machine, so later runs skip the probe.
+
+Policies (`--autotune`): `cached` uses a cached choice where there is one
+and probes otherwise; `probe` always measures (and refreshes the cache);
+`off` keeps the layers' defaults.
+"""
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from pipeline import hardware
+
+POLICIES = ('cached', 'probe', 'off')
+CACHE_ENV = 'CAPSNET_AUTOTUNE_CACHE'
+RECORD_FILE = 'autotune.json'
+# How far a formulation's outputs and gradients may be from the float32
+# reference, as a fraction of the reference's largest magnitude: XLA and
+# other layouts reorder float32 sums (~1e-6); 16-bit math keeps 8 (bf16) or
+# 11 (fp16) bits of mantissa, and a gradient summed over thousands of
+# positions in it is off by up to ~0.1 of its largest entry. A wrong kernel
+# is off by O(1).
+TOLERANCE = {'float32': 1e-3, '16-bit': 0.2}
+# A candidate whose first timed call is this many times slower than the
+# fastest so far is not timed further (its one call stands for it).
+_SLOW = 1.5
+
+
+def default_cache_path():
+  """`$CAPSNET_AUTOTUNE_CACHE`, else `$XDG_CACHE_HOME` (or ~/.cache)
+  `/capsnet-pipeline/autotune.json`."""
+  if os.environ.get(CACHE_ENV):
+    return os.environ[CACHE_ENV]
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+      os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'capsnet-pipeline', 'autotune.json')
+
+
+def device_kind():
+  """'GPU' when TensorFlow sees a GPU (the strategy runs there), else 'CPU'."""
+  return 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
+
+
+def machine_key():
+  """What makes a choice valid only on this machine: the CPU and its
+  features, the GPUs and their compute capability, TensorFlow's version."""
+  return {'cpu': hardware.cpu_model(), 'cpu_features': hardware.cpu_features(),
+          'gpus': [[g.name, g.compute_capability] for g in hardware.gpus()],
+          'tensorflow': tf.__version__}
+
+
+def _layer_key(layer, inputs, mode, candidates):
+  config = {k: v for k, v in layer.get_config().items() if k != 'name'}
+  return json.dumps({'layer': type(layer).__name__, 'config': config,
+                     'input_shape': list(inputs.shape), 'mode': mode,
+                     'candidates': list(candidates)},
+                    sort_keys=True, default=str)
+
+
+def cache_key(machine, layer, inputs, mode, candidates):
+  """The cache entry's key: machine, layer (its config, dtype policy and
+  input shape), mode and the candidates compared."""
+  return json.dumps(machine, sort_keys=True, default=str) + '|' + _layer_key(
+      layer, inputs, mode, candidates)
+
+
+def read_cache(path):
+  """The cache file's entries; {} when it is missing or unreadable (a
+  corrupt cache costs a probe, never the run)."""
+  try:
+    with open(path) as f:
+      entries = json.load(f)
+  except FileNotFoundError:
+    return {}
+  except (OSError, ValueError) as e:
+    logging.warning('Autotune cache %s cannot be read (%s); probing again.',
+                    path, e)
+    return {}
+  return entries if isinstance(entries, dict) else {}
+
+
+def write_cache(path, new_entries):
+  """Merges `new_entries` into the cache file, atomically (a concurrent
+  run's entries are kept; a failed write only costs a later probe)."""
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    entries = read_cache(path)
+    entries.update(new_entries)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix='.autotune-')
+    with os.fdopen(fd, 'w') as f:
+      json.dump(entries, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning('Autotune cache %s cannot be written (%s); the next run '
+                    'probes again.', path, e)
+
+
+def _tolerance(layer):
+  dtypes = {layer.compute_dtype, getattr(layer, 'routing_dtype', 'float32')}
+  return TOLERANCE['16-bit' if dtypes & {'bfloat16', 'float16'} else
+                   'float32']
+
+
+def _flat32(structure):
+  return [tf.cast(t, tf.float32) for t in tf.nest.flatten(structure)]
+
+
+def _pass_fn(forward, inputs, variables, mode, cotangents):
+  """A tf.function of one pass of `forward`: its outputs in inference; its
+  outputs and the gradients of `sum(outputs * cotangents)` with respect to
+  the inputs and `variables` in training."""
+  if mode == 'infer':
+    return tf.function(lambda: _flat32(forward(inputs)))
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      outputs = _flat32(forward(inputs))
+      total = tf.add_n([tf.reduce_sum(o * c)
+                        for o, c in zip(outputs, cotangents)])
+    grads = tape.gradient(total, [inputs] + list(variables))
+    return outputs + [tf.zeros([]) if g is None else tf.cast(g, tf.float32)
+                      for g in grads]
+  return step
+
+
+def _error(got, want):
+  """The largest difference between two lists of tensors, as a fraction of
+  the largest magnitude of `want` (inf for a shape mismatch or a NaN)."""
+  worst = 0.0
+  for g, w in zip(got, want):
+    g, w = np.asarray(g), np.asarray(w)
+    if g.shape != w.shape:
+      return float('inf')
+    scale = max(float(np.abs(w).max(initial=0.0)), 1e-12)
+    diff = float(np.abs(g - w).max(initial=0.0))
+    if not np.isfinite(diff):
+      return float('inf')
+    worst = max(worst, diff / scale)
+  return worst
+
+
+def probe(layer, inputs, mode, candidates, repeats=3):
+  """Times each candidate formulation of `layer` on `inputs` in `mode`.
+
+  Each runs once (compiling it) and is checked against `layer.reference`;
+  a candidate off by more than the tolerance, or that fails, is rejected.
+  The rest are timed (median of `repeats` calls).
+
+  Returns:
+    A dict: `choice` (the fastest correct candidate), `seconds` (median
+    seconds a call of each timed candidate), `rejected` (candidate ->
+    reason), `errors` (candidate -> its distance from the reference, as a
+    fraction of the reference's magnitude), `probe_seconds`.
+
+  Raises:
+    RuntimeError: when every candidate is rejected.
+  """
+  start = time.perf_counter()
+  variables = layer.trainable_variables
+  shapes = [o.shape for o in _flat32(layer.reference(inputs))]
+  rng = np.random.default_rng(0)
+  cotangents = [tf.constant(rng.standard_normal(s.as_list()), tf.float32)
+                for s in shapes]
+  want = [t.numpy() for t in _pass_fn(layer.reference, inputs, variables,
+                                      mode, cotangents)()]
+  tolerance = _tolerance(layer)
+  seconds, rejected, errors = {}, {}, {}
+  for name in candidates:
+    fn = _pass_fn(lambda x, name=name: layer.run(x, name), inputs, variables,
+                  mode, cotangents)
+    try:
+      got = [t.numpy() for t in fn()]
+    except (tf.errors.OpError, ValueError) as e:
+      rejected[name] = f'failed: {type(e).__name__}: {str(e)[:200]}'
+      continue
+    error = _error(got, want)
+    errors[name] = error
+    if not error <= tolerance:
+      rejected[name] = (f'off by {error:.3g} of the reference\'s magnitude '
+                        f'(tolerance {tolerance:g})')
+      continue
+    times = []
+    best = min(seconds.values(), default=float('inf'))
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      for t in fn():
+        t.numpy()
+      times.append(time.perf_counter() - t0)
+      if times[0] > _SLOW * best:
+        break
+    seconds[name] = statistics.median(times)
+  if not seconds:
+    raise RuntimeError(
+        f'Every formulation of {layer.name} was rejected in {mode} '
+        f'({"; ".join(f"{k}: {v}" for k, v in rejected.items())}); run with '
+        '--autotune=off and report this machine.')
+  return {'choice': min(seconds, key=seconds.get), 'seconds': seconds,
+          'rejected': rejected, 'errors': errors,
+          'probe_seconds': time.perf_counter() - start}
+
+
+def tune(model, batches, policy='cached', cache_path=None, repeats=3):
+  """Chooses the formulation of every tunable layer of `model`.
+
+  Args:
+    model: a built `CapsuleModel`; its `tunable_parts` are set.
+    batches: `{mode: images}` for the modes to choose ('train', 'infer'),
+      each `[per-replica batch, H, W, C]`.
+    policy: one of `POLICIES`.
+    cache_path: the cache file (default: `default_cache_path()`).
+    repeats: timed calls per candidate.
+
+  Returns:
+    A JSON-able record: `policy`, `device`, `machine`, `probe_seconds` and
+    `parts` (`part/mode -> {choice, source ('probe', 'cache' or 'default'),
+    seconds, rejected, input_shape}`).
+  """
+  if policy not in POLICIES:
+    raise ValueError(f'autotune policy must be one of {POLICIES}, got '
+                     f'{policy!r}.')
+  device = device_kind()
+  record = {'policy': policy, 'device': device, 'machine': machine_key(),
+            'probe_seconds': 0.0, 'parts': {}}
+  cache_path = cache_path or default_cache_path()
+  cache = read_cache(cache_path) if policy == 'cached' else {}
+  fresh = {}
+  start = time.perf_counter()
+  for mode, images in batches.items():
+    for part, (layer, inputs) in model.tunable_parts(images).items():
+      candidates = layer.formulations(mode, device)
+      entry = {'input_shape': list(inputs.shape),
+               'candidates': list(candidates)}
+      if policy == 'off':
+        entry.update(choice=layer.formulation(mode), source='default')
+      else:
+        key = cache_key(record['machine'], layer, inputs, mode, candidates)
+        cached = cache.get(key)
+        if cached and cached.get('choice') in candidates:
+          entry.update(cached, source='cache')
+        else:
+          result = probe(layer, inputs, mode, candidates, repeats)
+          entry.update(result, source='probe')
+          fresh[key] = result
+        layer.set_formulation(mode, entry['choice'])
+      record['parts'][f'{part}/{mode}'] = entry
+      _log(part, mode, entry)
+  record['probe_seconds'] = time.perf_counter() - start
+  if fresh:
+    write_cache(cache_path, fresh)
+  return record
+
+
+def _log(part, mode, entry):
+  timings = ', '.join(f'{k} {1000 * v:.1f} ms'
+                      for k, v in sorted(entry.get('seconds', {}).items(),
+                                         key=lambda kv: kv[1]))
+  rejected = entry.get('rejected') or {}
+  logging.info('Autotune %s/%s: %s (%s%s%s)', part, mode, entry['choice'],
+               entry['source'], f'; {timings}' if timings else '',
+               f'; rejected {", ".join(rejected)}' if rejected else '')
+
+
+def summary(record):
+  """`part/mode -> choice` of a `tune` record, for a log line or a JSON."""
+  return {k: v['choice'] for k, v in record['parts'].items()}

@@ -1,0 +1,152 @@
+"""What this machine computes on, and the precision `--precision=auto` picks.
+
+The pipeline's machines change CPU from one day to the next, and its users
+run it on other CPUs and on GPUs, so hardware-dependent choices are made by
+detection here (and by measurement in `pipeline.autotune`), never by a
+constant measured on another machine.
+
+`--precision=auto` resolves to:
+  * mixed_bfloat16 on a CPU with native bf16 matmuls (`avx512_bf16` or
+    `amx_bf16`) and on GPUs of compute capability >= 8.0;
+  * mixed_float16 (with loss scaling) on GPUs of compute capability 7.x;
+  * float32 elsewhere (bf16 on a CPU without those instructions is emulated,
+    several times slower than float32).
+"""
+
+import dataclasses
+import os
+import platform
+from typing import Optional
+
+import tensorflow as tf
+
+AUTO = 'auto'
+# CPU features that decide which kernels run fast (16-bit matmuls on
+# AVX-512 BF16/FP16 or on AMX tiles, and the vector width): recorded with
+# every benchmark and part of the autotune cache key.
+CPU_FEATURES = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16',
+                'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_fp16')
+# The CPU instructions that make a 16-bit compute type native (not emulated).
+NATIVE_16BIT_CPU = {'bfloat16': ('avx512_bf16', 'amx_bf16'),
+                    'float16': ('avx512_fp16', 'amx_fp16')}
+
+
+def _cpuinfo():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return f.read().splitlines()
+  except OSError:
+    return []
+
+
+def cpu_model() -> str:
+  """The CPU's model name (`/proc/cpuinfo`), or what `platform` knows."""
+  names = [l.split(':', 1)[1].strip() for l in _cpuinfo()
+           if l.startswith('model name')]
+  return names[0] if names else (platform.processor() or platform.machine())
+
+
+def cpu_features():
+  """Which of CPU_FEATURES this CPU has (empty where /proc/cpuinfo is not)."""
+  flags = set()
+  for line in _cpuinfo():
+    if line.startswith('flags'):
+      flags = set(line.split(':', 1)[1].split())
+      break
+  return [f for f in CPU_FEATURES if f in flags]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+  """One visible GPU: its name and compute capability (None if unknown)."""
+  name: str
+  compute_capability: Optional[tuple] = None
+
+
+def gpus():
+  """The GPUs TensorFlow sees, with their names and compute capabilities."""
+  found = []
+  for device in tf.config.list_physical_devices('GPU'):
+    try:
+      details = tf.config.experimental.get_device_details(device)
+    except (ValueError, RuntimeError):
+      details = {}
+    capability = details.get('compute_capability')
+    found.append(Gpu(details.get('device_name', device.name),
+                     tuple(capability) if capability else None))
+  return found
+
+
+def machine() -> str:
+  """One line naming this machine's CPU and accelerators."""
+  visible = gpus()
+  if visible:
+    names = sorted({g.name for g in visible})
+    accel = f'{len(visible)} GPU(s): {", ".join(names)}'
+  else:
+    accel = 'no GPU'
+  return f'{cpu_model()}, {os.cpu_count()} cores, {accel}'
+
+
+def auto_precision(features=None, devices=None):
+  """The precision `--precision=auto` picks, and why.
+
+  Args:
+    features: the CPU's features (default: `cpu_features()`).
+    devices: the GPUs the run uses (default: `gpus()`); an empty list
+      means a CPU run.
+
+  Returns:
+    `(precision, reason)`: one of float32, mixed_bfloat16, mixed_float16,
+    and a phrase saying which hardware decided it.
+  """
+  devices = gpus() if devices is None else list(devices)
+  if devices:
+    capabilities = [g.compute_capability for g in devices]
+    if any(c is None for c in capabilities):
+      return 'float32', 'a GPU of unknown compute capability'
+    low = min(capabilities)
+    shown = f'GPU compute capability {low[0]}.{low[1]}'
+    if low >= (8, 0):
+      return 'mixed_bfloat16', f'{shown} (>= 8.0: native bfloat16)'
+    if low >= (7, 0):
+      return 'mixed_float16', f'{shown} (7.x: native float16, no bfloat16)'
+    return 'float32', f'{shown} (< 7.0: no fast 16-bit matmuls)'
+  features = cpu_features() if features is None else list(features)
+  native = [f for f in NATIVE_16BIT_CPU['bfloat16'] if f in features]
+  if native:
+    return 'mixed_bfloat16', (f'this CPU has {", ".join(native)} (native '
+                              'bfloat16 matmuls)')
+  return 'float32', ('this CPU has neither avx512_bf16 nor amx_bf16 '
+                     '(bfloat16 would be emulated)')
+
+
+def emulation_warning(precision, features=None, devices=None):
+  """A one-line warning when `precision` is emulated on this hardware.
+
+  Returns:
+    None when the precision's 16-bit type is native here (or it is
+    float32), else the line to print.
+  """
+  if precision == 'float32':
+    return None
+  devices = gpus() if devices is None else list(devices)
+  if devices:
+    capabilities = [g.compute_capability for g in devices]
+    if any(c is None for c in capabilities):
+      return None
+    low = min(capabilities)
+    needs = (8, 0) if precision == 'mixed_bfloat16' else (7, 0)
+    if low >= needs:
+      return None
+    where = f'GPU compute capability {low[0]}.{low[1]}'
+  else:
+    features = cpu_features() if features is None else list(features)
+    kind = 'bfloat16' if precision == 'mixed_bfloat16' else 'float16'
+    if any(f in features for f in NATIVE_16BIT_CPU[kind]):
+      return None
+    where = (f'this CPU ({cpu_model()}) has no '
+             f'{" or ".join(NATIVE_16BIT_CPU[kind])}')
+  return (f'--precision={precision}: {where}, so its 16-bit math is emulated '
+          'and slower than float32 here; --precision=auto picks float32 on '
+          'this machine.')

@@ -1,0 +1,177 @@
+"""Tests of pipeline.autotune: wrong formulations are rejected, the fastest
+correct one is kept, choices are cached per machine and reused."""
+
+import json
+
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline import autotune
+from pipeline.models import capsnet
+
+
+class Doubler(keras.layers.Layer):
+  """A layer with three formulations of 2 * x @ w: one right, one slow and
+  right, one wrong."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.choice = {'train': 'plain', 'infer': 'plain'}
+    self.runs = []
+
+  def build(self, input_shape):
+    self.w = self.add_weight(name='w', shape=[input_shape[-1], 3])
+
+  def formulations(self, mode, device='CPU'):
+    del mode, device
+    return ('plain', 'slow', 'wrong')
+
+  def formulation(self, mode):
+    return self.choice[mode]
+
+  def set_formulation(self, mode, name):
+    self.choice[mode] = name
+
+  def reference(self, x):
+    return 2.0 * tf.matmul(x, self.w)
+
+  def run(self, x, name):
+    self.runs.append(name)
+    if name == 'wrong':
+      return 2.0 * tf.matmul(x, self.w) + 1.0
+    if name == 'slow':
+      # Much more work for the same value.
+      y = tf.matmul(x, self.w)
+      for _ in range(200):
+        y = tf.matmul(tf.matmul(x, self.w) * 0.0 + y, tf.eye(3))
+      return y + tf.matmul(x, self.w)
+    return tf.matmul(x, self.w) + tf.matmul(x, self.w)
+
+
+class Model:
+  """The part of the model contract `tune` uses."""
+
+  def __init__(self):
+    self.layer = Doubler(name='doubler')
+    self.layer.build([None, 4])
+
+  def tunable_parts(self, images):
+    return {'doubler': (self.layer, tf.reshape(images, [-1, 4]))}
+
+
+def test_probe_rejects_a_wrong_formulation_and_keeps_the_fastest():
+  model = Model()
+  x = tf.random.normal([8, 4], seed=1)
+  for mode in ('train', 'infer'):
+    result = autotune.probe(model.layer, x, mode, ('plain', 'slow', 'wrong'))
+    # (Which correct one is faster is the machine's business: no timing is
+    # asserted, only that the choice is the fastest measured.)
+    assert result['choice'] == min(result['seconds'],
+                                   key=result['seconds'].get)
+    assert 'wrong' in result['rejected'] and 'off by' in result['rejected'][
+        'wrong']
+    assert set(result['seconds']) == {'plain', 'slow'}
+    assert result['errors']['plain'] < 1e-5
+
+
+def test_every_formulation_wrong_is_an_error():
+  model = Model()
+  with pytest.raises(RuntimeError, match='Every formulation of doubler was '
+                     'rejected.*--autotune=off'):
+    autotune.probe(model.layer, tf.ones([2, 4]), 'infer', ('wrong',))
+
+
+def test_tune_caches_and_reuses_the_choice(tmp_path):
+  cache = str(tmp_path / 'cache.json')
+  images = {'train': tf.random.normal([2, 4], seed=2)}
+  first = Model()
+  record = autotune.tune(first, images, 'cached', cache)
+  entry = record['parts']['doubler/train']
+  assert entry['source'] == 'probe' and entry['choice'] in ('plain', 'slow')
+  assert first.layer.formulation('train') == entry['choice']
+  assert len(json.load(open(cache))) == 1
+
+  second = Model()
+  second.layer.set_formulation('train', 'wrong')
+  again = autotune.tune(second, images, 'cached', cache)
+  assert again['parts']['doubler/train']['source'] == 'cache'
+  assert second.layer.formulation('train') == entry['choice']
+  assert not second.layer.runs  # nothing was measured
+
+  # Another shape is another key; --autotune=probe measures regardless.
+  other = autotune.tune(Model(), {'train': tf.ones([3, 4])}, 'cached', cache)
+  assert other['parts']['doubler/train']['source'] == 'probe'
+  forced = autotune.tune(Model(), images, 'probe', cache)
+  assert forced['parts']['doubler/train']['source'] == 'probe'
+  assert len(json.load(open(cache))) == 2
+
+
+def test_a_corrupt_or_foreign_cache_costs_a_probe_not_the_run(tmp_path):
+  cache = tmp_path / 'cache.json'
+  cache.write_text('{not json')
+  images = {'infer': tf.ones([2, 4])}
+  record = autotune.tune(Model(), images, 'cached', str(cache))
+  assert record['parts']['doubler/infer']['source'] == 'probe'
+  entries = json.load(open(cache))
+  # A cached choice that is no longer a candidate is probed again.
+  key = next(iter(entries))
+  entries[key]['choice'] = 'retired'
+  cache.write_text(json.dumps(entries))
+  again = autotune.tune(Model(), images, 'cached', str(cache))
+  assert again['parts']['doubler/infer']['source'] == 'probe'
+
+
+def test_off_keeps_the_defaults_and_writes_nothing(tmp_path):
+  cache = tmp_path / 'cache.json'
+  model = Model()
+  model.layer.set_formulation('infer', 'slow')
+  record = autotune.tune(model, {'infer': tf.ones([2, 4])}, 'off', str(cache))
+  assert record['parts']['doubler/infer'] == {
+      'input_shape': [2, 4], 'candidates': ['plain', 'slow', 'wrong'],
+      'choice': 'slow', 'source': 'default'}
+  assert not cache.exists() and not model.layer.runs
+  with pytest.raises(ValueError, match="policy must be one of"):
+    autotune.tune(model, {}, 'sometimes', str(cache))
+
+
+def test_the_cache_key_names_the_machine_the_shapes_and_the_dtype():
+  layer = Doubler(name='d')
+  x = tf.ones([2, 4])
+  machine = autotune.machine_key()
+  assert {'cpu', 'cpu_features', 'gpus', 'tensorflow'} <= set(machine)
+  key = autotune.cache_key(machine, layer, x, 'train', ('a', 'b'))
+  assert key != autotune.cache_key(machine, layer, tf.ones([3, 4]), 'train',
+                                   ('a', 'b'))
+  assert key != autotune.cache_key(dict(machine, cpu='other'), layer, x,
+                                   'train', ('a', 'b'))
+  half = Doubler(name='d', dtype='mixed_bfloat16')
+  assert key != autotune.cache_key(machine, half, x, 'train', ('a', 'b'))
+
+
+def test_tune_on_a_capsnet_sets_correct_formulations(tmp_path):
+  model = capsnet.CapsNet(input_shape=(20, 20, 1), num_classes=3,
+                          conv_filters=8, primary_channels=4, primary_dim=4,
+                          class_dim=4, decoder_units=(8, 16),
+                          jit_compile=True)
+  images = tf.random.uniform([2, 20, 20, 1], seed=3)
+  model(images)
+  want = model(images, training=False)['lengths']
+  record = autotune.tune(model, {'train': images, 'infer': images},
+                         'probe', str(tmp_path / 'c.json'), repeats=1)
+  assert sorted(record['parts']) == [
+      'class_capsules/infer', 'class_capsules/train',
+      'primary_capsules/infer', 'primary_capsules/train']
+  for key, entry in record['parts'].items():
+    part, mode = key.split('/')
+    assert getattr(model, 'primary' if part.startswith('primary') else
+                   'class_capsules').formulation(mode) == entry['choice']
+    assert not entry['rejected'], entry
+  model.compile_inference(True)
+  got = model(images, training=False)['lengths']
+  assert float(tf.reduce_max(tf.abs(got - want))) < 1e-5
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)
