@@ -12,7 +12,8 @@ from pipeline import profile_report
 
 from conftest import REPO
 
-TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
+TINY = ['--flagfile=configs/smoke.flags', '--precision=float32',
+        '--conv_filters=8',
         '--primary_channels=4', '--class_dim=4', '--decoder_units=16,32',
         '--synthetic_shape=20,20,1', '--synthetic_size=64,32',
         '--batch_size=8', '--eval_batch_size=16', '--steps_per_loop=2',

@@ -1,5 +1,6 @@
 """Tests of pipeline.trainer on tiny models and data."""
 
+import dataclasses
 import json
 import os
 
@@ -159,6 +160,35 @@ def test_wall_time_is_checkpointed_and_counted_across_resumes(tmp_path):
     history = json.load(f)['history']
   walls = [h['wall_seconds'] for h in history]
   assert walls == sorted(walls) and walls[-1] == results['wall_seconds']
+
+
+def test_autotune_chooses_at_per_replica_shapes_and_is_recorded(tmp_path,
+                                                                 monkeypatch):
+  monkeypatch.setenv('CAPSNET_AUTOTUNE_CACHE', str(tmp_path / 'cache.json'))
+  cfg = tiny_config(tmp_path / 'run', autotune='cached', train_steps=2,
+                    eval_every=2, strategy='mirrored')
+  trainer = trainer_lib.Trainer(
+      cfg, strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+  parts = trainer.autotune['parts']
+  # Batch 8 over 2 replicas trains 4 a replica; evaluation 16 over 2, 8.
+  assert parts['primary_capsules/train']['input_shape'][0] == 4
+  assert parts['class_capsules/infer']['input_shape'][0] == 8
+  for key, entry in parts.items():
+    part, mode = key.split('/')
+    layer = getattr(trainer.model, 'primary' if part.startswith('primary')
+                    else 'class_capsules')
+    assert layer.formulation(mode) == entry['choice'], key
+  results = run_trainer(trainer)
+  assert np.isfinite(results['loss'])
+  with open(tmp_path / 'run' / 'autotune.json') as f:
+    assert json.load(f)['parts'].keys() == parts.keys()
+  # The next run on this machine takes the cached choices.
+  again = trainer_lib.Trainer(
+      dataclasses.replace(cfg, model_dir=str(tmp_path / 'again')),
+      strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+  assert {e['source'] for e in again.autotune['parts'].values()} == {'cache'}
+  assert ({k: e['choice'] for k, e in again.autotune['parts'].items()} ==
+          {k: e['choice'] for k, e in parts.items()})
 
 
 if __name__ == '__main__':
