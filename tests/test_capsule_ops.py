@@ -292,6 +292,29 @@ def test_length_matches_the_norm_and_has_finite_gradients_at_zero():
   np.testing.assert_array_equal(grad[1], [0.0, 0.0])
 
 
+@pytest.mark.parametrize('iterations,stop', [(1, False), (3, False),
+                                             (3, True)])
+def test_caps_major_routing_equals_dynamic_routing(iterations, stop):
+  # The input-capsule-major layout computes the same v, c and gradients.
+  u = tf.random.normal([3, 7, 4], seed=11)
+  kernel = tf.random.normal([7, 5, 4, 6], stddev=0.3, seed=12)
+  bias = tf.random.normal([5, 6], stddev=0.1, seed=13)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([u, kernel])
+    v, c = capsule_ops.dynamic_routing(
+        tf.einsum('bid,iodk->biok', u, kernel), iterations,
+        stop_inner_gradients=stop, bias=bias)
+    v2, c2 = capsule_ops.dynamic_routing_caps_major(
+        u, kernel, iterations, stop_inner_gradients=stop, bias=bias)
+    loss, loss2 = (tf.reduce_sum(tf.sin(x)) for x in (v, v2))
+  assert v2.shape == (3, 5, 6) and c2.shape == (3, 7, 5)
+  np.testing.assert_allclose(v2.numpy(), v.numpy(), atol=1e-6)
+  np.testing.assert_allclose(c2.numpy(), c.numpy(), atol=1e-6)
+  for source in (u, kernel):
+    np.testing.assert_allclose(tape.gradient(loss2, source).numpy(),
+                               tape.gradient(loss, source).numpy(), atol=1e-5)
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

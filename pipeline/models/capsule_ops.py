@@ -64,17 +64,23 @@ def squash(s, axis=-1):
 _ROUTING_FNS = {}
 
 
-def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients):
+def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients,
+                  layout='batch_major'):
   """Runs Procedure 1 with the iterations unrolled in the graph.
 
-  `u_hat` may be 16-bit: then the weighted sums and agreements read it in
-  16 bits and come back as float32 (the dot products accumulate in float32),
-  and the logits, softmax, squash and outputs stay float32.
+  `u_hat` is `[batch, in_caps, out_caps, dim]` (`layout='batch_major'`) or
+  `[in_caps, batch, out_caps, dim]` (`'caps_major'`); the coupling comes
+  back in the same order of its first two axes. `u_hat` may be 16-bit:
+  then the weighted sums and agreements read it in 16 bits and come back as
+  float32 (the dot products accumulate in float32), and the logits,
+  softmax, squash and outputs stay float32.
   """
   f32 = tf.float32
   low = u_hat.dtype
-  batch = tf.shape(u_hat)[0]
-  in_caps = tf.shape(u_hat)[1]
+  caps_axis = 1 if layout == 'batch_major' else 0
+  # Einsum letters of u_hat's first two axes: b(atch) and i(nput capsule).
+  bi = 'bi' if layout == 'batch_major' else 'ib'
+  lead = tf.shape(u_hat)[:2]
   out_caps = tf.shape(u_hat)[2]
   # Inner iterations may route on a gradient-stopped copy; the last one always
   # uses u_hat itself, so the loss reaches the transforms either way.
@@ -88,17 +94,18 @@ def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients):
       # c_ij = 1 / out_caps. Written out, not as a softmax of zeros, which
       # XLA would constant-fold into a [batch, in, out] constant.
       share = 1.0 / tf.cast(out_caps, f32)
-      coupling = tf.fill(tf.stack([batch, in_caps, out_caps]), share)
-      s = tf.reduce_sum(tf.cast(u, f32), axis=1) * share + bias
+      coupling = tf.fill(tf.concat([lead, [out_caps]], 0), share)
+      s = tf.reduce_sum(tf.cast(u, f32), axis=caps_axis) * share + bias
     else:
       # Coupling coefficients: softmax over the parent (class) capsules, so
       # each child distributes its output among parents (sum over j is 1).
       coupling = tf.nn.softmax(logits, axis=2)
-      s = tf.cast(tf.einsum('bio,biod->bod', tf.cast(coupling, low), u),
+      s = tf.cast(tf.einsum(f'{bi}o,{bi}od->bod', tf.cast(coupling, low), u),
                   f32) + bias
     v = squash(s, axis=-1)
     if not last:
-      agreement = tf.cast(tf.einsum('biod,bod->bio', u, tf.cast(v, low)), f32)
+      agreement = tf.cast(tf.einsum(f'{bi}od,bod->{bi}o', u,
+                                    tf.cast(v, low)), f32)
       logits = agreement if logits is None else logits + agreement
   return v, coupling
 
@@ -175,7 +182,6 @@ def dynamic_routing_caps_major(u, kernel, num_iterations=3,
     raise ValueError(f'num_iterations must be >= 1, got {num_iterations}.')
   f32 = tf.float32
   u = tf.convert_to_tensor(u)
-  low = u.dtype
   in_caps, out_caps, in_dim, out_dim = kernel.shape
   batch = tf.shape(u)[0]
   weights = tf.reshape(tf.transpose(kernel, [0, 2, 1, 3]),
@@ -184,25 +190,8 @@ def dynamic_routing_caps_major(u, kernel, num_iterations=3,
   u_hat = tf.reshape(u_hat, [in_caps, batch, out_caps, out_dim])
   if bias is None:
     bias = tf.zeros([out_caps, out_dim], f32)
-  u_inner = tf.stop_gradient(u_hat) if stop_inner_gradients else u_hat
-  logits = None
-  for i in range(int(num_iterations)):
-    last = i == num_iterations - 1
-    u_i = u_hat if last else u_inner
-    if logits is None:
-      # Uniform first coupling, written out (see `_routing_body`).
-      share = 1.0 / out_caps
-      coupling = tf.fill(tf.stack([in_caps, batch, out_caps]), share)
-      s = tf.reduce_sum(tf.cast(u_i, f32), axis=0) * share + bias
-    else:
-      coupling = tf.nn.softmax(logits, axis=2)
-      s = tf.cast(tf.einsum('ibo,ibod->bod', tf.cast(coupling, low), u_i),
-                  f32) + bias
-    v = squash(s, axis=-1)
-    if not last:
-      agreement = tf.cast(tf.einsum('ibod,bod->ibo', u_i, tf.cast(v, low)),
-                          f32)
-      logits = agreement if logits is None else logits + agreement
+  v, coupling = _routing_body(u_hat, bias, int(num_iterations),
+                              stop_inner_gradients, layout='caps_major')
   v = tf.ensure_shape(v, [u.shape[0], out_caps, out_dim])
   coupling = tf.ensure_shape(tf.transpose(coupling, [1, 0, 2]),
                              [u.shape[0], in_caps, out_caps])
