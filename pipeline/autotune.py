@@ -14,7 +14,9 @@ and probes otherwise; `probe` always measures (and refreshes the cache);
 `off` keeps the layers' defaults.
 """
 
+import contextlib
 import json
+import logging as std_logging
 import os
 import statistics
 import tempfile
@@ -164,6 +166,19 @@ def _call_seconds(fn):
   return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _quiet_retracing():
+  """Hides TensorFlow's "triggered tf.function retracing" warnings: a probe
+  makes one function per candidate and calls each a few times on purpose."""
+  logger = std_logging.getLogger('tensorflow')
+  level = logger.level
+  logger.setLevel(std_logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def probe(layer, inputs, mode, candidates, repeats=3):
   """Times each candidate formulation of `layer` on `inputs` in `mode`.
 
@@ -260,7 +275,8 @@ def tune(model, batches, policy='cached', cache_path=None, repeats=3):
         if cached and cached.get('choice') in candidates:
           entry.update(cached, source='cache')
         else:
-          result = probe(layer, inputs, mode, candidates, repeats)
+          with _quiet_retracing():
+            result = probe(layer, inputs, mode, candidates, repeats)
           entry.update(result, source='probe')
           fresh[key] = result
         layer.set_formulation(mode, entry['choice'])
