@@ -88,6 +88,13 @@ def machine() -> str:
   return f'{cpu_model()}, {os.cpu_count()} cores, {accel}'
 
 
+def _lowest_capability(devices):
+  """The lowest compute capability of `devices` (the slowest GPU decides a
+  mixed machine), or None when one is unknown."""
+  capabilities = [g.compute_capability for g in devices]
+  return None if None in capabilities else min(capabilities)
+
+
 def auto_precision(features=None, devices=None):
   """The precision `--precision=auto` picks, and why.
 
@@ -102,10 +109,9 @@ def auto_precision(features=None, devices=None):
   """
   devices = gpus() if devices is None else list(devices)
   if devices:
-    capabilities = [g.compute_capability for g in devices]
-    if any(c is None for c in capabilities):
+    low = _lowest_capability(devices)
+    if low is None:
       return 'float32', 'a GPU of unknown compute capability'
-    low = min(capabilities)
     shown = f'GPU compute capability {low[0]}.{low[1]}'
     if low >= (8, 0):
       return 'mixed_bfloat16', f'{shown} (>= 8.0: native bfloat16)'
@@ -132,10 +138,9 @@ def emulation_warning(precision, features=None, devices=None):
     return None
   devices = gpus() if devices is None else list(devices)
   if devices:
-    capabilities = [g.compute_capability for g in devices]
-    if any(c is None for c in capabilities):
+    low = _lowest_capability(devices)
+    if low is None:
       return None
-    low = min(capabilities)
     needs = (8, 0) if precision == 'mixed_bfloat16' else (7, 0)
     if low >= needs:
       return None

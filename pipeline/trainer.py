@@ -107,7 +107,8 @@ class Trainer:
 
   def _tune(self, policy, replicas):
     """Runs `pipeline.autotune.tune` for training and evaluation batches;
-    returns its record ({'policy': 'off'} when off)."""
+    returns its record (`{'policy': 'off', 'parts': {}}` when off: the
+    layers' defaults run, nothing is measured)."""
     if policy == 'off':
       return {'policy': 'off', 'parts': {}}
     shape = self.info.image_shape

@@ -57,7 +57,10 @@ class PrimaryCapsules(keras.layers.Layer):
 
   def run(self, inputs, name):
     """The layer's output on `inputs` in formulation `name`."""
-    x = self.convolve(inputs, name)
+    return self._squashed(self.convolve(inputs, name))
+
+  def _squashed(self, x):
+    """`[batch, h, w, channels * dim]` → squashed float32 capsules."""
     h, w = x.shape[1], x.shape[2]
     x = tf.reshape(x, [-1, h * w * self.channels, self.dim])
     return capsule_ops.squash(tf.cast(x, tf.float32))
@@ -96,8 +99,8 @@ class PrimaryCapsules(keras.layers.Layer):
       return self._compiled(inputs)
     return self._direct_conv(inputs)
 
-  def _direct_conv(self, inputs):
-    dtype = self.compute_dtype
+  def _direct_conv(self, inputs, dtype=None):
+    dtype = dtype or self.compute_dtype
     x = tf.nn.conv2d(tf.cast(inputs, dtype), tf.cast(self.conv.kernel, dtype),
                      self.strides, 'VALID')
     return tf.nn.bias_add(x, tf.cast(self.conv.bias, dtype))
@@ -135,12 +138,7 @@ class PrimaryCapsules(keras.layers.Layer):
   def reference(self, inputs):
     """The layer's output computed the plainest way, in float32 (the
     yardstick every formulation is checked against)."""
-    x = tf.nn.conv2d(tf.cast(inputs, tf.float32), self.conv.kernel,
-                     self.strides, 'VALID')
-    x = tf.nn.bias_add(x, self.conv.bias)
-    h, w = x.shape[1], x.shape[2]
-    return capsule_ops.squash(tf.reshape(x, [-1, h * w * self.channels,
-                                             self.dim]))
+    return self._squashed(self._direct_conv(inputs, tf.float32))
 
   def get_config(self):
     config = super().get_config()
