@@ -9,6 +9,7 @@ the model directory's lock and has checked that a resumed run is the same
 run.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -86,10 +87,16 @@ class Controller:
     trainer: the `pipeline.trainer.Trainer` to drive.
     flags_text: the flagfile that reproduces the run, written as
       `flags.txt` once the lock is held (None: not written).
+    preemption: a `run_guard.PreemptionWatcher` the caller has entered
+      (a signal before training starts then stops the run at its first
+      boundary); None: the run installs its own.
   """
 
-  def __init__(self, trainer, flags_text=None):
+  def __init__(self, trainer, flags_text=None, preemption=None):
     self.trainer = trainer
+    # A `run_guard.PreemptionWatcher` already installed by the caller (the
+    # command's, for its whole life), else one for the run's own.
+    self.preemption = preemption
     self.config = trainer.config
     self.work_dir = trainer.work_dir
     self.flags_text = flags_text
@@ -97,8 +104,10 @@ class Controller:
     self._profiling = False
 
   def _manager(self):
+    directory = os.path.join(self.work_dir, 'checkpoints')
+    run_guard.repair_checkpoint_state(directory)
     return tf.train.CheckpointManager(
-        self.trainer.checkpoint, os.path.join(self.work_dir, 'checkpoints'),
+        self.trainer.checkpoint, directory,
         max_to_keep=self.config.max_checkpoints)
 
   # --- Files of the run ------------------------------------------------------
@@ -190,20 +199,13 @@ class Controller:
         logging.error('Checkpoint %s cannot be restored (%s); moved its '
                       'files to %s, trying the previous one.', path, reason,
                       aside)
-        self._rewrite_checkpoint_state(manager.directory, candidates)
+        # The state file now lists what is left, with its timestamps: a
+        # crash before the next save still resumes from the previous one.
+        self.checkpoint_manager = self._manager()
         continue
       logging.info('Resumed from %s at step %d.', path, self.trainer.step)
       return path
     return None
-
-  def _rewrite_checkpoint_state(self, directory, remaining):
-    state = os.path.join(directory, 'checkpoint')
-    if remaining:
-      tf.compat.v1.train.update_checkpoint_state(
-          directory, remaining[-1], all_model_checkpoint_paths=remaining)
-    elif os.path.exists(state):
-      os.remove(state)
-    self.checkpoint_manager = self._manager()
 
   def _write_eval(self, writer, step, results, batch):
     logging.info('eval step %d: %s accuracy %.4f error %.4f loss %.4f on %d '
@@ -280,8 +282,14 @@ class Controller:
         directory, it is not writable, or it holds a different run.
     """
     run_guard.check_writable(self.work_dir, '--model_dir')
-    with run_guard.RunLock(self.work_dir), \
-        run_guard.PreemptionWatcher() as preemption:
+    # Every sub-directory the run writes, so none fails after hours.
+    for sub in ('checkpoints', 'train', 'eval'):
+      run_guard.check_writable(os.path.join(self.work_dir, sub),
+                               f'--model_dir\'s {sub}/', min_free_bytes=0)
+    watcher = (contextlib.nullcontext(self.preemption)
+               if self.preemption is not None
+               else run_guard.PreemptionWatcher())
+    with run_guard.RunLock(self.work_dir), watcher as preemption:
       self.check_same_run()
       run_guard.clean_stale_checkpoint_temps(
           os.path.join(self.work_dir, 'checkpoints'))
@@ -317,6 +325,13 @@ class Controller:
       return restored_wall + time.time() - start_time
 
     def save(step):
+      # A checkpoint holds finite weights only: finite gradients can still
+      # make them NaN or infinite (an overflowing update).
+      if not trainer.weights_finite():
+        raise trainer_lib.NonFiniteLossError(
+            f'The weights became NaN/Inf by step {step}; they were not '
+            f'saved. {self._last_good()} Lower --learning_rate or check the '
+            'input data.')
       trainer.wall_seconds.assign(wall())
       self.checkpoint_manager.save(checkpoint_number=step)
 
@@ -344,9 +359,8 @@ class Controller:
         trainer.run_steps(n)
       except trainer_lib.NonFiniteLossError as e:
         raise trainer_lib.NonFiniteLossError(
-            f'{e} The latest checkpoint '
-            f'({self.checkpoint_manager.latest_checkpoint}) is the last good '
-            'one. Lower --learning_rate or check the input data.') from None
+            f'{e} {self._last_good()} Lower --learning_rate or check the '
+            'input data.') from None
       step = trainer.step
       done = step >= cfg.train_steps
       if self._profiling and (step >= profile[1] or done):
@@ -387,6 +401,10 @@ class Controller:
             step, self.checkpoint_manager.directory)
         return RunResult(step=step, preempted=stopper)
     if results is None:
+      # A finished run started again (its export was interrupted, say):
+      # its final evaluation is in metrics.json, and is not written twice.
+      results = self._evaluation_at(step)
+    if results is None:
       results = evaluate()
       self._write_eval(eval_writer, step, results, summary_batch)
       save(step)
@@ -396,23 +414,34 @@ class Controller:
                  duration(time.time() - start_time))
     return RunResult(step=step, evaluation=results)
 
+  def _last_good(self):
+    latest = self.checkpoint_manager.latest_checkpoint
+    if latest is None:
+      return 'No checkpoint was written before it.'
+    return f'The latest checkpoint ({latest}) is the last good one.'
+
   def _reaches_target(self, results):
     target = self.config.target_accuracy
     return bool(target) and results['accuracy'] >= target
+
+  def _evaluation_at(self, step):
+    """The evaluation of metrics.json at `step` on the run's eval split
+    (the newest), or None."""
+    history = run_guard.read_metrics_history(
+        os.path.join(self.work_dir, METRICS_FILE))
+    for entry in reversed(history):
+      if (isinstance(entry, dict) and entry.get('step') == step and
+          entry.get('split') == self.config.eval_split):
+        return entry
+    return None
 
   def _target_reached_at(self, step):
     """The evaluation of metrics.json at `step` on the run's eval split,
     if it reached --target_accuracy (a finished run resumed); else None."""
     if not self.config.target_accuracy:
       return None
-    history = run_guard.read_metrics_history(
-        os.path.join(self.work_dir, METRICS_FILE))
-    for entry in reversed(history):
-      if (entry.get('step') == step and
-          entry.get('split') == self.config.eval_split and
-          self._reaches_target(entry)):
-        return entry
-    return None
+    entry = self._evaluation_at(step)
+    return entry if entry and self._reaches_target(entry) else None
 
   def _record_profile(self, first, last):
     """Writes PROFILE_RECORD into the trace directory just written."""

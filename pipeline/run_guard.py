@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -96,8 +97,30 @@ def check_writable(directory, what, min_free_bytes=MIN_FREE_BYTES):
         f'{what}.')
 
 
+# What TensorFlow's file system errors say when a write fails for want of
+# room or rights (a full disk during a checkpoint save raises
+# ResourceExhaustedError, which is no OSError).
+_WRITE_FAILURES = ('No space left on device', 'Disk quota exceeded',
+                   'Read-only file system', 'Permission denied')
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                 errno.EPERM)
+
+
+def write_failure(error):
+  """Why a write failed for want of room or rights, or None when `error`
+  (an OSError or a TensorFlow OpError) is something else."""
+  if isinstance(error, OSError):
+    return error.strerror if error.errno in _WRITE_ERRNOS else None
+  if isinstance(error, tf.errors.OpError):
+    for text in _WRITE_FAILURES:
+      if text in error.message:
+        return text
+  return None
+
+
 class PreemptionWatcher:
-  """Turns SIGTERM into a request the training loop honours between loops.
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a request the training loop
+  honours between loops.
 
   The loop saves a checkpoint at the current step and exits cleanly, so a
   scheduler's preemption loses no step. (A handler of our own rather than
@@ -106,14 +129,27 @@ class PreemptionWatcher:
   the checkpoint manager and the summary writers it must flush.)
   """
 
-  def __init__(self, signals=(signal.SIGTERM,)):
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self.requested = None
+    # Every signal received, in order.
+    self.received = []
     self._signals = signals
     self._previous = {}
 
   def _handle(self, signum, frame):
+    """The first signal asks for a clean stop; a repeated SIGTERM changes
+    nothing (the stop is under way); a second Ctrl-C stops at once."""
     del frame
-    self.requested = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    self.received.append(name)
+    if self.requested is None:
+      self.requested = name
+      logging.warning(
+          '%s: stopping after the steps under way, with a checkpoint%s.',
+          name, ' (Ctrl-C again stops at once, losing the steps since the last '
+          'checkpoint)' if signum == signal.SIGINT else '')
+    elif signum == signal.SIGINT:
+      raise KeyboardInterrupt
 
   def __enter__(self):
     for sig in self._signals:
@@ -199,6 +235,90 @@ def quarantine_checkpoint(path):
   for name in tf.io.gfile.glob(path + '.*'):
     shutil.move(name, os.path.join(target, os.path.basename(name)))
   return target
+
+
+CHECKPOINT_STATE = 'checkpoint'
+_CHECKPOINT_INDEX = re.compile(r'^ckpt-(\d+)\.index$')
+
+
+def checkpoints_on_disk(directory):
+  """The `ckpt-N` prefixes in `directory` that have an index file, oldest
+  (lowest N) first."""
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in os.listdir(directory):
+    match = _CHECKPOINT_INDEX.match(name)
+    if match:
+      found.append((int(match.group(1)), os.path.join(directory,
+                                                      name[:-len('.index')])))
+  return [path for _, path in sorted(found)]
+
+
+def repair_checkpoint_state(directory):
+  """Makes `directory/checkpoint` list exactly the checkpoints on disk.
+
+  `tf.train.CheckpointManager` trusts that state file: a checkpoint it does
+  not list with a timestamp is neither restored nor ever deleted, and an
+  unreadable file reads as "no checkpoints", so a run would start again
+  from step 1 beside intact checkpoints. The file is rewritten (atomically)
+  whenever it is missing, unreadable, lacks timestamps, or lists other
+  checkpoints than the disk holds; an unreadable one is kept as
+  `checkpoint.corrupt-N`. Timestamps come from the file where it has them,
+  else from each index file's modification time. Call it holding the run's
+  lock, before a `CheckpointManager` is made.
+
+  Returns:
+    The checkpoint paths now listed, oldest first.
+  """
+  on_disk = checkpoints_on_disk(directory)
+  state_path = os.path.join(directory, CHECKPOINT_STATE)
+  state = None
+  if os.path.exists(state_path):
+    try:
+      # TensorFlow logs a parse error and returns None; bytes that are not
+      # UTF-8 raise.
+      state = tf.train.get_checkpoint_state(directory)
+    except (UnicodeDecodeError, ValueError, tf.errors.OpError):
+      state = None
+    if state is None:
+      aside = _free_name(state_path + '.corrupt')
+      os.replace(state_path, aside)
+      logging.warning('%s cannot be read; moved it to %s and listed the %d '
+                      'checkpoints on disk instead.', state_path, aside,
+                      len(on_disk))
+  if not on_disk:
+    if state is not None:
+      os.remove(state_path)
+    return []
+  known = {}
+  if state is not None:
+    known = dict(zip((os.path.abspath(p)
+                      for p in state.all_model_checkpoint_paths),
+                     state.all_model_checkpoint_timestamps))
+    listed = [os.path.abspath(p) for p in state.all_model_checkpoint_paths]
+    latest = os.path.abspath(state.model_checkpoint_path)
+    if (listed == [os.path.abspath(p) for p in on_disk] and
+        len(known) == len(listed) and latest == listed[-1] and
+        state.last_preserved_timestamp < min(known.values())):
+      return on_disk
+  stamps = [known.get(os.path.abspath(p)) or
+            os.path.getmtime(p + '.index') for p in on_disk]
+  # Timestamps must rise with the step, and every checkpoint must be newer
+  # than the last "preserved" time, or the manager would neither restore
+  # nor rotate it.
+  for i in range(1, len(stamps)):
+    stamps[i] = max(stamps[i], stamps[i - 1] + 1e-3)
+  # Relative names, as the manager writes them: the run directory may move.
+  names = [os.path.basename(p) for p in on_disk]
+  tf.compat.v1.train.update_checkpoint_state(
+      directory, names[-1], all_model_checkpoint_paths=names,
+      all_model_checkpoint_timestamps=stamps,
+      last_preserved_timestamp=stamps[0] - 1.0)
+  if state is not None:
+    logging.info('Rewrote %s to list the %d checkpoints on disk.',
+                 state_path, len(on_disk))
+  return on_disk
 
 
 def clean_stale_checkpoint_temps(directory):

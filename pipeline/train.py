@@ -9,12 +9,13 @@ A run started on an existing --model_dir resumes from its latest checkpoint.
 
 # First, before TensorFlow loads: silences its start-up chatter.
 from pipeline import quiet  # pylint: disable=unused-import
-import errno
+import signal
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from pipeline import controller as controller_lib
 from pipeline import export
@@ -26,7 +27,7 @@ pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def _main(argv, stop):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -44,19 +45,22 @@ def main(argv):
   except ValueError as e:  # DataError included.
     # The message names the file or flag and the fix.
     sys.exit(f'Error: {e}')
-  controller = controller_lib.Controller(trainer, FLAGS.flags_into_string())
+  controller = controller_lib.Controller(trainer, FLAGS.flags_into_string(),
+                                         preemption=stop)
   try:
     result = controller.train()
   except run_guard.RunGuardError as e:
     raise app.UsageError(str(e)) from None
   except trainer_lib.NonFiniteLossError as e:
     sys.exit(f'Error: {e}')
-  except OSError as e:
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+  except (OSError, tf.errors.OpError) as e:
+    reason = run_guard.write_failure(e)
+    if reason is None:
       raise
-    sys.exit(f'Error: writing {e.filename or config.model_dir} failed '
-             f'({e.strerror}). Free space (or fix the permissions) and run '
-             'the same command: it resumes from the latest checkpoint.')
+    where = getattr(e, 'filename', None) or config.model_dir
+    sys.exit(f'Error: writing {where} failed ({reason}). Free space (or fix '
+             'the permissions) and run the same command: it resumes from the '
+             'latest checkpoint.')
   if result.preempted:
     print(f'Stopped by {result.preempted} at step {result.step}; '
           'the checkpoint is saved. Run the same command to resume.',
@@ -68,9 +72,35 @@ def main(argv):
         f'examples after {result.step} steps; model_dir '
         f'{config.model_dir}', flush=True)
   if config.export_dir and trainer.chief:
+    # A SIGTERM (or one Ctrl-C) here lets the export finish: it takes
+    # seconds, and the run is complete.
+    before = len(stop.received)
     path = export.export_from_checkpoint(config.model_dir, config.export_dir)
     print(f'Exported SavedModel to {path}', flush=True)
+    if len(stop.received) > before:
+      print(f'{stop.received[before]} arrived during the export; the export '
+            'was finished first.', flush=True)
   return 0
+
+
+def main(argv):
+  # For the whole command: a SIGTERM or Ctrl-C at any point (building the
+  # model, training, exporting, on the way out) asks for a clean stop; a
+  # second Ctrl-C stops at once.
+  stop = run_guard.PreemptionWatcher()
+  try:
+    with stop:
+      return _main(argv, stop)
+  except KeyboardInterrupt:
+    # A second Ctrl-C (the first asks for a clean stop).
+    print('Interrupted. Run the same command to resume from the latest '
+          'checkpoint.', file=sys.stderr, flush=True)
+    return 130
+  finally:
+    if stop.received:
+      # A stop is under way: a repeated SIGTERM while the process exits
+      # must not turn its clean exit into a kill.
+      signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == '__main__':

@@ -100,6 +100,79 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
   assert f'at step {stopped}.' in resumed.stderr
 
 
+def _wait_for(proc, text, timeout=300):
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))
+
+
+def test_a_repeated_sigterm_still_stops_cleanly(tmp_path):
+  proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
+                '--eval_every=1000')
+  _wait_for_step(proc, 3)
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert 'Stopped by SIGTERM' in out
+
+
+def test_ctrl_c_saves_and_a_second_one_stops_at_once(tmp_path):
+  proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
+                '--eval_every=1000')
+  _wait_for_step(proc, 3)
+  proc.send_signal(signal.SIGINT)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert 'Stopped by SIGINT' in out and 'Traceback' not in out
+  import re  # pylint: disable=g-import-not-at-top
+  stopped = int(re.search(r'Stopped by SIGINT at step (\d+);', out).group(1))
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith(
+      f'ckpt-{stopped}')
+  # Two Ctrl-Cs: the second ends the process at once, in one line.
+  proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
+                '--eval_every=1000', '--steps_per_loop=1000',
+                '--log_every=1000')
+  _wait_for(proc, 'Resumed from')
+  time.sleep(3)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 130, out[-3000:]
+  assert 'Interrupted. Run the same command to resume' in out
+  assert 'Traceback' not in out
+
+
+def test_sigterm_during_the_final_export_finishes_it_and_exits_zero(
+    tmp_path):
+  args = ['--train_steps=3', '--checkpoint_every=1000', '--eval_every=1000',
+          f'--export_dir={tmp_path}/exports']
+  proc = _start(tmp_path / 'run', *args)
+  _wait_for(proc, 'examples after 3 steps')  # The result line; export next.
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert 'Exported SavedModel to' in out
+  assert os.listdir(tmp_path / 'exports') == ['1']
+  # Started again, the finished run exports again but does not evaluate
+  # (or write its last evaluation) twice.
+  again = _run(tmp_path / 'run', *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Exported SavedModel to' in again.stdout
+  import json  # pylint: disable=g-import-not-at-top
+  history = json.loads((tmp_path / 'run' / 'metrics.json').read_text())[
+      'history']
+  assert [e['step'] for e in history] == [3]
+
+
 def test_second_trainer_on_same_model_dir_is_refused(tmp_path):
   first = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
                  '--eval_every=1000')
@@ -143,6 +216,60 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, damage):
   assert sorted(os.listdir(ckpt_dir / 'corrupt')) == ['ckpt-4-1', 'ckpt-6-1']
 
 
+def test_a_crash_after_a_quarantine_still_resumes(tmp_path):
+  # Defect: the quarantine rewrote the state file without timestamps, the
+  # manager then listed no checkpoint, and a crash before the next save
+  # restarted the run from step 1 beside intact checkpoints.
+  first = _run(tmp_path, '--train_steps=6', '--checkpoint_every=2',
+               '--eval_every=100')
+  assert first.returncode == 0, first.stderr[-3000:]
+  data = tmp_path / 'checkpoints' / 'ckpt-6.data-00000-of-00001'
+  data.write_bytes(data.read_bytes()[:100])
+  proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
+                '--eval_every=1000')
+  lines = _wait_for_step(proc, 5)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert any('ckpt-4 at step 4' in l for l in lines), ''.join(lines[-20:])
+  again = _run(tmp_path, '--train_steps=5', '--checkpoint_every=1000',
+               '--eval_every=1000')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Resumed from' in again.stderr and 'ckpt-4 at step 4' in (
+      again.stderr), again.stderr[-3000:]
+
+
+def test_an_unreadable_state_file_does_not_restart_the_run(tmp_path):
+  first = _run(tmp_path, '--train_steps=4', '--checkpoint_every=2',
+               '--eval_every=100')
+  assert first.returncode == 0, first.stderr[-3000:]
+  (tmp_path / 'checkpoints' / 'checkpoint').write_bytes(b'\x00{{ garbage')
+  again = _run(tmp_path, '--train_steps=5', '--checkpoint_every=1000',
+               '--eval_every=1000')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'ckpt-4 at step 4' in again.stderr, again.stderr[-3000:]
+  assert os.path.exists(tmp_path / 'checkpoints' / 'checkpoint.corrupt-1')
+
+
+def test_weights_that_turn_non_finite_are_never_saved(tmp_path):
+  # Finite gradients and a finite (absurd) rate: the update overflows.
+  trainer = trainer_lib.Trainer(tiny_config(
+      tmp_path, learning_rate=1e38, train_steps=4, checkpoint_every=1,
+      steps_per_loop=1, log_every=1))
+  with pytest.raises(trainer_lib.NonFiniteLossError,
+                     match='NaN/Inf') as raised:
+    run_trainer(trainer)
+  latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  if latest is not None:
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+      value = reader.get_tensor(name)
+      if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+        assert np.all(np.isfinite(value)), (latest, name)
+    assert latest in str(raised.value)
+  else:
+    assert 'No checkpoint was written' in str(raised.value)
+
+
 def test_unwritable_dirs_fail_before_training(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
@@ -151,6 +278,13 @@ def test_unwritable_dirs_fail_before_training(tmp_path):
   assert proc.returncode != 0
   assert '--export_dir' in proc.stderr and 'not writable' in proc.stderr
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+  # A file where the run's checkpoints/ goes is found before training too.
+  (tmp_path / 'run2').mkdir()
+  (tmp_path / 'run2' / 'checkpoints').write_text('x')
+  proc = _run(tmp_path / 'run2', '--train_steps=2')
+  assert proc.returncode != 0
+  assert "--model_dir's checkpoints/" in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
 
 
 def test_flagfile_that_includes_itself(tmp_path):

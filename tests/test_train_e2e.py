@@ -78,15 +78,22 @@ def test_bad_flags_stop_before_work(tmp_path, args, message):
 
 
 
+@pytest.mark.parametrize('kind', ['oserror', 'tensorflow'])
 def test_a_full_disk_mid_run_is_one_line_naming_the_fix(tmp_path,
-                                                       monkeypatch):
+                                                       monkeypatch, kind):
   import errno  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
   from pipeline import controller as controller_lib  # pylint: disable=g-import-not-at-top
   from pipeline import train  # pylint: disable=g-import-not-at-top
 
   def full(self):
+    if kind == 'tensorflow':
+      # What a checkpoint save on a full disk raises: not an OSError.
+      raise tf.errors.ResourceExhaustedError(
+          None, None, f'{tmp_path}/checkpoints/ckpt-2_temp/part-00000-of-'
+          '00001.data-00000-of-00001.tempstate; No space left on device')
     raise OSError(errno.ENOSPC, 'No space left on device',
                   str(tmp_path / 'checkpoints' / 'ckpt-2_temp'))
 
@@ -103,8 +110,10 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_fix(tmp_path,
     with pytest.raises(SystemExit) as e:
       train.main(['train'])
   message = str(e.value.code)
-  assert message.startswith(f'Error: writing {tmp_path}/checkpoints/ckpt-2_'
-                            'temp failed (No space left on device).')
+  where = (f'{tmp_path}/checkpoints/ckpt-2_temp' if kind == 'oserror' else
+           str(tmp_path))
+  assert message.startswith(f'Error: writing {where} failed (No space left '
+                            'on device).')
   assert 'run the same command: it resumes' in message
 
 
@@ -127,6 +136,9 @@ def test_the_console_is_quiet_unless_asked(tmp_path):
   for own in ('MirroredStrategy over 1 replica(s)', 'step 2/2',
               'eval step 2: test accuracy', 'Exported SavedModel to'):
     assert own in out, own
+  if not os.path.exists('/dev/nvidia0'):
+    # The device line says why the run is on the CPU.
+    assert 'no GPU is visible' in out
   # The user's own setting wins.
   loud = subprocess.run(
       [sys.executable, '-m', 'pipeline.train', *args,
