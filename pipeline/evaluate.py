@@ -111,6 +111,11 @@ def evaluate(predictor, source, split, batch_size=500):
         f'The model takes images {predictor.image_shape} but '
         f'{source.info.name} gives {source.info.image_shape}; pass the data '
         'flags of the data set the model was trained on.')
+  if source.info.num_classes != predictor.num_classes:
+    raise ValueError(
+        f'The model has {predictor.num_classes} classes but '
+        f'{source.info.name} has {source.info.num_classes}; pass the data '
+        'flags of the data set the model was trained on.')
   k = source.info.num_targets
   classes = source.info.num_classes
   hits = examples = 0

@@ -15,8 +15,9 @@ Signatures (dynamic batch dimension, named inputs and outputs):
                      classes int64 [batch], poses [batch, classes, dim],
                      and class_names string [batch] when the training data
                      named its classes (an image folder's sub-folders)
-  predict_images   images string [batch] (encoded PNG, JPEG, GIF or BMP,
-                   grey or colour, any size up to MAX_IMAGE_PIXELS) → the same
+  predict_images   images string [batch] (encoded PNG, JPEG, GIF, BMP or
+                   WebP, grey or colour, any size up to MAX_IMAGE_PIXELS,
+                   all frames of an animation counted) → the same
                    outputs; decoded, converted to the model's channels (1 or
                    3) and resized in the graph
   reconstruct      images [batch, H, W, C], class_ids int64 [batch]
@@ -50,15 +51,17 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from pipeline import run_guard
 from pipeline.models import registry
 
 WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 # Signatures run large requests in chunks of this many images, so memory
 # stays bounded (u_hat alone is ~0.7 MB per MNIST image in float32).
 SERVING_CHUNK = 128
-# The largest encoded image predict_images decodes: 4096 x 4096 pixels
-# (64 MiB as 4-channel uint8, 256 MiB as float32); larger ones are refused
-# from their header before decoding.
+# The most pixels predict_images decodes from one encoded image: 4096 x 4096
+# (64 MiB as 4-channel uint8, 256 MiB as float32), all frames of an animated
+# GIF or WebP counted; larger ones are refused from their headers before
+# decoding.
 MAX_IMAGE_PIXELS = 4096 * 4096
 
 
@@ -72,9 +75,95 @@ def _uint(data, offset, size, big_endian):
   return tf.reduce_sum(raw * (256 ** powers))
 
 
+def _byte(data, pos):
+  """The byte at `pos` of a string (0 past its end), int64."""
+  padded = data + b'\0'
+  last = tf.cast(tf.strings.length(padded), tf.int64) - 1
+  raw = tf.io.decode_raw(
+      tf.strings.substr(padded, tf.minimum(tf.cast(pos, tf.int64), last), 1),
+      tf.uint8)
+  return tf.cast(tf.reduce_sum(raw), tf.int64)
+
+
+def _gif_frames(data):
+  """How many frames a GIF holds, by walking its blocks (the decoder
+  decodes every frame, each of the logical screen's size)."""
+  n = tf.cast(tf.strings.length(data), tf.int64)
+  flags = _byte(data, 10)
+  table = tf.where(flags >= 128, 3 * 2 ** (flags % 8 + 1),
+                   tf.constant(0, tf.int64))
+
+  # mode 0: at a block's introducer; mode 1: in its data sub-blocks.
+  def body(pos, frames, mode):
+    b = _byte(data, pos)
+    image = tf.logical_and(tf.equal(mode, 0), tf.equal(b, 0x2C))
+    extension = tf.logical_and(tf.equal(mode, 0), tf.equal(b, 0x21))
+    local = _byte(data, pos + 9)
+    local_table = tf.where(local >= 128, 3 * 2 ** (local % 8 + 1),
+                           tf.constant(0, tf.int64))
+    pos_next = tf.where(
+        image, pos + 11 + local_table,
+        tf.where(extension, pos + 2,
+                 tf.where(tf.equal(mode, 1), pos + b + 1, n)))
+    mode_next = tf.where(tf.logical_or(image, extension),
+                         tf.constant(1, tf.int64),
+                         tf.where(tf.logical_and(tf.equal(mode, 1),
+                                                 tf.equal(b, 0)),
+                                  tf.constant(0, tf.int64), mode))
+    return pos_next, frames + tf.cast(image, tf.int64), mode_next
+
+  _, frames, _ = tf.while_loop(
+      lambda pos, frames, mode: pos < n, body,
+      (13 + table, tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
+  return tf.maximum(frames, 1)
+
+
+def _webp_pixels(padded, data):
+  """Pixels of every frame a WebP declares: the canvas times the
+  animation frames (ANMF chunks), from its RIFF chunks."""
+  chunk = tf.strings.substr(padded, 12, 4)
+  lossy = (_uint(padded, 26, 2, False) % 16384) * (
+      _uint(padded, 28, 2, False) % 16384)
+  bits = _uint(padded, 21, 4, False)
+  lossless = (bits % 16384 + 1) * (bits // 16384 % 16384 + 1)
+  canvas = (_uint(padded, 24, 3, False) + 1) * (_uint(padded, 27, 3, False) + 1)
+  n = tf.cast(tf.strings.length(data), tf.int64)
+
+  def body(pos, frames):
+    size = _uint(padded, pos + 4, 4, False)
+    anmf = tf.equal(tf.strings.substr(data + b'\0' * 8, pos, 4), b'ANMF')
+    return pos + 8 + size + size % 2, frames + tf.cast(anmf, tf.int64)
+
+  _, frames = tf.while_loop(lambda pos, frames: pos + 8 <= n, body,
+                            (tf.constant(12, tf.int64),
+                             tf.constant(0, tf.int64)))
+  extended = canvas * tf.maximum(frames, 1)
+  return tf.case([(tf.equal(chunk, b'VP8 '), lambda: lossy),
+                  (tf.equal(chunk, b'VP8L'), lambda: lossless),
+                  (tf.equal(chunk, b'VP8X'), lambda: extended)],
+                 default=lambda: tf.constant(0, tf.int64))
+
+
+def animated_webp(data):
+  """Whether `data` is a WebP with the animation flag (VP8X) or animation
+  frames: TensorFlow 2.21's decoder corrupts memory on those inside a graph
+  (the process aborts), so they are refused before decoding."""
+  padded = data + b'\0' * 32
+  webp = tf.logical_and(
+      tf.equal(tf.strings.substr(padded, 0, 4), b'RIFF'),
+      tf.equal(tf.strings.substr(padded, 8, 4), b'WEBP'))
+  flagged = tf.logical_and(
+      tf.equal(tf.strings.substr(padded, 12, 4), b'VP8X'),
+      tf.equal(_byte(data, 20) // 2 % 2, 1))
+  return tf.logical_and(webp, tf.logical_or(
+      flagged, tf.strings.regex_full_match(data, '(?s).*ANMF.*')))
+
+
 def encoded_pixels(data):
-  """Height x width an encoded PNG, JPEG, GIF or BMP declares, from its
-  header alone; 0 for other bytes (decoding then refuses them)."""
+  """Pixels an encoded PNG, JPEG, GIF, BMP or WebP decodes to, from its
+  headers alone: height x width, times the frames for an animated GIF or
+  WebP (their decoders decode every frame). 0 for other bytes (decoding
+  then refuses them)."""
   padded = data + b'\0' * 32  # Header reads never run past the end.
   magic = tf.strings.substr(padded, 0, 4)
 
@@ -90,17 +179,18 @@ def encoded_pixels(data):
     bmp_height = tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height,
                           bmp_height)
     bmp = _uint(padded, 18, 4, False) * bmp_height
+    webp = tf.logical_and(tf.equal(magic, b'RIFF'), tf.equal(
+        tf.strings.substr(padded, 8, 4), b'WEBP'))
     return tf.case([(tf.equal(magic, b'\x89PNG'), lambda: png),
                     (tf.equal(tf.strings.substr(magic, 0, 3), b'GIF'),
-                     lambda: gif),
+                     lambda: gif * _gif_frames(data)),
                     (tf.equal(tf.strings.substr(magic, 0, 2), b'BM'),
-                     lambda: bmp)],
+                     lambda: bmp),
+                    (webp, lambda: _webp_pixels(padded, data))],
                    default=lambda: tf.constant(0, tf.int64))
 
   return tf.cond(tf.equal(tf.strings.substr(magic, 0, 2), b'\xff\xd8'), jpeg,
                  other)
-
-
 
 
 class ServingModule(tf.Module):
@@ -155,8 +245,20 @@ class ServingModule(tf.Module):
     with tf.control_dependencies(checks):
       return tf.identity(images)
 
+  @staticmethod
+  def _vector(tensor, what):
+    """`tensor`, checked at run time to be rank 1 (a loaded signature lets
+    any rank through, and a scalar would fail deep inside)."""
+    check = tf.debugging.assert_equal(
+        tf.size(tf.shape(tensor)), 1,
+        message=f'{what} must be a vector [batch], one per example; got a '
+        'tensor of another rank.')
+    with tf.control_dependencies([check]):
+      return tf.ensure_shape(tf.identity(tensor), [None])
+
   def _check_ids(self, class_ids, batch):
     classes = self.model.num_classes
+    class_ids = self._vector(class_ids, 'class_ids (int64)')
     checks = [
         tf.debugging.assert_equal(
             tf.shape(class_ids)[0], batch, message='class_ids must hold one '
@@ -224,8 +326,13 @@ class ServingModule(tf.Module):
     check = tf.debugging.assert_less_equal(
         pixels, tf.constant(MAX_IMAGE_PIXELS, tf.int64),
         message=f'An encoded image is larger than {MAX_IMAGE_PIXELS} pixels '
-        '(4096 x 4096); resize it before sending.')
-    with tf.control_dependencies([check]):
+        '(4096 x 4096, all frames of an animation counted); resize it, or '
+        'send one frame, before sending.')
+    still = tf.debugging.assert_equal(
+        animated_webp(data), False,
+        message='Animated WebP images are not accepted (TensorFlow cannot '
+        'decode them safely); send one frame, as PNG or a still WebP.')
+    with tf.control_dependencies([check, still]):
       # Decoded with its own channels (GIF decodes to RGB, BMP may carry
       # alpha), then converted to the model's.
       image = tf.io.decode_image(data, expand_animations=False)
@@ -249,6 +356,7 @@ class ServingModule(tf.Module):
     return tf.image.resize(image, [h, w])
 
   def _predict_encoded(self, images):
+    images = self._vector(images, 'images (encoded image strings)')
     decoded = tf.map_fn(self._decode_one, images,
                         fn_output_signature=tf.TensorSpec(self.image_shape,
                                                           tf.float32))
@@ -329,11 +437,19 @@ def write_warmup(path, model_name, inputs):
       writer.write(log.SerializeToString())
 
 
+def _umask():
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def next_version(export_base):
   """The next integer version under `export_base` (1 for an empty base)."""
   if not os.path.isdir(export_base):
     return 1
-  versions = [int(d) for d in os.listdir(export_base) if d.isdigit()]
+  # Only plain ASCII digits name versions ('²'.isdigit() is true too).
+  versions = [int(d) for d in os.listdir(export_base)
+              if re.fullmatch('[0-9]+', d)]
   return max(versions, default=0) + 1
 
 
@@ -408,6 +524,9 @@ def export_model(model, image_shape, export_base, class_names=(),
   remove_stale_exports(export_base)
   tmp = tempfile.mkdtemp(prefix=_tmp_prefix(os.getpid()), dir=export_base)
   try:
+    # mkdtemp makes it 0700 whatever the umask; a version is as readable
+    # as the umask says (TF Serving often runs under another account).
+    os.chmod(tmp, 0o777 & ~_umask())
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(export_base),
                  warmup_inputs(module.image_shape, model.num_classes,
@@ -426,36 +545,97 @@ def export_model(model, image_shape, export_base, class_names=(),
       shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _owner(checkpoint):
+  """What run a checkpoint belongs to, for messages: `<run dir> (model
+  <name>)` when its `config.json` says, else its directory."""
+  run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+  try:
+    config, _ = config_lib.load_run(run_dir)
+    return f'the run in {run_dir} (model {config.model.name})'
+  except (OSError, ValueError, KeyError, TypeError):
+    return os.path.dirname(os.path.abspath(checkpoint))
+
+
 def load_checkpointed_model(model_dir, checkpoint=None):
   """Rebuilds a training run's model and restores a checkpoint into it.
 
+  Every variable of the model must come from the checkpoint: a checkpoint
+  of another model (or of other settings) is refused, never half-restored.
+  The checkpoint is read whole before it is used, so a damaged one is named
+  rather than failing half-way.
+
   Args:
     model_dir: the run's model directory.
-    checkpoint: a checkpoint path; None for the latest.
+    checkpoint: a checkpoint path; None for the latest (the state file's,
+      else the newest `ckpt-N` on disk).
 
   Returns:
     `(model, info dict)`.
 
   Raises:
     FileNotFoundError: for a directory without run files or checkpoints.
+    ValueError: for a checkpoint that cannot be read or does not fit.
   """
   config, info = config_lib.load_run(model_dir)
-  if checkpoint is None:
-    checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir,
-                                                         'checkpoints'))
+  model = registry.build_from_spec(config.model, info['image_shape'],
+                                   info['num_classes'], info['num_targets'])
+  if checkpoint is not None:
+    if not tf.io.gfile.exists(checkpoint + '.index'):
+      raise FileNotFoundError(
+          f'{checkpoint} is not a checkpoint (no {checkpoint}.index); pass '
+          f'a path like {model_dir}/checkpoints/ckpt-N, or leave the '
+          'checkpoint out for the latest.')
+    _restore(model, checkpoint, model_dir, config.model.name)
+    return model, info
+  # The latest checkpoint of a run that is still training can be rotated
+  # away while it is read: then the newest one is taken instead.
+  directory = os.path.join(model_dir, 'checkpoints')
+  for _ in range(5):
+    checkpoint = tf.train.latest_checkpoint(directory)
+    if checkpoint is None or not tf.io.gfile.exists(checkpoint + '.index'):
+      on_disk = run_guard.checkpoints_on_disk(directory)
+      checkpoint = on_disk[-1] if on_disk else None
     if checkpoint is None:
       raise FileNotFoundError(
-          f'{model_dir}/checkpoints holds no checkpoint; train first or pass '
-          'a checkpoint path.')
-  elif not tf.io.gfile.exists(checkpoint + '.index'):
-    raise FileNotFoundError(
-        f'{checkpoint} is not a checkpoint (no {checkpoint}.index); pass a '
-        f'path like {model_dir}/checkpoints/ckpt-N, or leave the checkpoint '
-        'out for the latest.')
-  model = registry.build_from_spec(config.model, info['image_shape'],
-                                 info['num_classes'], info['num_targets'])
-  tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
-  return model, info
+          f'{directory} holds no checkpoint; train first or pass a '
+          'checkpoint path.')
+    try:
+      _restore(model, checkpoint, model_dir, config.model.name)
+      return model, info
+    except ValueError:
+      if tf.io.gfile.exists(checkpoint + '.index'):
+        raise
+      logging.info('%s was removed while it was read (a run is still '
+                   'training); taking the newest one.', checkpoint)
+  raise ValueError(f'The checkpoints of {directory} kept being replaced '
+                   'while they were read; pass one as --checkpoint.')
+
+
+def _restore(model, checkpoint, model_dir, model_name):
+  """Restores every variable of `model` from `checkpoint`, or refuses."""
+  earlier = [p for p in run_guard.checkpoints_on_disk(
+      os.path.dirname(os.path.abspath(checkpoint)))
+             if p != os.path.abspath(checkpoint)]
+  hint = (f' Earlier checkpoints: {", ".join(earlier[-3:])} (pass one as '
+          '--checkpoint).' if earlier else '')
+  damaged = ValueError(f'Checkpoint {checkpoint} cannot be read: its files '
+                       f'are truncated, damaged or missing.{hint}')
+  if not run_guard.checkpoint_readable(checkpoint):
+    raise damaged
+  try:
+    status = tf.train.Checkpoint(model=model).read(checkpoint)
+  except (tf.errors.OpError, ValueError) as e:
+    raise damaged from e
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(
+        f'Checkpoint {checkpoint} does not fit the model of {model_dir} '
+        f'({model_name}): {str(e).splitlines()[0][:200]} It belongs '
+        f'to {_owner(checkpoint)}; export or evaluate it with that run\'s '
+        '--model_dir.') from None
+  # The optimizer's slots and the step counter are not needed to serve.
+  status.expect_partial()
 
 
 def export_from_checkpoint(model_dir, export_base, checkpoint=None,
@@ -473,10 +653,18 @@ def main(argv):
   if not f.model_dir or not f.export_dir:
     raise app.UsageError('--model_dir and --export_dir are both required.')
   try:
+    run_guard.check_writable(f.export_dir, '--export_dir', min_free_bytes=0)
     path = export_from_checkpoint(f.model_dir, f.export_dir,
                                   f.checkpoint or None, xla=f.xla)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, run_guard.RunGuardError) as e:
     raise app.UsageError(str(e)) from None
+  except (OSError, tf.errors.OpError) as e:
+    reason = run_guard.write_failure(e)
+    if reason is None:
+      raise
+    sys.exit(f'Error: writing the export under {f.export_dir} failed '
+             f'({reason}); nothing was published. Free space or fix the '
+             'permissions, then run the same command.')
   print(f'Exported SavedModel to {path}')
   return 0
 

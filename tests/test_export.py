@@ -288,6 +288,208 @@ def test_predict_images_refuses_huge_images_and_reads_every_format(
 
 
 
+def _pil_bytes(frames, fmt, **options):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+  out = io.BytesIO()
+  images[0].save(out, fmt, save_all=len(images) > 1,
+                 append_images=images[1:], **options)
+  return out.getvalue()
+
+
+def _frames(count, height, width):
+  return [np.full([height, width, 3], 40 * (i + 1)) for i in range(count)]
+
+
+def _vp8l_header(width, height):
+  import struct  # pylint: disable=g-import-not-at-top
+  bits = (width - 1) | (height - 1) << 14
+  chunk = b'\x2f' + struct.pack('<I', bits) + b'\0' * 16
+  body = b'WEBP' + b'VP8L' + struct.pack('<I', len(chunk)) + chunk
+  return b'RIFF' + struct.pack('<I', len(body)) + body
+
+
+def test_every_format_declares_its_pixels_frames_included():
+  cases = [
+      (_pil_bytes(_frames(1, 12, 10), 'WEBP', lossless=True), 120),
+      (_pil_bytes(_frames(1, 12, 10), 'WEBP', quality=80), 120),
+      (_pil_bytes(_frames(3, 12, 10), 'WEBP', lossless=True), 360),
+      (_pil_bytes(_frames(1, 12, 10), 'GIF'), 120),
+      (_pil_bytes(_frames(3, 12, 10), 'GIF'), 360),
+      (_vp8l_header(16383, 16383), 16383 ** 2),
+      (b'RIFF\x10\x00\x00\x00WAVEfmt ', 0),
+  ]
+  for data, pixels in cases:
+    assert int(export.encoded_pixels(tf.constant(data))) == pixels, data[:40]
+
+
+def test_predict_images_bounds_webp_and_animations(signatures):
+  for data in (_vp8l_header(16383, 16383),
+               # Two frames of 3000 x 3000: each within the budget, not both.
+               _pil_bytes(_frames(2, 3000, 3000), 'GIF')):
+    assert len(data) < 200_000
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match='all frames of an animation counted'):
+      signatures['predict_images'](images=tf.constant([data]))
+  grey = tf.fill([1, 20, 20, 1], 128 / 255)
+  expected = signatures['serving_default'](images=grey)['probabilities']
+  for data in (_pil_bytes([np.full([8, 8, 3], 128)], 'WEBP', lossless=True),
+               _pil_bytes([np.full([8, 8, 3], 128)], 'WEBP', quality=90),
+               _pil_bytes(_frames(3, 8, 8), 'GIF')):
+    out = signatures['predict_images'](images=tf.constant([data]))
+    assert out['probabilities'].shape == (1, 4)
+  # TensorFlow's WebP decoder aborts the process on an animation inside a
+  # graph ("double free or corruption"): refused before it is decoded.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='Animated WebP images are not accepted'):
+    signatures['predict_images'](images=tf.constant(
+        [_pil_bytes(_frames(3, 8, 8), 'WEBP', lossless=True)]))
+  still = _pil_bytes([np.full([8, 8, 3], 128)], 'WEBP', lossless=True)
+  out = signatures['predict_images'](images=tf.constant([still]))
+  np.testing.assert_allclose(out['probabilities'].numpy(), expected.numpy(),
+                             atol=2e-2)
+
+
+@pytest.mark.parametrize('method,inputs,match', [
+    ('_reconstruct', (tf.zeros([1, 20, 20, 1]), tf.constant(0, tf.int64)),
+     r'class_ids \(int64\) must be a vector \[batch\]'),
+    ('_decode', (tf.zeros([1, 4, 4]), tf.constant([[0]], tf.int64)),
+     r'class_ids \(int64\) must be a vector \[batch\]'),
+    ('_predict_encoded', (tf.constant(b'x'),),
+     r'images \(encoded image strings\) must be a vector \[batch\]'),
+])
+def test_inputs_of_another_rank_are_named_inside_the_graph(
+    trained, method, inputs, match):
+  # Python's signature binding refuses another rank itself; TF Serving
+  # feeds the graph without that check, so the graph says it too. Traced
+  # here with inputs of unknown rank, as a fed graph sees them.
+  trainer, _ = trained
+  module = export.ServingModule(trainer.model, (20, 20, 1))
+  # The last input (the one of the wrong rank) has an unknown rank.
+  specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs[:-1]]
+  fn = tf.function(getattr(module, method), input_signature=specs + [
+      tf.TensorSpec(None, inputs[-1].dtype)])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+    fn(*inputs)
+
+
+def test_versions_are_readable_as_the_umask_says(trained, tmp_path):
+  _, model_dir = trained
+  old = os.umask(0o022)
+  try:
+    path = export.export_from_checkpoint(str(model_dir), str(tmp_path / 'u'))
+  finally:
+    os.umask(old)
+  assert os.stat(path).st_mode & 0o777 == 0o755
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      assert os.stat(os.path.join(root, name)).st_mode & 0o044 == 0o044, name
+
+
+def test_only_ascii_digits_name_versions(trained, tmp_path):
+  _, model_dir = trained
+  base = tmp_path / 'odd'
+  for name in ('\u00b2', '\u0663', '3'):  # superscript two, Arabic three
+    os.makedirs(base / name)
+  path = export.export_from_checkpoint(str(model_dir), str(base))
+  assert path == str(base / '4')
+
+
+@pytest.fixture(scope='module')
+def other_model_run(tmp_path_factory):
+  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path_factory.mktemp('cnn')
+  trainer = trainer_lib.Trainer(tiny_config(
+      model_dir, train_steps=2,
+      model=config_lib.model_spec('baseline_cnn', conv_channels=(4, 4),
+                                  fc_units=(8,))))
+  run_trainer(trainer)
+  return model_dir
+
+
+def _cli(tool, *args):
+  return subprocess.run([sys.executable, '-m', f'pipeline.{tool}', *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_a_checkpoint_of_another_model_is_refused_and_named(
+    trained, other_model_run, tmp_path):
+  _, model_dir = trained
+  foreign = os.path.join(other_model_run, 'checkpoints', 'ckpt-2')
+  with pytest.raises(ValueError, match='does not fit the model') as raised:
+    export.export_from_checkpoint(str(model_dir), str(tmp_path / 'e'),
+                                  foreign)
+  assert f'the run in {other_model_run} (model baseline_cnn)' in str(
+      raised.value)
+  assert not (tmp_path / 'e').exists() or not os.listdir(tmp_path / 'e')
+  for tool, extra in (('export', [f'--export_dir={tmp_path}/cli']),
+                      ('evaluate', [])):
+    proc = _cli(tool, f'--model_dir={model_dir}', f'--checkpoint={foreign}',
+                *extra)
+    assert proc.returncode != 0, (tool, proc.stdout)
+    assert 'does not fit the model' in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'remove_data'])
+def test_a_damaged_checkpoint_is_named_at_export_and_evaluate(
+    trained, tmp_path, damage):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, model_dir = trained
+  copy = tmp_path / 'run'
+  shutil.copytree(model_dir, copy)
+  data = copy / 'checkpoints' / 'ckpt-2.data-00000-of-00001'
+  if damage == 'truncate':
+    data.write_bytes(data.read_bytes()[:100])
+  else:
+    data.unlink()
+  for tool, extra in (('export', [f'--export_dir={tmp_path}/cli']),
+                      ('evaluate', [])):
+    proc = _cli(tool, f'--model_dir={copy}', *extra)
+    assert proc.returncode != 0, (tool, proc.stdout)
+    assert 'cannot be read: its files are truncated, damaged or missing' in (
+        proc.stderr), proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+
+
+def test_export_to_a_path_that_cannot_be_a_directory(trained, tmp_path):
+  _, model_dir = trained
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  for base in (blocker, blocker / 'under'):
+    proc = _cli('export', f'--model_dir={model_dir}', f'--export_dir={base}')
+    assert proc.returncode != 0
+    assert '--export_dir' in proc.stderr and 'not writable' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_export_while_training_rotates_checkpoints_takes_the_newest(
+    trained, tmp_path, monkeypatch):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, model_dir = trained
+  copy = tmp_path / 'run'
+  shutil.copytree(model_dir, copy)
+  ckpt = copy / 'checkpoints'
+  real = export.run_guard.checkpoint_readable
+  calls = []
+
+  def rotate_first(path):
+    # The trainer saves ckpt-3 and deletes ckpt-2 while it is being read.
+    if not calls:
+      for name in os.listdir(ckpt):
+        if name.startswith('ckpt-2.'):
+          shutil.copy(ckpt / name, ckpt / name.replace('ckpt-2', 'ckpt-3'))
+          os.remove(ckpt / name)
+    calls.append(path)
+    return real(path)
+
+  monkeypatch.setattr(export.run_guard, 'checkpoint_readable', rotate_first)
+  path = export.export_from_checkpoint(str(copy), str(tmp_path / 'e'))
+  assert os.path.basename(calls[-1]) == 'ckpt-3', calls
+  assert tf.saved_model.contains_saved_model(path)
+
+
 def test_stale_temporary_exports_are_removed_live_ones_kept(trained, tmp_path):
   _, model_dir = trained
   base = tmp_path / 'stale'
