@@ -5,6 +5,7 @@ one line that names the flag and what it accepts.
 """
 
 import dataclasses
+import math
 import os
 
 from absl import flags
@@ -28,6 +29,16 @@ _S = sources.DataSpec()
 # Flags that set a model option (a field of the chosen model's config class).
 # A model takes those of its fields; one it does not take is refused when
 # given with a value other than its default.
+# Float flags; each must be a finite number (NaN compares false with every
+# bound, so it would pass a range check).
+FLOAT_FLAGS = ('learning_rate', 'lr_decay_rate', 'reconstruction_weight',
+               'm_plus', 'm_minus', 'down_weight', 'target_accuracy',
+               'test_fraction')
+# Routing is unrolled into the compiled step: its compile time grows with
+# the iterations (1,000 took about 15 minutes to compile here; the papers
+# use 2 or 3).
+MAX_ROUTING_ITERATIONS = 10
+
 MODEL_FLAGS = ('routing_iterations', 'stop_inner_gradients', 'conv_filters',
                'primary_channels', 'primary_dim', 'class_dim',
                'decoder_units', 'use_decoder', 'class_bias', 'jit_compile',
@@ -245,6 +256,10 @@ def config_from_flags(f=None):
     ValueError: naming the first bad flag and the values it accepts.
   """
   f = f or flags.FLAGS
+  for name in FLOAT_FLAGS:
+    if not math.isfinite(f[name].value):
+      raise ValueError(f'--{name} must be a finite number, got '
+                       f'{f[name].value}.')
   for name, low in (('batch_size', 1), ('eval_batch_size', 1),
                     ('train_steps', 1), ('steps_per_loop', 1),
                     ('log_every', 1), ('eval_every', 1),
@@ -253,8 +268,23 @@ def config_from_flags(f=None):
                     ('conv_filters', 1), ('primary_channels', 1),
                     ('primary_dim', 1), ('class_dim', 1), ('cpu_devices', 0),
                     ('shift_pixels', 0), ('validation_size', 0),
-                    ('spread_anneal_steps', 1), ('warmup_steps', 0)):
+                    ('spread_anneal_steps', 1), ('warmup_steps', 0),
+                    ('seed', 0)):
     _at_least(name, f[name].value, low)
+  if f.routing_iterations > MAX_ROUTING_ITERATIONS:
+    raise ValueError(
+        f'--routing_iterations must be <= {MAX_ROUTING_ITERATIONS}, got '
+        f'{f.routing_iterations}: each iteration is unrolled into the '
+        'compiled step, so its compile time grows with them (the papers use '
+        '2 or 3).')
+  if not 0 < f.m_plus <= 1 or not 0 <= f.m_minus < f.m_plus:
+    raise ValueError(
+        '--m_plus and --m_minus are the margin loss bounds on capsule '
+        'lengths (in [0, 1]): they need 0 <= m_minus < m_plus <= 1 (paper: '
+        f'0.1 and 0.9), got m_minus={f.m_minus}, m_plus={f.m_plus}.')
+  if f.down_weight < 0:
+    raise ValueError(f'--down_weight must be >= 0 (paper: 0.5), got '
+                     f'{f.down_weight}.')
   if f.learning_rate <= 0:
     raise ValueError(f'--learning_rate must be > 0, got {f.learning_rate}.')
   if not 0 < f.lr_decay_rate <= 1:

@@ -41,11 +41,34 @@ def test_defaults_build_a_config():
     (dict(decoder_units=['a']), '--decoder_units'),
     (dict(dataset='mnist', data_source='idx'), 'needs data_dir'),
     (dict(model_dir=''), '--model_dir'),
+    (dict(seed=-1), '--seed must be >= 0'),
+    (dict(routing_iterations=1000), '--routing_iterations must be <= 10'),
+    (dict(down_weight=-5.0), '--down_weight must be >= 0'),
+    (dict(m_minus=2.0, m_plus=-1.0), '0 <= m_minus < m_plus <= 1'),
+    (dict(m_minus=0.9, m_plus=0.1), '0 <= m_minus < m_plus <= 1'),
+    (dict(m_plus=1.5), '0 <= m_minus < m_plus <= 1'),
+    (dict(reconstruction_weight=-1.0), '--reconstruction_weight'),
 ])
 def test_bad_values(overrides, match):
   with flagsaver.flagsaver(**overrides):
     with pytest.raises(ValueError, match=match):
       pipeline_flags.config_from_flags()
+
+
+@pytest.mark.parametrize('name', pipeline_flags.FLOAT_FLAGS)
+@pytest.mark.parametrize('value', ['nan', 'inf', '-inf'])
+def test_every_float_flag_refuses_nan_and_infinity(name, value):
+  # NaN compares false with every bound: a range check alone lets it by.
+  with flagsaver.flagsaver(**{name: float(value)}):
+    with pytest.raises(ValueError, match=f'--{name} must be a finite number'):
+      pipeline_flags.config_from_flags()
+
+
+def test_every_float_flag_of_the_trainer_is_checked_for_finiteness():
+  ours = FLAGS.flags_by_module_dict()[pipeline_flags.__name__]
+  floats = {flag.name for flag in ours
+            if isinstance(flag.parser, flags.FloatParser)}
+  assert floats == set(pipeline_flags.FLOAT_FLAGS)
 
 
 def test_enum_flag_lists_allowed_values():
