@@ -17,8 +17,11 @@ float32 arrays.
 # First, before TensorFlow loads: silences its start-up chatter.
 from pipeline import quiet  # pylint: disable=unused-import
 import base64
+import http.client
 import json
+import math
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -64,14 +67,44 @@ def predict_rest(server, model_name, inputs, signature='serving_default',
   url = f'http://{server}/v1/models/{model_name}:predict'
   request = urllib.request.Request(
       url, data=body, headers={'Content-Type': 'application/json'})
+  # urlopen's timeout bounds each socket read, not the request: a server
+  # that trickles bytes would hold it for ever. The request runs in a
+  # thread and is given up at the deadline.
+  done = {}
+
+  def call():
+    try:
+      with urllib.request.urlopen(request, timeout=timeout) as response:
+        done['body'] = response.read()
+    except BaseException as e:  # pylint: disable=broad-except
+      done['error'] = e
+
+  worker = threading.Thread(target=call, daemon=True)
+  worker.start()
+  worker.join(timeout)
+  if worker.is_alive():
+    raise ServingError(f'{url}: no complete reply within --timeout={timeout:g} '
+                       's; is the server overloaded, or not TF Serving?')
+  error = done.get('error')
+  if isinstance(error, urllib.error.HTTPError):
+    raise ServingError(
+        f'{url}: HTTP {error.code}: '
+        f'{error.read().decode(errors="replace")[:500]}') from error
+  if isinstance(error, urllib.error.URLError):
+    raise ServingError(
+        f'{url}: cannot reach the server ({error.reason}).') from error
+  if isinstance(error, (OSError, http.client.HTTPException)):
+    # Closed connections, replies that are not HTTP, socket timeouts.
+    raise ServingError(f'{url}: the server did not answer in HTTP '
+                       f'({type(error).__name__}: {error}).') from error
+  if error is not None:
+    raise error
   try:
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-      payload = json.load(response)
-  except urllib.error.HTTPError as e:
-    raise ServingError(f'{url}: HTTP {e.code}: {e.read().decode()[:500]}') from e
-  except urllib.error.URLError as e:
-    raise ServingError(f'{url}: cannot reach the server ({e.reason}).') from e
-  outputs = payload['outputs']
+    payload = json.loads(done['body'])
+    outputs = payload['outputs']
+  except (ValueError, KeyError, TypeError):
+    raise ServingError(f'{url}: the reply is not a TF Serving prediction: '
+                       f'{done["body"][:200]!r}') from None
   if not isinstance(outputs, dict):
     raise ServingError(f'{url}: expected named outputs, got {outputs!r:.200}')
   return {k: np.asarray(v) for k, v in outputs.items()}
@@ -112,10 +145,40 @@ def read_image_files(paths):
   return np.array(data, dtype=object)
 
 
+def check_outputs(outputs, count):
+  """Checks a reply holds `count` finite predictions.
+
+  Raises:
+    ServingError: naming what is missing or wrong.
+  """
+  missing = [k for k in ('classes', 'probabilities') if k not in outputs]
+  if missing:
+    raise ServingError(f'The reply has no {", ".join(missing)} (it has '
+                       f'{", ".join(sorted(outputs)) or "nothing"}): is the '
+                       'model a capsule export of pipeline.export?')
+  classes, probabilities = outputs['classes'], outputs['probabilities']
+  if (classes.shape[:1] != (count,) or probabilities.ndim != 2 or
+      len(probabilities) != count):
+    raise ServingError(f'The reply has {classes.shape[:1]} classes and '
+                       f'probabilities of shape {probabilities.shape} for '
+                       f'{count} inputs.')
+  if not np.all(np.isfinite(probabilities.astype(np.float64))):
+    raise ServingError('The reply holds NaN or infinite probabilities: the '
+                       'served model is broken (retrain or re-export it).')
+  if np.any((classes < 0) | (classes >= probabilities.shape[1])):
+    raise ServingError('The reply names classes outside '
+                       f'[0, {probabilities.shape[1]}).')
+
+
 def main(argv):
   f = flags.FLAGS
   paths = argv[1:]
   try:
+    if not (math.isfinite(f.timeout) and f.timeout > 0):
+      raise ValueError(f'--timeout must be a positive number of seconds, '
+                       f'got {f.timeout}.')
+    if f.num_examples < 1:
+      raise ValueError(f'--num_examples must be >= 1, got {f.num_examples}.')
     if paths:
       inputs, signature, names = ({'images': read_image_files(paths)},
                                   'predict_images', paths)
@@ -129,8 +192,11 @@ def main(argv):
                for i, t in enumerate(truth)]
     outputs = PROTOCOLS[f.protocol](f.server, f.model_name, inputs, signature,
                                     f.timeout)
-  except (ServingError, ValueError) as e:
+    check_outputs(outputs, len(names))
+  except ValueError as e:
     raise app.UsageError(str(e)) from None
+  except ServingError as e:
+    sys.exit(f'Error: {e}')
   class_names = outputs.get('class_names')
   for i, (name, cls, probs) in enumerate(zip(names, outputs['classes'],
                                              outputs['probabilities'])):
