@@ -15,6 +15,7 @@ constant measured on another machine.
 
 import dataclasses
 import os
+import subprocess
 import platform
 from typing import Optional
 
@@ -75,6 +76,56 @@ def gpus():
     found.append(Gpu(details.get('device_name', device.name),
                      tuple(capability) if capability else None))
   return found
+
+
+def accelerator_software() -> dict:
+  """What drives a GPU here: whether TensorFlow was built with CUDA, the
+  CUDA and cuDNN versions it was built against, and the NVIDIA driver's
+  version (from `nvidia-smi`; None where there is none)."""
+  info = tf.sysconfig.get_build_info()
+  driver = None
+  try:
+    out = subprocess.run(
+        ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+        capture_output=True, text=True, timeout=20, check=False)
+    if out.returncode == 0 and out.stdout.strip():
+      driver = out.stdout.strip().splitlines()[0].strip()
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return {'cuda_build': bool(info.get('is_cuda_build', False)),
+          'cuda_version': info.get('cuda_version'),
+          'cudnn_version': info.get('cudnn_version'),
+          'nvidia_driver': driver}
+
+
+def device_line(strategy, visible=None, built_with_cuda=None) -> str:
+  """One console line: the devices a run will use, and why.
+
+  On a CPU-only run it says that no GPU is visible and, where this
+  TensorFlow was built without CUDA, how to install the one that has it.
+
+  Args:
+    strategy: the run's `tf.distribute.Strategy`.
+    visible: the visible GPUs (`gpus()` by default).
+    built_with_cuda: whether TensorFlow has CUDA (asked by default).
+  """
+  visible = gpus() if visible is None else visible
+  if built_with_cuda is None:
+    built_with_cuda = tf.test.is_built_with_cuda()
+  devices = list(strategy.extended.worker_devices)
+  line = (f'{type(strategy).__name__} over {strategy.num_replicas_in_sync} '
+          f'replica(s): {", ".join(devices)}')
+  if visible:
+    names = sorted({g.name for g in visible})
+    used = sum('GPU' in d.upper() for d in devices)
+    line += f'; {len(visible)} GPU(s) visible ({", ".join(names)}), {used} used'
+    return line + '.'
+  if built_with_cuda:
+    return line + ('; no GPU is visible (TensorFlow has CUDA: check the '
+                   'driver with nvidia-smi, and CUDA_VISIBLE_DEVICES).')
+  return line + ('; no GPU is visible: this TensorFlow was built without '
+                 'CUDA. For NVIDIA GPUs: pip install '
+                 f'"tensorflow[and-cuda]=={tf.__version__}".')
 
 
 def machine() -> str:

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import autotune
+from pipeline import hardware
 from pipeline import schedules
 from pipeline import strategies
 from pipeline.tasks import base as task_base
@@ -26,6 +27,22 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or a gradient became NaN or infinite; the step was not kept."""
 
 
+def check_divides(flag, size, replicas):
+  """Refuses a batch size that does not split evenly over the replicas.
+
+  Raises:
+    ValueError: naming the flag and the nearest sizes that divide.
+  """
+  if size % replicas == 0:
+    return
+  below, above = size - size % replicas, size - size % replicas + replicas
+  nearest = (f'{below} or {above}' if below else str(above))
+  raise ValueError(
+      f'--{flag}={size} does not divide over {replicas} replicas (each '
+      f'replica takes an equal share); use a multiple of {replicas}, such as '
+      f'{nearest}.')
+
+
 class Trainer:
   """Trains one model under a `tf.distribute` strategy.
 
@@ -35,7 +52,8 @@ class Trainer:
     source: a `pipeline.data.base.Source`; by default the config's data.
 
   Raises:
-    ValueError: when the global batch does not divide over the replicas.
+    ValueError: when the training or evaluation batch does not divide over
+      the replicas.
     DataError: when the data cannot be loaded, or the batch is larger than
       the training split.
   """
@@ -45,16 +63,13 @@ class Trainer:
     self.strategy = strategy or strategies.make_strategy(
         config.strategy, config.cpu_devices)
     replicas = self.strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-      raise ValueError(
-          f'--batch_size={config.batch_size} does not divide over {replicas} '
-          'replicas; use a multiple of the replica count.')
+    for flag in ('batch_size', 'eval_batch_size'):
+      check_divides(flag, getattr(config, flag), replicas)
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     self.chief = strategies.is_chief(self.strategy)
-    logging.info('%s over %d replica(s): %s', type(self.strategy).__name__,
-                 replicas, ', '.join(self.strategy.extended.worker_devices))
+    logging.info('%s', hardware.device_line(self.strategy))
     self.source = source or sources.open_source(config.data)
     self.info = self.source.info
     if config.batch_size > self.info.split_sizes['train']:
@@ -104,6 +119,8 @@ class Trainer:
     self._eval_fn = tf.function(self._eval_step_fn, reduce_retracing=True)
     self.summary_outputs = tf.function(
         lambda images, labels: self.model(images, labels, training=False))
+    self._weights_finite = tf.function(lambda: tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.variables]))
 
   def _tune(self, policy, replicas):
     """Runs `pipeline.autotune.tune` for training and evaluation batches;
@@ -126,6 +143,10 @@ class Trainer:
                              autotune.summary(record).items()))
     return record
 
+  def weights_finite(self) -> bool:
+    """Whether every weight of the model is a finite number."""
+    return bool(self._weights_finite())
+
   @property
   def step(self) -> int:
     """The global step (the optimizer's iteration count)."""
@@ -146,7 +167,7 @@ class Trainer:
     return iter(self.strategy.distribute_datasets_from_function(
         lambda ctx: input_pipeline.make_dataset(
             self.source, 'train', cfg.batch_size, True, ctx, seed=cfg.seed,
-            deterministic=cfg.deterministic, start_batch=start_step)))
+            deterministic=cfg.deterministic, start_step=start_step)))
 
   def _train_loop_fn(self, iterator, num_steps):
     """Runs up to `num_steps` steps; returns 0, or the first bad step."""

@@ -19,6 +19,11 @@ _cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+# Tests compare float32 results at 1e-5 and tighter; TF32 (on by default on
+# Ampere and later GPUs) rounds matmul and convolution inputs to 10 bits.
+# The commands the tests start run as users run them, TF32 and all.
+tf.config.experimental.enable_tensor_float_32_execution(False)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

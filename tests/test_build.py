@@ -17,7 +17,8 @@ import pytest
 from conftest import REPO
 
 TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client',
-         'make_affnist', 'experiment')
+         'make_affnist', 'experiment', 'device_check', 'curves',
+         'profile_report')
 PACKAGES = ('pipeline', 'pipeline/data', 'pipeline/models', 'pipeline/tasks',
             'tests')
 

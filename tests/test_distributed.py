@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import REPO
@@ -73,11 +74,21 @@ def _weights(model_dir):
           if k.startswith('model/')}
 
 
-def test_resume_in_fresh_process_matches_straight_run(tmp_path):
+@pytest.mark.parametrize('replicas', [1, 2, 3])
+def test_resume_in_fresh_process_matches_straight_run(tmp_path, replicas):
+  # Each step draws one per-replica batch for every replica: the resume
+  # must skip `step x replicas` of them, or a multi-replica run replays
+  # data it already trained on.
+  if replicas == 1:
+    devices = ['--strategy=one_device']
+  else:
+    devices = ['--strategy=mirrored', f'--cpu_devices={replicas}']
+  batch = 4 * replicas
   def train(model_dir, steps):
     proc = subprocess.run(
         [sys.executable, '-m', 'pipeline.train', *TINY, '--deterministic',
-         '--strategy=one_device', f'--train_steps={steps}',
+         *devices, f'--batch_size={batch}', f'--eval_batch_size={batch}',
+         f'--train_steps={steps}',
          '--eval_every=100', '--checkpoint_every=3',
          f'--model_dir={model_dir}', '--export_dir='],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)

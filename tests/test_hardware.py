@@ -1,6 +1,7 @@
 """Tests of pipeline.hardware: what --precision=auto picks on which hardware."""
 
 import pytest
+import tensorflow as tf
 
 from pipeline import hardware
 
@@ -61,6 +62,37 @@ def test_this_machine_is_described():
   assert 'cores' in hardware.machine()
   precision, _ = hardware.auto_precision()
   assert precision in ('float32', 'mixed_bfloat16', 'mixed_float16')
+
+
+class _FakeStrategy:
+  num_replicas_in_sync = 2
+
+  class extended:  # pylint: disable=invalid-name
+    worker_devices = ('/job:localhost/replica:0/task:0/device:CPU:0',
+                      '/job:localhost/replica:0/task:0/device:CPU:1')
+
+
+def test_device_line_says_why_no_gpu_is_used_and_how_to_get_one():
+  line = hardware.device_line(_FakeStrategy(), visible=[],
+                              built_with_cuda=False)
+  assert line.startswith('_FakeStrategy over 2 replica(s): /job:localhost')
+  assert 'no GPU is visible: this TensorFlow was built without CUDA' in line
+  assert f'pip install "tensorflow[and-cuda]=={tf.__version__}"' in line
+  line = hardware.device_line(_FakeStrategy(), visible=[],
+                              built_with_cuda=True)
+  assert 'TensorFlow has CUDA: check the driver with nvidia-smi' in line
+  gpu = hardware.Gpu('NVIDIA A100-SXM4-40GB', (8, 0))
+  line = hardware.device_line(_FakeStrategy(), visible=[gpu, gpu],
+                              built_with_cuda=True)
+  assert '2 GPU(s) visible (NVIDIA A100-SXM4-40GB), 0 used' in line
+
+
+def test_device_line_of_this_machine_names_its_devices():
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  line = hardware.device_line(strategy)
+  assert 'OneDeviceStrategy over 1 replica(s): /job:localhost' in line
+  if not tf.config.list_physical_devices('GPU'):
+    assert 'no GPU is visible' in line
 
 
 if __name__ == '__main__':

@@ -52,12 +52,12 @@ def test_deterministic_and_seed_dependent():
                  for x, y in zip(a, c))
 
 
-def test_start_batch_resumes_the_same_stream():
+def test_start_step_resumes_the_same_stream():
   src = _synthetic()
   straight = _take(input_pipeline.make_dataset(
       src, 'train', 8, True, seed=2, deterministic=True), 20)
   resumed = _take(input_pipeline.make_dataset(
-      src, 'train', 8, True, seed=2, deterministic=True, start_batch=13), 7)
+      src, 'train', 8, True, seed=2, deterministic=True, start_step=13), 7)
   for x, y in zip(straight[13:], resumed):
     np.testing.assert_array_equal(x['image'], y['image'])
     np.testing.assert_array_equal(x['label'], y['label'])

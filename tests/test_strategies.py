@@ -10,7 +10,9 @@ def test_make_strategy():
   assert isinstance(strategies.make_strategy('one_device'),
                     tf.distribute.OneDeviceStrategy)
   mirrored = strategies.make_strategy('mirrored')
-  assert mirrored.num_replicas_in_sync == 2   # conftest's two logical CPUs
+  # Every local GPU where there are some, else conftest's two logical CPUs.
+  gpus = len(tf.config.list_physical_devices('GPU'))
+  assert mirrored.num_replicas_in_sync == (gpus or 2)
   with pytest.raises(ValueError, match='strategy must be one of'):
     strategies.make_strategy('tpu')
 

@@ -97,11 +97,83 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')) == good
 
 
-def test_batch_not_divisible_by_replicas(tmp_path):
-  with pytest.raises(ValueError, match='--batch_size=7 does not divide'):
+def test_one_replica_going_non_finite_skips_the_step_on_every_replica(
+    tmp_path):
+  # The verdict travels in the gradients' all-reduce: replica 1's NaN loss
+  # stops both replicas on the same step, with no weight changed.
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  trainer = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=6),
+                                strategy=strategy)
+  trainer.run_steps(2)
+  before = [v.numpy() for v in trainer.model.trainable_variables]
+  losses = trainer.task.build_losses
+
+  def nan_on_replica_1(*args):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    scale = tf.where(tf.equal(replica, 1), float('nan'), 1.0)
+    return [x * scale for x in losses(*args)]
+
+  trainer.task.build_losses = nan_on_replica_1
+  trainer.train_loop = tf.function(trainer._train_loop_fn)  # pylint: disable=protected-access
+  with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 3'):
+    trainer.run_steps(2)
+  # Both replicas took the same (zero) gradients: their copies agree and
+  # hold no NaN from replica 1. (Adam's momentum still moves them; the
+  # controller saves nothing of that step.)
+  for old, var in zip(before, trainer.model.trainable_variables):
+    first, second = [v.numpy() for v in
+                     strategy.experimental_local_results(var)]
+    np.testing.assert_array_equal(first, second, err_msg=var.name)
+    assert np.all(np.isfinite(first)), var.name
+    assert old.shape == first.shape
+
+
+def test_one_all_reduce_per_step_carries_gradients_and_the_verdict(tmp_path):
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  trainer = trainer_lib.Trainer(tiny_config(tmp_path), strategy=strategy)
+  calls = []
+  real = tf.distribute.ReplicaContext.all_reduce
+
+  def counting(self, op, value, options=None):
+    calls.append(len(tf.nest.flatten(value)))
+    return real(self, op, value, options)
+
+  tf.distribute.ReplicaContext.all_reduce = counting
+  try:
+    batch = next(iter(trainer.train_iterator(0)))
+    strategy.run(tf.function(trainer.task.train_step), args=(
+        batch, trainer.model, trainer.optimizer, trainer.metrics))
+  finally:
+    tf.distribute.ReplicaContext.all_reduce = real
+  variables = len(trainer.model.trainable_variables)
+  # One call per replica, each with every gradient and the flag.
+  assert calls and set(calls) == {variables + 1}, calls
+
+
+@pytest.mark.parametrize('flag,size,replicas,nearest', [
+    ('batch_size', 7, 2, '6 or 8'),
+    ('eval_batch_size', 15, 2, '14 or 16'),
+    ('eval_batch_size', 1, 2, 'such as 2.'),
+])
+def test_batch_sizes_that_do_not_divide_are_refused_before_any_work(
+    tmp_path, flag, size, replicas, nearest):
+  with pytest.raises(ValueError, match=f'--{flag}={size} does not divide '
+                     f'over {replicas} replicas') as raised:
     trainer_lib.Trainer(
-        tiny_config(tmp_path, batch_size=7),
-        strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+        tiny_config(tmp_path, **{flag: size}),
+        strategy=tf.distribute.MirroredStrategy(
+            [f'/cpu:{i}' for i in range(replicas)]))
+  assert nearest in str(raised.value)
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_check_divides_names_the_nearest_sizes():
+  for size, replicas, nearest in ((500, 8, '496 or 504'), (500, 3, '498 or '
+                                                                    '501'),
+                                  (5, 8, 'such as 8.')):
+    with pytest.raises(ValueError, match=nearest):
+      trainer_lib.check_divides('eval_batch_size', size, replicas)
+  trainer_lib.check_divides('batch_size', 512, 8)
 
 
 def _final_loss(tmp_path, precision, **options):

@@ -5,7 +5,7 @@ Images stay uint8 in memory; the pipeline shuffles and shards example
 seeded from the batch number. That keeps shuffle buffers (and the input
 checkpoints) small, makes every batch reproducible from `(seed, pipeline
 id, batch number)` -- which is how a resumed run continues its input stream
-(`start_batch`) -- and keeps Python out of the hot path.
+(`start_step`) -- and keeps Python out of the hot path.
 
 Each element is a dict:
   image: float32 `[batch, H, W, C]` (in [0, 1]; smallNORB standardised).
@@ -73,7 +73,7 @@ def _batch_transform(source, data, training, base_seed):
 
 def make_dataset(source, split, global_batch_size, training,
                  input_context=None, seed=0, deterministic=False,
-                 start_batch=0):
+                 start_step=0):
   """Builds the batched dataset of one split for one input pipeline.
 
   Works as the function given to
@@ -90,10 +90,13 @@ def make_dataset(source, split, global_batch_size, training,
     input_context: a `tf.distribute.InputContext`, or None.
     seed: base seed of shuffling and augmentation.
     deterministic: force deterministic element order (tests, reproductions).
-    start_batch: training only: begin at this batch number, as if that many
-      batches had been drawn. The stream is a pure function of (seed, pipeline
-      id, batch number), so a resumed run passes its step here and continues
-      exactly where it stopped; only indices are skipped, not images.
+    start_step: training only: begin where a run at this global step left
+      the stream. Each step draws one per-replica batch for every replica
+      this pipeline feeds (`num_replicas_in_sync / num_input_pipelines`), so
+      the stream starts at batch `start_step` times that. It is a pure
+      function of (seed, pipeline id, batch number): a resumed run, on any
+      replica count, continues exactly where it stopped; only indices are
+      skipped, not images.
 
   Returns:
     A `tf.data.Dataset` of batch dicts (see the module docstring).
@@ -103,7 +106,7 @@ def make_dataset(source, split, global_batch_size, training,
       split too small for one training batch.
   """
   batch = int(global_batch_size)
-  pipelines, pipeline_id = 1, 0
+  pipelines, pipeline_id, batches_per_step = 1, 0, 1
   if input_context is not None:
     if batch % input_context.num_replicas_in_sync:
       raise DataError(
@@ -112,6 +115,8 @@ def make_dataset(source, split, global_batch_size, training,
     batch = input_context.get_per_replica_batch_size(batch)
     pipelines = input_context.num_input_pipelines
     pipeline_id = input_context.input_pipeline_id
+    batches_per_step = max(
+        1, input_context.num_replicas_in_sync // pipelines)
   if batch < 1:
     raise DataError(f'batch size must be >= 1, got {global_batch_size}.')
   data = source.split(split)
@@ -130,9 +135,10 @@ def make_dataset(source, split, global_batch_size, training,
   if training:
     ds = ds.shuffle(n, seed=seed * 1000 + pipeline_id,
                     reshuffle_each_iteration=True).repeat()
-    ds = ds.skip(int(start_batch) * batch)
-  ds = ds.batch(batch, drop_remainder=training).enumerate(
-      start=int(start_batch) if training else 0)
+  start_batch = int(start_step) * batches_per_step if training else 0
+  if training:
+    ds = ds.skip(start_batch * batch)
+  ds = ds.batch(batch, drop_remainder=training).enumerate(start=start_batch)
   transform = _batch_transform(source, data, training, base_seed)
   ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True if deterministic else None)

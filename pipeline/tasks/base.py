@@ -66,7 +66,8 @@ class Task(abc.ABC):
     The per-example losses are averaged over the global batch, so the
     strategy's sum of replica gradients is the gradient of the batch mean.
     A step whose loss or gradients are not finite on any replica applies
-    zero gradients on all of them (they must agree before the all-reduce).
+    zero gradients on all of them: each replica's finiteness flag is summed
+    in the same all-reduce as the gradients, so they all agree.
 
     Args:
       batch: the replica's batch, a dict with `image` and `label`.
@@ -95,12 +96,17 @@ class Task(abc.ABC):
     checked = [] if loss_scaling else grads
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
                             for g in checked] + [tf.math.is_finite(loss)])
+    # The replicas' verdicts travel in the gradients' own all-reduce (one
+    # batched collective, not a second synchronisation per step): the
+    # summed flag is the same on every replica, so all skip or all apply.
     ctx = tf.distribute.get_replica_context()
-    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                         1.0 - tf.cast(finite, tf.float32))
+    reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [
+        1.0 - tf.cast(finite, tf.float32)])
+    grads, bad = reduced[:-1], reduced[-1]
     ok = bad < 0.5
     grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]
-    optimizer.apply_gradients(zip(grads, variables))
+    optimizer.apply_gradients(zip(grads, variables),
+                              skip_gradients_aggregation=True)
     hits = metrics_lib.accuracy_hits(batch['label'], outputs['lengths'])
     for name, value in zip(METRIC_NAMES, (margin, recon, total, hits)):
       metrics[name].update_state(value)

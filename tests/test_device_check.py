@@ -1,0 +1,88 @@
+"""Tests of pipeline.device_check: the precisions it picks, and the real
+command on this machine (2 virtual CPU replicas), passing and failing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import device_check
+from pipeline import hardware
+
+from conftest import REPO
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+QUICK = ['--steps=2', '--repeats=1', '--nomatmul']
+
+
+@pytest.mark.parametrize('features,gpus,expected', [
+    (['avx2', 'fma'], [], ['float32']),
+    (['avx2', 'avx512_bf16'], [], ['float32', 'mixed_bfloat16']),
+    (['amx_bf16'], [], ['float32', 'mixed_bfloat16']),
+    ([], [hardware.Gpu('V100', (7, 0))], ['float32', 'mixed_float16']),
+    ([], [hardware.Gpu('A100', (8, 0)), hardware.Gpu('A100', (8, 0))],
+     ['float32', 'mixed_bfloat16', 'mixed_float16']),
+    # The slowest GPU decides; one of unknown capability gives float32.
+    ([], [hardware.Gpu('A100', (8, 0)), hardware.Gpu('T4', (7, 5))],
+     ['float32', 'mixed_float16']),
+    ([], [hardware.Gpu('?', None)], ['float32']),
+])
+def test_native_precisions(features, gpus, expected):
+  assert device_check.native_precisions(features, gpus) == expected
+
+
+def test_the_command_checks_this_machine_and_writes_json(tmp_path):
+  out = tmp_path / 'check.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.device_check', *QUICK,
+       f'--output={out}'], cwd=REPO, env=ENV, capture_output=True,
+      text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report['ok'] is True
+  precisions = device_check.native_precisions()
+  assert report['precisions'] == precisions
+  assert set(report['checks']) == {
+      *(f'train/{p}' for p in precisions), 'export_reload', 'resume'}
+  for name in report['checks']:
+    assert f'{name}: ok' in proc.stdout
+  resume = report['checks']['resume']
+  assert resume['replicas'] == 2 and resume['max_abs_weight_difference'] <= (
+      device_check.RESUME_TOLERANCE)
+  assert report['checks']['export_reload']['max_abs_difference'] <= (
+      device_check.EXPORT_TOLERANCE)
+  for key in ('cuda_build', 'cuda_version', 'cudnn_version', 'nvidia_driver',
+              'gpus', 'cpu_features', 'device_line'):
+    assert key in report, key
+  bench = report['benchmark']
+  for key in ('train_examples_per_second', 'train_step_seconds',
+              'inference_examples_per_second', 'first_step_seconds',
+              'peak_device_memory_mb'):
+    assert bench[key] > 0, key
+  assert 'replica(s)' in report['device_line']
+
+
+_FAILING = '''
+import sys
+from absl import app
+from pipeline import device_check
+device_check.define_flags()
+device_check.RESUME_TOLERANCE = -1.0  # No run can meet it.
+sys.argv = ['device_check', '--steps=2', '--repeats=1', '--nomatmul']
+app.run(device_check.main)
+'''
+
+
+def test_a_failed_check_is_named_and_exits_one():
+  proc = subprocess.run([sys.executable, '-c', _FAILING], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert 'resume: FAILED: weights differ by' in proc.stdout
+  assert 'export_reload: ok' in proc.stdout
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)
