@@ -68,6 +68,10 @@ def test_bad_inputs():
     affine.affine_split(np.zeros([1, 44, 44], np.uint8), [0], 40)
   with pytest.raises(DataError, match='min_scale'):
     affine.AffineRanges(min_scale=1.5, max_scale=1.0)
+  for name in ('max_rotation_degrees', 'max_shear', 'min_scale', 'max_scale'):
+    for value in (float('nan'), float('inf')):
+      with pytest.raises(DataError, match=f'{name} must be a finite number'):
+        affine.AffineRanges(**{name: value})
 
 
 if __name__ == '__main__':

@@ -34,17 +34,22 @@ def _start(model_dir, *args):
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_step(proc, step, timeout=300):
-  """Reads the log until a line reports `step`; returns the lines read."""
+def _wait_for(proc, text, timeout=300):
+  """Reads the log until a line holds `text`; returns the lines read."""
   lines, deadline = [], time.time() + timeout
   while time.time() < deadline:
     line = proc.stdout.readline()
     if not line:
       break
     lines.append(line)
-    if f' step {step}/' in line:
+    if text in line:
       return lines
-  raise AssertionError(f'step {step} never logged:\n' + ''.join(lines[-30:]))
+  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))
+
+
+def _wait_for_step(proc, step, timeout=300):
+  """Reads the log until a line reports `step`; returns the lines read."""
+  return _wait_for(proc, f' step {step}/', timeout)
 
 
 def _run(model_dir, *args):
@@ -98,18 +103,6 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
                  '--checkpoint_every=1000', '--eval_every=1000')
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'at step {stopped}.' in resumed.stderr
-
-
-def _wait_for(proc, text, timeout=300):
-  lines, deadline = [], time.time() + timeout
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if text in line:
-      return lines
-  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))
 
 
 def test_a_repeated_sigterm_still_stops_cleanly(tmp_path):

@@ -10,6 +10,7 @@ writes them as IDX files.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 import scipy.ndimage
@@ -26,6 +27,9 @@ class AffineRanges:
   max_scale: float = 1.2
 
   def __post_init__(self):
+    for name, value in dataclasses.asdict(self).items():
+      if not math.isfinite(value):
+        raise DataError(f'{name} must be a finite number, got {value}.')
     if not 0 < self.min_scale <= self.max_scale:
       raise DataError(f'Need 0 < min_scale <= max_scale, got '
                       f'{self.min_scale}, {self.max_scale}.')
