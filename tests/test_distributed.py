@@ -84,10 +84,13 @@ def test_resume_in_fresh_process_matches_straight_run(tmp_path, replicas):
   else:
     devices = ['--strategy=mirrored', f'--cpu_devices={replicas}']
   batch = 4 * replicas
+
   def train(model_dir, steps):
+    # 48 test images: whole evaluation batches on 1, 2 and 3 replicas.
     proc = subprocess.run(
         [sys.executable, '-m', 'pipeline.train', *TINY, '--deterministic',
          *devices, f'--batch_size={batch}', f'--eval_batch_size={batch}',
+         '--synthetic_size=128,48',
          f'--train_steps={steps}',
          '--eval_every=100', '--checkpoint_every=3',
          f'--model_dir={model_dir}', '--export_dir='],

@@ -43,6 +43,7 @@ def test_checkpoint_and_saved_model_agree_with_trainer(run):
 def test_two_object_accuracy_needs_both():
   class Fixed:
     image_shape = (36, 36, 1)
+    num_classes = 10
 
     def predict(self, images):
       n = len(images)
@@ -100,6 +101,7 @@ def test_command_with_figures(run, tmp_path):
 class _FakePairs:
   """Predicts classes 0 and 1; decodes class c as an image of value c / 10."""
   image_shape = (36, 36, 1)
+  num_classes = 10
   has_decoder = True
 
   def predict(self, images):
