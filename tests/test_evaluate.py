@@ -70,6 +70,28 @@ def test_two_object_accuracy_needs_both():
   assert 'confusion_matrix' not in results
 
 
+def test_another_number_of_classes_is_explained(run):
+  # A 4-class model on 10-class data of its image shape: refused in one
+  # line, not an IndexError in the confusion matrix.
+  _, _, model_dir, path = run
+  src = sources.open_source(sources.DataSpec(
+      synthetic_shape=(20, 20, 1), synthetic_classes=10,
+      synthetic_size=(20, 10)))
+  for predictor in (evaluate.Predictor.from_checkpoint(str(model_dir)),
+                    evaluate.Predictor.from_saved_model(path)):
+    with pytest.raises(ValueError, match='The model has 4 classes but '
+                       'synthetic has 10'):
+      evaluate.evaluate(predictor, src, 'test')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pipeline.evaluate', f'--saved_model={path}',
+       '--dataset=synthetic', '--synthetic_shape=20,20,1',
+       '--synthetic_classes=10', '--synthetic_size=20,10'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'The model has 4 classes' in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
 def test_shape_mismatch_is_explained(run):
   _, _, model_dir, _ = run
   predictor = evaluate.Predictor.from_checkpoint(str(model_dir))
