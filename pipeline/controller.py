@@ -330,8 +330,7 @@ class Controller:
       if not trainer.weights_finite():
         raise trainer_lib.NonFiniteLossError(
             f'The weights became NaN/Inf by step {step}; they were not '
-            f'saved. {self._last_good()} Lower --learning_rate or check the '
-            'input data.')
+            f'saved. {self._last_good()}')
       trainer.wall_seconds.assign(wall())
       self.checkpoint_manager.save(checkpoint_number=step)
 
@@ -359,8 +358,7 @@ class Controller:
         trainer.run_steps(n)
       except trainer_lib.NonFiniteLossError as e:
         raise trainer_lib.NonFiniteLossError(
-            f'{e} {self._last_good()} Lower --learning_rate or check the '
-            'input data.') from None
+            f'{e} {self._last_good()}') from None
       step = trainer.step
       done = step >= cfg.train_steps
       if self._profiling and (step >= profile[1] or done):
@@ -415,10 +413,11 @@ class Controller:
     return RunResult(step=step, evaluation=results)
 
   def _last_good(self):
+    """What a non-finite stop says of the checkpoints, and the fix."""
     latest = self.checkpoint_manager.latest_checkpoint
-    if latest is None:
-      return 'No checkpoint was written before it.'
-    return f'The latest checkpoint ({latest}) is the last good one.'
+    kept = (f'The latest checkpoint ({latest}) is the last good one.' if latest
+            else 'No checkpoint was written before it.')
+    return f'{kept} Lower --learning_rate or check the input data.'
 
   def _reaches_target(self, results):
     target = self.config.target_accuracy

@@ -145,18 +145,16 @@ def _webp_pixels(padded, data):
 
 
 def animated_webp(data):
-  """Whether `data` is a WebP with the animation flag (VP8X) or animation
-  frames: TensorFlow 2.21's decoder corrupts memory on those inside a graph
-  (the process aborts), so they are refused before decoding."""
+  """Whether `data` is a WebP with the animation flag (an animated WebP
+  must carry it, in its VP8X chunk): TensorFlow 2.21's decoder corrupts
+  memory on those inside a graph (the process aborts), so they are refused
+  before decoding."""
   padded = data + b'\0' * 32
-  webp = tf.logical_and(
+  return tf.reduce_all(tf.stack([
       tf.equal(tf.strings.substr(padded, 0, 4), b'RIFF'),
-      tf.equal(tf.strings.substr(padded, 8, 4), b'WEBP'))
-  flagged = tf.logical_and(
+      tf.equal(tf.strings.substr(padded, 8, 4), b'WEBP'),
       tf.equal(tf.strings.substr(padded, 12, 4), b'VP8X'),
-      tf.equal(_byte(data, 20) // 2 % 2, 1))
-  return tf.logical_and(webp, tf.logical_or(
-      flagged, tf.strings.regex_full_match(data, '(?s).*ANMF.*')))
+      tf.equal(_byte(data, 20) // 2 % 2, 1)]))
 
 
 def encoded_pixels(data):
