@@ -1,6 +1,6 @@
 """End to end: what TensorBoard shows of real runs, asked of a real
 `tensorboard` server over HTTP (scalars, histograms, images, HParams and
-the profiler trace the README promises)."""
+the profiler trace docs/runs.md promises)."""
 
 import gzip
 import json

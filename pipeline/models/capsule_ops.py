@@ -257,8 +257,8 @@ def em_routing(votes, activations, beta_u, beta_a, num_iterations=3,
     recompute: for training: keep only each iteration's assignments for the
       backward pass and recompute the iteration's `[batch, P, K, C, D]`
       temporaries there (`tf.recompute_grad`), each iteration compiled with
-      XLA. Less memory (the paper's smallNORB model at batch 32: 11.5 →
-      8.7 GB peak) for a 5% slower step. The same values and gradients.
+      XLA. Less memory for a slightly slower step (docs/models.md has the
+      figures and their machine). The same values and gradients.
 
   Returns:
     `(poses [batch, P, C, D], activations [batch, P, C], assignments

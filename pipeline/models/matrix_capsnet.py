@@ -187,8 +187,8 @@ class MatrixCapsNet(base.CapsuleModel):
   `recompute_routing=True` trains with each EM iteration compiled with XLA
   and recomputed in the backward pass instead of kept (see
   `capsule_ops.em_routing`): the same values and gradients in less memory
-  (batch 32: 11.5 → 8.7 GB peak) for a 5% slower step. Inference is
-  unchanged.
+  for a slightly slower step (figures with their machine: docs/models.md).
+  Inference is unchanged.
   """
 
   def __init__(self, input_shape=(32, 32, 2), num_classes=5, channels_a=32,
