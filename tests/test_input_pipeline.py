@@ -97,6 +97,36 @@ def test_sharding_by_input_pipeline():
   assert not any((flat[1] == row).all(1).any() for row in flat[0])
 
 
+def test_evaluation_under_a_strategy_is_padded_to_whole_steps():
+  """Every replica gets a whole batch at every step and every pipeline the
+  same number of steps; the padding weighs 0 and the real examples come in
+  order, each once."""
+  src = _synthetic(shift_pixels=0, synthetic_size=(64, 31))
+  one = tf.distribute.InputContext(num_input_pipelines=1,
+                                   input_pipeline_id=0,
+                                   num_replicas_in_sync=3)
+  batches = _take(input_pipeline.make_dataset(src, 'test', 24, False, one),
+                  100)
+  assert [len(b['weight']) for b in batches] == [8] * 6   # 48 = 2 steps of 3
+  weights = np.concatenate([b['weight'] for b in batches])
+  assert weights.sum() == 31 and (weights[:31] == 1).all()
+  images = np.concatenate([b['image'] for b in batches])[:31]
+  np.testing.assert_allclose(images, src.split('test').images / 255.0,
+                             atol=1e-6)
+  counts = []
+  for pipeline_id in range(2):
+    ctx = tf.distribute.InputContext(num_input_pipelines=2,
+                                     input_pipeline_id=pipeline_id,
+                                     num_replicas_in_sync=2)
+    batches = _take(input_pipeline.make_dataset(src, 'test', 8, False, ctx),
+                    100)
+    assert all(len(b['weight']) == 4 for b in batches)
+    counts.append((len(batches), sum(b['weight'].sum() for b in batches)))
+  assert counts == [(4, 16), (4, 15)]
+  plain = _take(input_pipeline.make_dataset(src, 'test', 8, False), 100)
+  assert 'weight' not in plain[0] and len(plain[-1]['label']) == 7
+
+
 def test_batch_errors():
   src = _synthetic()
   ctx = tf.distribute.InputContext(1, 0, 3)

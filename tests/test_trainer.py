@@ -46,6 +46,26 @@ def test_one_device_and_two_replica_mirrored_steps_agree(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize('test_size', [25, 23, 40])
+def test_evaluation_over_replicas_counts_each_example_once(tmp_path,
+                                                           test_size):
+  """A split that leaves a replica a short or empty last batch (25 over
+  2 replicas of 10: [10, 10], [5, 0]) is padded to whole batches that weigh
+  0, and scores as on one device."""
+  data = dataclasses.replace(NO_SHIFT, synthetic_size=(128, test_size))
+  one = trainer_lib.Trainer(
+      tiny_config(tmp_path / 'one', data=data, eval_batch_size=20),
+      strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
+  two = trainer_lib.Trainer(
+      tiny_config(tmp_path / 'two', data=data, eval_batch_size=20),
+      strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+  two.model.set_weights(one.model.get_weights())
+  a, b = one.evaluate('test'), two.evaluate('test')
+  assert a['examples'] == b['examples'] == test_size
+  assert a['accuracy'] == pytest.approx(b['accuracy'], abs=1e-6)
+  assert a['loss'] == pytest.approx(b['loss'], rel=1e-4)
+
+
 def test_train_writes_checkpoints_metrics_and_run_files(tmp_path):
   cfg = tiny_config(tmp_path, train_steps=6, eval_every=3)
   results = run_trainer(trainer_lib.Trainer(cfg))

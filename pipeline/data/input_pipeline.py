@@ -12,6 +12,10 @@ Each element is a dict:
   label: float32 `[batch, classes]` one-hot (k-hot for MultiMNIST).
   targets: (MultiMNIST, smallNORB) what the decoder reconstructs:
     `[batch, 2, H, W, C]` for MultiMNIST, `[batch, H, W, C]` for smallNORB.
+  weight: (evaluation under a strategy) float32 `[batch]`, 1 for an example
+    of the split and 0 for padding: every replica gets a whole batch at
+    every step, however the split divides, so a compiled model never sees a
+    short or empty batch and no replica waits for another.
 """
 
 import tensorflow as tf
@@ -36,11 +40,13 @@ def _batch_transform(source, data, training, base_seed):
   def to_float(x):
     return tf.cast(x, tf.float32) / 255.0
 
-  def fn(batch_number, indices):
+  def fn(batch_number, indices, weights=None):
     seed = base_seed + tf.stack([tf.constant(0, tf.int64), 7 * batch_number])
     x = to_float(tf.gather(images, indices))
     y = tf.gather(labels, indices)
     out = {'label': tf.one_hot(y, num_classes)}
+    if weights is not None:
+      out['weight'] = weights
     if source.kind == 'plain':
       if training:
         x = augment.random_shift(x, spec.shift_pixels, seed)
@@ -71,6 +77,19 @@ def _batch_transform(source, data, training, base_seed):
   return fn
 
 
+def _pad_evaluation(indices, n, pipelines, pipeline_id, per_step):
+  """`(index, weight)` pairs: this pipeline's indices with weight 1, then
+  index 0 with weight 0 up to the same whole number of steps on every
+  pipeline (`per_step` examples a step)."""
+  share = -(-n // pipelines)                       # the largest shard
+  total = -(-share // per_step) * per_step
+  own = len(range(pipeline_id, n, pipelines))
+  real = indices.map(lambda i: (i, tf.constant(1.0)))
+  padding = tf.data.Dataset.from_tensors(
+      (tf.constant(0, tf.int64), tf.constant(0.0))).repeat(total - own)
+  return real.concatenate(padding)
+
+
 def make_dataset(source, split, global_batch_size, training,
                  input_context=None, seed=0, deterministic=False,
                  start_step=0):
@@ -86,7 +105,8 @@ def make_dataset(source, split, global_batch_size, training,
     split: 'train', 'validation' or 'test'.
     global_batch_size: examples per step over all replicas.
     training: shuffle, repeat forever, augment and drop the remainder; else
-      one deterministic pass.
+      one deterministic pass (with an `input_context`, padded to whole
+      steps and weighted: see `weight` above).
     input_context: a `tf.distribute.InputContext`, or None.
     seed: base seed of shuffling and augmentation.
     deterministic: force deterministic element order (tests, reproductions).
@@ -132,13 +152,20 @@ def make_dataset(source, split, global_batch_size, training,
   ds = tf.data.Dataset.range(n)
   if pipelines > 1:
     ds = ds.shard(pipelines, pipeline_id)
+  padded = not training and input_context is not None
+  if padded:
+    ds = _pad_evaluation(ds, n, pipelines, pipeline_id,
+                         batch * batches_per_step)
   if training:
     ds = ds.shuffle(n, seed=seed * 1000 + pipeline_id,
                     reshuffle_each_iteration=True).repeat()
   start_batch = int(start_step) * batches_per_step if training else 0
   if training:
     ds = ds.skip(start_batch * batch)
-  ds = ds.batch(batch, drop_remainder=training).enumerate(start=start_batch)
+  ds = ds.batch(batch, drop_remainder=training or padded).enumerate(
+      start=start_batch)
+  if padded:
+    ds = ds.map(lambda number, pair: (number, pair[0], pair[1]))
   transform = _batch_transform(source, data, training, base_seed)
   ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True if deterministic else None)

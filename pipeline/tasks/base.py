@@ -121,5 +121,8 @@ class Task(abc.ABC):
     outputs = model(batch['image'], training=False)
     _, _, total = self.build_losses(batch, outputs, step)
     hits = metrics_lib.accuracy_hits(batch['label'], outputs['lengths'])
-    return (tf.reduce_sum(hits), tf.reduce_sum(total),
-            tf.cast(tf.shape(hits)[0], tf.float32))
+    # Padding that fills a replica's last batch weighs 0 (input_pipeline).
+    weight = batch.get('weight', tf.ones_like(hits))
+    return (tf.reduce_sum(hits * weight),
+            tf.reduce_sum(tf.cast(total, tf.float32) * weight),
+            tf.reduce_sum(weight))
