@@ -27,8 +27,27 @@ tf.config.experimental.enable_tensor_float_32_execution(False)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+import logging as _std_logging  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+@pytest.fixture(autouse=True)
+def _absl_log_level():
+  """Each test starts with the absl logger's level as the session began.
+
+  TensorFlow's SavedModel writer sets absl's verbosity to FATAL while it
+  walks the model and then back to what `get_verbosity()` said, which is
+  the root logger's WARNING when the absl logger has no level of its own
+  (as under pytest; the tools set INFO). Without this, every INFO line a
+  later test of the same process expects in `caplog` would be gone.
+  """
+  logger = _std_logging.getLogger('absl')
+  level = logger.level
+  yield
+  logger.setLevel(level)
+
+
 def main(path):
   """Runs one test module as a script (as Bazel's py_test does), through
   pytest, so its fixtures and this file's setup apply the same way."""
-  import pytest  # pylint: disable=g-import-not-at-top
   sys.exit(pytest.main([path, '-q', '-p', 'no:cacheprovider']))
