@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from pipeline import settings
 from pipeline.data.sources import DataSpec
 from pipeline.models import registry
 
@@ -86,11 +87,14 @@ def model_spec(name: str = 'capsnet', precision: str = 'float32',
   """A `ModelSpec` of model `name` with the given options.
 
   Raises:
+    settings.SettingError: naming an option out of its range.
     ValueError: naming an option the model does not take.
   """
   config_class = registry.entry(name).config_class
   try:
     return ModelSpec(name, precision, _from_fields(config_class, options))
+  except settings.SettingError:
+    raise  # It names the option and its range already.
   except ValueError as e:
     raise ValueError(f'--model={name}: {e}') from None
 
@@ -211,13 +215,16 @@ _NOTED_FIELDS = {
                    'run',
     'deterministic': 'the input order and op determinism change: the run '
                      'will not reproduce an uninterrupted one',
-    'model.params.jit_compile': 'XLA compilation changes the order of float '
-                                'operations, not the model',
-    'model.params.recompute_routing': 'recomputing EM routing in the '
-                                      'backward pass changes memory and the '
-                                      'order of float operations, not the '
-                                      'model',
 }
+
+
+def _noted_fields():
+  """`_NOTED_FIELDS` and the model options that say, in their config
+  field, what changing them on resume costs (`on_resume`)."""
+  noted = dict(_NOTED_FIELDS)
+  for entry in registry.MODELS.values():
+    noted.update(settings.resume_notes(entry.config_class, 'model.params.'))
+  return noted
 
 
 def flat_fields(config) -> dict:
@@ -254,13 +261,14 @@ def config_changes(saved: TrainConfig, new: TrainConfig):
   if saved.model.name != new.model.name:
     return [('model', saved.model.name, new.model.name)], []
   refused, noted = [], []
+  notes = _noted_fields()
   for key in sorted(set(old_fields) | set(new_fields)):
     old, value = old_fields.get(key), new_fields.get(key)
     if old == value or key in FREE_FIELDS:
       continue
     flag = key.rsplit('.', 1)[-1]
-    if key in _NOTED_FIELDS:
-      noted.append((flag, old, value, _NOTED_FIELDS[key]))
+    if key in notes:
+      noted.append((flag, old, value, notes[key]))
     else:
       refused.append((flag, old, value))
   return refused, noted

@@ -5,8 +5,10 @@ one line that names the flag and what it accepts.
 """
 
 import dataclasses
+import functools
 import math
 import os
+import types
 
 from absl import flags
 from absl import logging
@@ -15,179 +17,204 @@ from pipeline import autotune
 from pipeline import config as config_lib
 from pipeline import hardware
 from pipeline import schedules
+from pipeline import settings
 from pipeline.data import sources
 from pipeline.data import tfds_source
 from pipeline.data.base import DataError
-from pipeline.models import layers
+from pipeline.models import capsule_ops
 from pipeline.models import registry
-from pipeline.models.capsnet import CapsNetConfig
 
 _D = config_lib.TrainConfig()
-_M = CapsNetConfig()
 _S = sources.DataSpec()
 
-# Flags that set a model option (a field of the chosen model's config class).
+
+def _model_fields():
+  """`name -> [(model, field)]`: every option of every registered model,
+  in registry and declaration order. A name several models share (say
+  `routing_iterations`) is one flag."""
+  fields = {}
+  for model, entry in registry.MODELS.items():
+    for field in settings.described(entry.config_class):
+      fields.setdefault(field.name, []).append((model, field))
+  return fields
+
+
+MODEL_FIELDS = _model_fields()
+# Flags that set a model option: derived from the models' config classes.
 # A model takes those of its fields; one it does not take is refused when
-# given with a value other than its default.
+# given with a value other than the flag's default.
+MODEL_FLAGS = tuple(MODEL_FIELDS)
 # Float flags; each must be a finite number (NaN compares false with every
 # bound, so it would pass a range check).
 FLOAT_FLAGS = ('learning_rate', 'lr_decay_rate', 'reconstruction_weight',
                'm_plus', 'm_minus', 'down_weight', 'target_accuracy',
-               'test_fraction')
-# Routing is unrolled into the compiled step: its compile time grows with
-# the iterations (1,000 took about 15 minutes to compile here; the papers
-# use 2 or 3).
-MAX_ROUTING_ITERATIONS = 10
-
-MODEL_FLAGS = ('routing_iterations', 'stop_inner_gradients', 'conv_filters',
-               'primary_channels', 'primary_dim', 'class_dim',
-               'decoder_units', 'use_decoder', 'class_bias', 'jit_compile',
-               'routing_dtype', 'recompute_routing')
+               'test_fraction') + tuple(
+                   name for name, owners in MODEL_FIELDS.items()
+                   if settings.kind(owners[0][1]) is float)
+MAX_ROUTING_ITERATIONS = capsule_ops.MAX_ROUTING_ITERATIONS
 
 
-def define_flags():
-  """Defines the training flags (idempotent)."""
-  if 'model' in flags.FLAGS:
+def _define_model_flag(name, owners, flag_values):
+  """One flag for the option `name` of the models in `owners`: its type,
+  help and default from the first model's field; the other models'
+  defaults, where they differ, named in the help."""
+  first = owners[0][1]
+  default = settings.flag_default(first)
+  help_text = first.metadata['help']
+  models = [m for m, _ in owners]
+  if len(models) < len(registry.MODELS):
+    help_text += f' Models: {", ".join(models)}.'
+  others = [f'{m}: {f.default}' for m, f in owners[1:]
+            if settings.flag_default(f) != default]
+  if others:
+    help_text += (f' Default {owners[0][0]}: {default}; '
+                  + '; '.join(others) + '.')
+  kind = settings.kind(first)
+  choices = first.metadata.get('choices')
+  if kind is bool:
+    flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
+  elif kind is tuple:
+    flags.DEFINE_list(name, [str(v) for v in default], help_text,
+                      flag_values=flag_values)
+  elif choices:
+    flags.DEFINE_enum(name, default, list(choices), help_text,
+                      flag_values=flag_values)
+  elif kind is int:
+    flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+  elif kind is float:
+    flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+  else:
+    flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+
+
+def define_flags(flag_values=None):
+  """Defines the training flags (idempotent); the model options come from
+  the registered models' config fields."""
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  if 'model' in flag_values:
     return
+  _define(flag_values)
+
+
+def _define(flag_values):
+  """Defines every flag of `define_flags` into `flag_values`."""
+  d = types.SimpleNamespace(**{
+      kind: functools.partial(getattr(flags, 'DEFINE_' + kind),
+                              flag_values=flag_values)
+      for kind in ('boolean', 'enum', 'float', 'integer', 'list', 'string')})
   # Model.
-  flags.DEFINE_enum('model', 'capsnet', sorted(registry.MODELS),
-                    'Model to train.')
-  flags.DEFINE_integer('routing_iterations', _M.routing_iterations,
-                       'Dynamic routing iterations (paper: 3).')
-  flags.DEFINE_boolean('stop_inner_gradients', _M.stop_inner_gradients,
-                       'Stop gradients through the inner routing iterations.')
-  flags.DEFINE_integer('conv_filters', _M.conv_filters, 'Conv1 channels.')
-  flags.DEFINE_integer('primary_channels', _M.primary_channels,
-                       'Primary capsule channels.')
-  flags.DEFINE_integer('primary_dim', _M.primary_dim, 'Primary capsule size.')
-  flags.DEFINE_integer('class_dim', _M.class_dim, 'Class capsule size.')
-  flags.DEFINE_list('decoder_units', list(map(str, _M.decoder_units)),
-                    'Hidden units of the reconstruction decoder.')
-  flags.DEFINE_boolean('use_decoder', _M.use_decoder,
-                       'Train with the reconstruction decoder.')
-  flags.DEFINE_boolean('class_bias', _M.class_bias,
-                       'Add a bias to the class capsules (+classes*dim).')
-  # On by default for training (CapsNetConfig's False is for models built
-  # outside the trainer, e.g. in tests and notebooks).
-  flags.DEFINE_boolean('jit_compile', True,
-                       'Compile the class capsules (u_hat, routing) with XLA '
-                       'in training steps.')
-  flags.DEFINE_enum('routing_dtype', _M.routing_dtype, layers.ROUTING_DTYPES,
-                    'What CapsNet computes u_hat and the routing passes in; '
-                    'bfloat16 halves their memory traffic (sums, softmax and '
-                    'squash stay float32).')
-  flags.DEFINE_boolean('recompute_routing', False,
-                       'matrix_capsnet: recompute each EM iteration in the '
-                       'backward pass instead of keeping its temporaries '
-                       '(less memory, slower step).')
-  flags.DEFINE_enum('precision', 'float32',
-                    (hardware.AUTO,) + config_lib.PRECISIONS,
-                    'float32, or mixed precision: 16-bit convolutions and '
-                    'decoder, float32 routing, squash and losses '
-                    '(mixed_float16 adds loss scaling; for GPUs). auto: '
-                    'mixed_bfloat16 on CPUs with avx512_bf16/amx_bf16 and '
-                    'GPUs of compute capability >= 8.0, mixed_float16 on '
-                    'GPUs of 7.x, float32 elsewhere; a resumed run keeps '
-                    'what it resolved at its start.')
-  flags.DEFINE_enum('autotune', 'cached', autotune.POLICIES,
-                    'How each layer\'s formulation (e.g. strided or '
-                    'space-to-depth convolution, u_hat layout, XLA) is '
-                    'chosen: cached (measure once per machine, then reuse), '
-                    'probe (measure now), off (the layers\' defaults).')
+  d.enum('model', 'capsnet', sorted(registry.MODELS),
+         'Model to train.')
+  for name, owners in _model_fields().items():
+    _define_model_flag(name, owners, flag_values)
+  d.enum('precision', 'float32',
+         (hardware.AUTO,) + config_lib.PRECISIONS,
+         'float32, or mixed precision: 16-bit convolutions and '
+         'decoder, float32 routing, squash and losses '
+         '(mixed_float16 adds loss scaling; for GPUs). auto: '
+         'mixed_bfloat16 on CPUs with avx512_bf16/amx_bf16 and '
+         'GPUs of compute capability >= 8.0, mixed_float16 on '
+         'GPUs of 7.x, float32 elsewhere; a resumed run keeps '
+         'what it resolved at its start.')
+  d.enum('autotune', 'cached', autotune.POLICIES,
+         'How each layer\'s formulation (e.g. strided or '
+         'space-to-depth convolution, u_hat layout, XLA) is '
+         'chosen: cached (measure once per machine, then reuse), '
+         'probe (measure now), off (the layers\' defaults).')
   # Data.
-  flags.DEFINE_enum('dataset', _S.dataset, sorted(sources.DATASETS),
-                    'Data set.')
-  flags.DEFINE_string('data_dir', _S.data_dir,
-                      'TFDS data dir, or the IDX directory with '
-                      '--data_source=idx.')
-  flags.DEFINE_enum('data_source', _S.data_source, sources.DATA_SOURCES,
-                    'Where mnist/fashion_mnist come from.')
-  flags.DEFINE_enum('base_dataset', _S.base_dataset, sources.DIGIT_BASES,
-                    'Digits of multimnist / affnist.')
-  flags.DEFINE_integer('shift_pixels', _S.shift_pixels,
-                       'Training shift augmentation in pixels (paper: 2).')
-  flags.DEFINE_integer('canvas_size', _S.canvas_size,
-                       'affNIST canvas side for the translated digits.')
-  flags.DEFINE_string('affnist_dir', _S.affnist_dir,
-                      'Directory of affNIST .mat files (its test split).')
-  flags.DEFINE_enum('overlay', _S.overlay, ['max', 'sum'],
-                    'MultiMNIST overlay of the two digits.')
-  flags.DEFINE_enum('viewpoints', _S.viewpoints,
-                    sorted(tfds_source.VIEWPOINTS),
-                    'smallnorb: all, or a novel-viewpoint split (train on '
-                    'familiar azimuths/elevations, test on novel ones).')
-  flags.DEFINE_integer('validation_size', _S.validation_size,
-                       'Training examples held back as the validation split.')
-  flags.DEFINE_boolean('download', _S.download,
-                       'Let TFDS download data that is not prepared.')
-  flags.DEFINE_list('synthetic_shape', list(map(str, _S.synthetic_shape)),
-                    'H,W,C of the synthetic data set.')
-  flags.DEFINE_list('image_shape', [],
-                    'image_folder: H,W,C every image is converted to (C: 1 '
-                    'grey or 3 RGB). Empty: the images\' own shape.')
-  flags.DEFINE_float('test_fraction', _S.test_fraction,
-                     'image_folder without train/ and test/ sub-folders: '
-                     'share of each class held back as the test split.')
-  flags.DEFINE_integer('synthetic_classes', _S.synthetic_classes,
-                       'Classes of the synthetic data set.')
-  flags.DEFINE_list('synthetic_size', list(map(str, _S.synthetic_size)),
-                    'train,test examples of the synthetic data set.')
+  d.enum('dataset', _S.dataset, sorted(sources.DATASETS),
+         'Data set.')
+  d.string('data_dir', _S.data_dir,
+           'TFDS data dir, or the IDX directory with '
+           '--data_source=idx.')
+  d.enum('data_source', _S.data_source, sources.DATA_SOURCES,
+         'Where mnist/fashion_mnist come from.')
+  d.enum('base_dataset', _S.base_dataset, sources.DIGIT_BASES,
+         'Digits of multimnist / affnist.')
+  d.integer('shift_pixels', _S.shift_pixels,
+            'Training shift augmentation in pixels (paper: 2).')
+  d.integer('canvas_size', _S.canvas_size,
+            'affNIST canvas side for the translated digits.')
+  d.string('affnist_dir', _S.affnist_dir,
+           'Directory of affNIST .mat files (its test split).')
+  d.enum('overlay', _S.overlay, ['max', 'sum'],
+         'MultiMNIST overlay of the two digits.')
+  d.enum('viewpoints', _S.viewpoints,
+         sorted(tfds_source.VIEWPOINTS),
+         'smallnorb: all, or a novel-viewpoint split (train on '
+         'familiar azimuths/elevations, test on novel ones).')
+  d.integer('validation_size', _S.validation_size,
+            'Training examples held back as the validation split.')
+  d.boolean('download', _S.download,
+            'Let TFDS download data that is not prepared.')
+  d.list('synthetic_shape', list(map(str, _S.synthetic_shape)),
+         'H,W,C of the synthetic data set.')
+  d.list('image_shape', [],
+         'image_folder: H,W,C every image is converted to (C: 1 '
+         'grey or 3 RGB). Empty: the images\' own shape.')
+  d.float('test_fraction', _S.test_fraction,
+          'image_folder without train/ and test/ sub-folders: '
+          'share of each class held back as the test split.')
+  d.integer('synthetic_classes', _S.synthetic_classes,
+            'Classes of the synthetic data set.')
+  d.list('synthetic_size', list(map(str, _S.synthetic_size)),
+         'train,test examples of the synthetic data set.')
   # Run.
-  flags.DEFINE_string('model_dir', _D.model_dir,
-                      'Checkpoints, summaries, config and metrics go here.')
-  flags.DEFINE_string('export_dir', _D.export_dir,
-                      'Export base (exports/<name>); empty: no export.')
-  flags.DEFINE_integer('batch_size', _D.batch_size, 'Global batch size.')
-  flags.DEFINE_integer('eval_batch_size', _D.eval_batch_size,
-                       'Global evaluation batch size.')
-  flags.DEFINE_integer('train_steps', _D.train_steps, 'Total training steps.')
-  flags.DEFINE_integer('steps_per_loop', _D.steps_per_loop,
-                       'Steps per tf.function call.')
-  flags.DEFINE_integer('log_every', _D.log_every, 'Steps between log lines.')
-  flags.DEFINE_integer('eval_every', _D.eval_every, 'Steps between evals.')
-  flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
-                       'Steps between checkpoints.')
-  flags.DEFINE_integer('max_checkpoints', _D.max_checkpoints,
-                       'Checkpoints kept.')
-  flags.DEFINE_float('learning_rate', _D.learning_rate, 'Adam learning rate.')
-  flags.DEFINE_float('lr_decay_rate', _D.lr_decay_rate,
-                     'Exponential learning-rate decay per lr_decay_steps.')
-  flags.DEFINE_integer('lr_decay_steps', _D.lr_decay_steps,
-                       'exponential: steps per decay of lr_decay_rate; '
-                       'cosine: steps of the decay to 0 after the warm-up.')
-  flags.DEFINE_enum('lr_schedule', _D.lr_schedule, schedules.SCHEDULES,
-                    'exponential (the paper) or cosine (warm-up, then a '
-                    'half cosine to 0; for short runs).')
-  flags.DEFINE_integer('warmup_steps', _D.warmup_steps,
-                       'Steps of linear learning-rate warm-up from 0.')
-  flags.DEFINE_float('reconstruction_weight', _D.reconstruction_weight,
-                     'Weight of the reconstruction loss (paper: 0.0005).')
-  flags.DEFINE_float('m_plus', _D.m_plus, 'Margin loss m+.')
-  flags.DEFINE_float('m_minus', _D.m_minus, 'Margin loss m-.')
-  flags.DEFINE_float('down_weight', _D.down_weight, 'Margin loss lambda.')
-  flags.DEFINE_integer('spread_anneal_steps', _D.spread_anneal_steps,
-                       'matrix_capsnet: steps over which the spread-loss '
-                       'margin grows from 0.2 to 0.9.')
-  flags.DEFINE_enum('strategy', _D.strategy, config_lib.STRATEGIES,
-                    'tf.distribute strategy.')
-  flags.DEFINE_integer('cpu_devices', _D.cpu_devices,
-                       'Without GPUs: split the CPU into this many logical '
-                       'devices for --strategy=mirrored.')
-  flags.DEFINE_integer('seed', _D.seed, 'Seed of weights, shuffling and '
-                       'augmentation.')
-  flags.DEFINE_boolean('deterministic', _D.deterministic,
-                       'Deterministic ops and input order (reproductions).')
-  flags.DEFINE_enum('eval_split', _D.eval_split, list(sources.SPLITS),
-                    'Split evaluated during and after training.')
-  flags.DEFINE_float('target_accuracy', _D.target_accuracy,
-                     'Stop at the first evaluation (--eval_every, on '
-                     '--eval_split) whose accuracy reaches this, e.g. 0.99; '
-                     'the run ends there as if --train_steps were reached. '
-                     '0: train all --train_steps.')
-  flags.DEFINE_list('profile_steps', [],
-                    'FIRST,LAST: trace these training steps with the '
-                    'TensorFlow profiler into <model_dir>/train (TensorBoard '
-                    'Profile tab). Empty: no trace.')
+  d.string('model_dir', _D.model_dir,
+           'Checkpoints, summaries, config and metrics go here.')
+  d.string('export_dir', _D.export_dir,
+           'Export base (exports/<name>); empty: no export.')
+  d.integer('batch_size', _D.batch_size, 'Global batch size.')
+  d.integer('eval_batch_size', _D.eval_batch_size,
+            'Global evaluation batch size.')
+  d.integer('train_steps', _D.train_steps, 'Total training steps.')
+  d.integer('steps_per_loop', _D.steps_per_loop,
+            'Steps per tf.function call.')
+  d.integer('log_every', _D.log_every, 'Steps between log lines.')
+  d.integer('eval_every', _D.eval_every, 'Steps between evals.')
+  d.integer('checkpoint_every', _D.checkpoint_every,
+            'Steps between checkpoints.')
+  d.integer('max_checkpoints', _D.max_checkpoints,
+            'Checkpoints kept.')
+  d.float('learning_rate', _D.learning_rate, 'Adam learning rate.')
+  d.float('lr_decay_rate', _D.lr_decay_rate,
+          'Exponential learning-rate decay per lr_decay_steps.')
+  d.integer('lr_decay_steps', _D.lr_decay_steps,
+            'exponential: steps per decay of lr_decay_rate; '
+            'cosine: steps of the decay to 0 after the warm-up.')
+  d.enum('lr_schedule', _D.lr_schedule, schedules.SCHEDULES,
+         'exponential (the paper) or cosine (warm-up, then a '
+         'half cosine to 0; for short runs).')
+  d.integer('warmup_steps', _D.warmup_steps,
+            'Steps of linear learning-rate warm-up from 0.')
+  d.float('reconstruction_weight', _D.reconstruction_weight,
+          'Weight of the reconstruction loss (paper: 0.0005).')
+  d.float('m_plus', _D.m_plus, 'Margin loss m+.')
+  d.float('m_minus', _D.m_minus, 'Margin loss m-.')
+  d.float('down_weight', _D.down_weight, 'Margin loss lambda.')
+  d.integer('spread_anneal_steps', _D.spread_anneal_steps,
+            'matrix_capsnet: steps over which the spread-loss '
+            'margin grows from 0.2 to 0.9.')
+  d.enum('strategy', _D.strategy, config_lib.STRATEGIES,
+         'tf.distribute strategy.')
+  d.integer('cpu_devices', _D.cpu_devices,
+            'Without GPUs: split the CPU into this many logical '
+            'devices for --strategy=mirrored.')
+  d.integer('seed', _D.seed, 'Seed of weights, shuffling and '
+            'augmentation.')
+  d.boolean('deterministic', _D.deterministic,
+            'Deterministic ops and input order (reproductions).')
+  d.enum('eval_split', _D.eval_split, list(sources.SPLITS),
+         'Split evaluated during and after training.')
+  d.float('target_accuracy', _D.target_accuracy,
+          'Stop at the first evaluation (--eval_every, on '
+          '--eval_split) whose accuracy reaches this, e.g. 0.99; '
+          'the run ends there as if --train_steps were reached. '
+          '0: train all --train_steps.')
+  d.list('profile_steps', [],
+         'FIRST,LAST: trace these training steps with the '
+         'TensorFlow profiler into <model_dir>/train (TensorBoard '
+         'Profile tab). Empty: no trace.')
 
 
 def check_flagfiles(argv):
@@ -264,19 +291,11 @@ def config_from_flags(f=None):
                     ('train_steps', 1), ('steps_per_loop', 1),
                     ('log_every', 1), ('eval_every', 1),
                     ('checkpoint_every', 1), ('max_checkpoints', 1),
-                    ('routing_iterations', 1), ('lr_decay_steps', 1),
-                    ('conv_filters', 1), ('primary_channels', 1),
-                    ('primary_dim', 1), ('class_dim', 1), ('cpu_devices', 0),
+                    ('lr_decay_steps', 1), ('cpu_devices', 0),
                     ('shift_pixels', 0), ('validation_size', 0),
                     ('spread_anneal_steps', 1), ('warmup_steps', 0),
                     ('seed', 0)):
     _at_least(name, f[name].value, low)
-  if f.routing_iterations > MAX_ROUTING_ITERATIONS:
-    raise ValueError(
-        f'--routing_iterations must be <= {MAX_ROUTING_ITERATIONS}, got '
-        f'{f.routing_iterations}: each iteration is unrolled into the '
-        'compiled step, so its compile time grows with them (the papers use '
-        '2 or 3).')
   if not 0 < f.m_plus <= 1 or not 0 <= f.m_minus < f.m_plus:
     raise ValueError(
         '--m_plus and --m_minus are the margin loss bounds on capsule '
@@ -328,28 +347,46 @@ def config_from_flags(f=None):
 def model_spec_from_flags(f=None):
   """Builds the `ModelSpec` the model flags describe.
 
+  An option flag that was not given (nor set to another value than its
+  default) leaves the model its own default, since two models may default
+  one option differently; except where the option's flag has a default of
+  its own (`settings.setting(flag_default=...)`).
+
   Raises:
     ValueError: naming a flag the chosen model does not take (given with a
-      value other than its default), and the flags it does take.
+      value other than its default) and the flags it does take, or a value
+      the model's config refuses (`--routing_iterations must be >= 1`).
   """
   f = f or flags.FLAGS
+  fields = _model_fields()
   taken = registry.option_names(f.model)
   options = {}
-  for name in MODEL_FLAGS:
-    value = f[name].value
+  for name, owners in fields.items():
+    flag = f[name]
     if name in taken:
-      options[name] = (_ints(name, value, len(value))
-                       if name == 'decoder_units' else value)
-    elif f[name].present and value != f[name].default:
-      accepted = [n for n in MODEL_FLAGS if n in taken]
+      field = dict((m, fl) for m, fl in owners)[f.model]
+      if flag.present or flag.value != flag.default:
+        value = flag.value
+      elif settings.flag_default(field) != field.default:
+        value = settings.flag_default(field)
+      else:
+        continue
+      if settings.kind(field) is tuple:
+        value = _ints(name, value, len(value))
+      options[name] = value
+    elif flag.present and flag.value != flag.default:
+      accepted = [n for n in fields if n in taken]
       raise ValueError(
           f'--{name} is not an option of --model={f.model}: it would be '
           'ignored. Remove it, or pick a model that takes it'
           + (f' ({f.model} takes '
              f'{", ".join("--" + n for n in accepted)}).' if accepted else
              f' ({f.model} takes none of the model flags).'))
-  return config_lib.model_spec(
-      f.model, resolve_precision(f.precision, f.model_dir), **options)
+  try:
+    return config_lib.model_spec(
+        f.model, resolve_precision(f.precision, f.model_dir), **options)
+  except settings.SettingError as e:
+    raise ValueError(f'--{e}') from None
 
 
 def resolve_precision(requested, model_dir):

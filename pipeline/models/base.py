@@ -43,15 +43,12 @@ class CapsuleModel(keras.Model):
   and implement `pose_shape` and `flops_per_example`.
   """
 
-  def _set_shape(self, input_shape, num_classes, routing_iterations=None):
-    """Checks and keeps the input shape and classes (and routing, if any)."""
+  def _set_shape(self, input_shape, num_classes):
+    """Checks and keeps the input shape and classes."""
     self.image_shape = tuple(int(d) for d in input_shape)
     if len(self.image_shape) != 3:
       raise ValueError(
           f'input_shape must be (height, width, channels), got {input_shape}.')
-    if routing_iterations is not None and routing_iterations < 1:
-      raise ValueError(
-          f'routing_iterations must be >= 1, got {routing_iterations}.')
     self.num_classes = int(num_classes)
 
   def _check_images(self, images):

@@ -5,6 +5,7 @@ import dataclasses
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline import settings
 from pipeline.models import base
 from pipeline.models import capsule_ops
 from pipeline.models import layers
@@ -14,22 +15,46 @@ from pipeline.models import layers
 class CapsNetConfig:
   """CapsNet's options: its constructor's arguments besides the data shape.
 
-  The defaults are the paper's MNIST model.
+  Each field is the one place its option is declared: its flag, help,
+  bounds and resume rule come from here (`pipeline.settings`). The
+  defaults are the paper's MNIST model.
   """
-  conv_filters: int = 256
-  conv_kernel: int = 9
-  primary_channels: int = 32
-  primary_dim: int = 8
-  primary_kernel: int = 9
-  primary_strides: int = 2
-  class_dim: int = 16
-  routing_iterations: int = 3
-  stop_inner_gradients: bool = False
-  class_bias: bool = False
-  use_decoder: bool = True
-  decoder_units: tuple = (512, 1024)
-  jit_compile: bool = False
-  routing_dtype: str = 'float32'
+  conv_filters: int = settings.setting(256, 'Conv1 channels.', low=1)
+  conv_kernel: int = settings.setting(9, 'Conv1 kernel size.', low=1)
+  primary_channels: int = settings.setting(
+      32, 'Primary capsule channels (capsule types).', low=1)
+  primary_dim: int = settings.setting(8, 'Primary capsule size.', low=1)
+  primary_kernel: int = settings.setting(
+      9, 'PrimaryCapsules kernel size.', low=1)
+  primary_strides: int = settings.setting(
+      2, 'PrimaryCapsules stride.', low=1)
+  class_dim: int = settings.setting(16, 'Class capsule size.', low=1)
+  routing_iterations: int = settings.setting(
+      3, 'Routing iterations (paper: 3).', low=1,
+      high=capsule_ops.MAX_ROUTING_ITERATIONS,
+      why=capsule_ops.ROUTING_ITERATIONS_WHY)
+  stop_inner_gradients: bool = settings.setting(
+      False, 'Stop gradients through the inner routing iterations.')
+  class_bias: bool = settings.setting(
+      False, 'Add a bias to the class capsules (+classes*dim).')
+  use_decoder: bool = settings.setting(
+      True, 'Train with the reconstruction decoder.')
+  decoder_units: tuple = settings.setting(
+      (512, 1024), 'Hidden units of the reconstruction decoder.', low=1)
+  # On for training (the flag); off for models built outside the trainer,
+  # e.g. in tests and notebooks.
+  jit_compile: bool = settings.setting(
+      False, 'Compile the class capsules (u_hat, routing) with XLA in '
+      'training steps.', flag_default=True,
+      on_resume='XLA compilation changes the order of float operations, '
+                'not the model')
+  routing_dtype: str = settings.setting(
+      'float32', 'What CapsNet computes u_hat and the routing passes in; '
+      'bfloat16 halves their memory traffic (sums, softmax and squash stay '
+      'float32).', choices=layers.ROUTING_DTYPES)
+
+  def __post_init__(self):
+    settings.check(self)
 
 
 class CapsNet(base.CapsuleModel):
@@ -52,45 +77,47 @@ class CapsNet(base.CapsuleModel):
   """
 
   def __init__(self, input_shape=(28, 28, 1), num_classes=10,
-               conv_filters=256, conv_kernel=9, primary_channels=32,
-               primary_dim=8, primary_kernel=9, primary_strides=2,
-               class_dim=16, routing_iterations=3, stop_inner_gradients=False,
-               class_bias=False, use_decoder=True, decoder_units=(512, 1024),
-               num_reconstructions=1, jit_compile=False,
-               routing_dtype='float32', **kwargs):
+               num_reconstructions=1, **kwargs):
+    """Builds CapsNet for `input_shape` images of `num_classes` classes.
+
+    Args:
+      input_shape: `(H, W, C)`.
+      num_classes: class capsules.
+      num_reconstructions: objects the decoder reconstructs per image.
+      **kwargs: `CapsNetConfig` fields (checked there), then Keras's own
+        (e.g. `name`).
+    """
+    options = {f.name: kwargs.pop(f.name)
+               for f in dataclasses.fields(CapsNetConfig) if f.name in kwargs}
     super().__init__(**kwargs)
-    self._set_shape(input_shape, num_classes, routing_iterations)
+    o = self.options = CapsNetConfig(**options)
+    self._set_shape(input_shape, num_classes)
     side = min(self.image_shape[:2])
-    if side - conv_kernel + 1 < primary_kernel:
+    if side - o.conv_kernel + 1 < o.primary_kernel:
       raise ValueError(
           f'{self.image_shape[0]}x{self.image_shape[1]} images are too small '
-          f'for CapsNet\'s {conv_kernel}x{conv_kernel} Conv1 and '
-          f'{primary_kernel}x{primary_kernel} PrimaryCapsules: it needs at '
-          f'least {conv_kernel + primary_kernel - 1} pixels a side. Use '
-          'larger images (--image_shape).')
-    self._config = dict(
-        input_shape=self.image_shape, num_classes=int(num_classes),
-        conv_filters=conv_filters, conv_kernel=conv_kernel,
-        primary_channels=primary_channels, primary_dim=primary_dim,
-        primary_kernel=primary_kernel, primary_strides=primary_strides,
-        class_dim=class_dim, routing_iterations=int(routing_iterations),
-        stop_inner_gradients=bool(stop_inner_gradients),
-        class_bias=bool(class_bias), use_decoder=bool(use_decoder),
-        decoder_units=tuple(decoder_units),
-        num_reconstructions=int(num_reconstructions),
-        jit_compile=bool(jit_compile), routing_dtype=str(routing_dtype))
+          f'for CapsNet\'s {o.conv_kernel}x{o.conv_kernel} Conv1 and '
+          f'{o.primary_kernel}x{o.primary_kernel} PrimaryCapsules: it needs '
+          f'at least {o.conv_kernel + o.primary_kernel - 1} pixels a side. '
+          'Use larger images (--image_shape).')
+    self._config = dict(input_shape=self.image_shape,
+                        num_classes=self.num_classes,
+                        num_reconstructions=int(num_reconstructions),
+                        **dataclasses.asdict(o))
     self.num_reconstructions = int(num_reconstructions)
-    self.conv1 = keras.layers.Conv2D(conv_filters, conv_kernel,
+    self.conv1 = keras.layers.Conv2D(o.conv_filters, o.conv_kernel,
                                      activation='relu', name='conv1')
     self.primary = layers.PrimaryCapsules(
-        primary_channels, primary_dim, primary_kernel, primary_strides,
-        name='primary_capsules')
+        o.primary_channels, o.primary_dim, o.primary_kernel,
+        o.primary_strides, name='primary_capsules')
     self.class_capsules = layers.ClassCapsules(
-        num_classes, class_dim, routing_iterations, stop_inner_gradients,
-        use_bias=class_bias, jit_compile=jit_compile,
-        routing_dtype=routing_dtype, name='class_capsules')
-    self.decoder = (layers.Decoder(self.image_shape, decoder_units,
-                                   name='decoder') if use_decoder else None)
+        num_classes, o.class_dim, o.routing_iterations,
+        o.stop_inner_gradients, use_bias=o.class_bias,
+        jit_compile=o.jit_compile, routing_dtype=o.routing_dtype,
+        name='class_capsules')
+    self.decoder = (layers.Decoder(self.image_shape, o.decoder_units,
+                                   name='decoder')
+                    if o.use_decoder else None)
 
   def _check_labels(self, labels):
     if labels is not None and labels.shape[-1] != self.num_classes:

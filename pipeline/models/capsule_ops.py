@@ -10,6 +10,12 @@ import tensorflow as tf
 
 # Keeps the norm's gradient finite at s = 0 (d|s|/ds is undefined there).
 _SQUASH_EPSILON = 1e-7
+# Routing is unrolled into the compiled step, so its compile time grows with
+# the iterations: model configs refuse more than this.
+MAX_ROUTING_ITERATIONS = 10
+ROUTING_ITERATIONS_WHY = ('each iteration is unrolled into the compiled '
+                          'step, so its compile time grows with them (the '
+                          'papers use 2 or 3).')
 
 
 def length(v, axis=-1):

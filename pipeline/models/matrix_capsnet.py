@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline import settings
 from pipeline.models import base
 from pipeline.models import capsule_ops
 
@@ -167,14 +168,33 @@ class ClassMatrixCapsules(keras.layers.Layer):
 @dataclasses.dataclass(frozen=True)
 class MatrixCapsNetConfig:
   """MatrixCapsNet's options: its constructor's arguments besides the data
-  shape. The defaults are the paper's A=B=C=D=32 smallNORB model."""
-  channels_a: int = 32
-  types_b: int = 32
-  types_c: int = 32
-  types_d: int = 32
-  routing_iterations: int = 3
-  final_lambda: float = 0.01
-  recompute_routing: bool = False
+  shape, each declared once (`pipeline.settings`). The defaults are the
+  paper's A=B=C=D=32 smallNORB model."""
+  channels_a: int = settings.setting(
+      32, 'Channels of the first convolution (A).', low=1)
+  types_b: int = settings.setting(
+      32, 'Primary capsule types (B).', low=1)
+  types_c: int = settings.setting(
+      32, 'Types of the first convolutional capsules (C).',
+      low=1)
+  types_d: int = settings.setting(
+      32, 'Types of the second convolutional capsules (D).',
+      low=1)
+  routing_iterations: int = settings.setting(
+      3, 'Routing iterations (paper: 3).', low=1,
+      high=capsule_ops.MAX_ROUTING_ITERATIONS,
+      why=capsule_ops.ROUTING_ITERATIONS_WHY)
+  final_lambda: float = settings.setting(
+      0.01, 'Inverse temperature of the last EM iteration.',
+      low=0.0)
+  recompute_routing: bool = settings.setting(
+      False, 'Recompute each EM iteration in the backward '
+      'pass instead of keeping its temporaries (less memory, slower step).',
+      on_resume='recomputing EM routing in the backward pass changes memory '
+                'and the order of float operations, not the model')
+
+  def __post_init__(self):
+    settings.check(self)
 
 
 class MatrixCapsNet(base.CapsuleModel):
@@ -191,18 +211,21 @@ class MatrixCapsNet(base.CapsuleModel):
   Inference is unchanged.
   """
 
-  def __init__(self, input_shape=(32, 32, 2), num_classes=5, channels_a=32,
-               types_b=32, types_c=32, types_d=32, routing_iterations=3,
-               final_lambda=0.01, recompute_routing=False, **kwargs):
+  def __init__(self, input_shape=(32, 32, 2), num_classes=5, **kwargs):
+    """`**kwargs`: `MatrixCapsNetConfig` fields (checked there), then
+    Keras's own (e.g. `name`)."""
+    options = {f.name: kwargs.pop(f.name)
+               for f in dataclasses.fields(MatrixCapsNetConfig)
+               if f.name in kwargs}
     super().__init__(**kwargs)
-    self._set_shape(input_shape, num_classes, routing_iterations)
-    self._config = dict(
-        input_shape=self.image_shape, num_classes=self.num_classes,
-        channels_a=channels_a, types_b=types_b, types_c=types_c,
-        types_d=types_d,
-        routing_iterations=int(routing_iterations),
-        final_lambda=float(final_lambda),
-        recompute_routing=bool(recompute_routing))
+    o = self.options = MatrixCapsNetConfig(**options)
+    self._set_shape(input_shape, num_classes)
+    self._config = dict(input_shape=self.image_shape,
+                        num_classes=self.num_classes, **dataclasses.asdict(o))
+    channels_a, types_b, types_c, types_d = (o.channels_a, o.types_b,
+                                             o.types_c, o.types_d)
+    routing_iterations, final_lambda = o.routing_iterations, o.final_lambda
+    recompute_routing = o.recompute_routing
     self.conv1 = keras.layers.Conv2D(channels_a, 5, strides=2,
                                      activation='relu', name='conv1')
     self.primary = PrimaryMatrixCapsules(types_b, name='primary_caps')
