@@ -28,6 +28,22 @@ def test_paper_layers_and_parameter_count():
   assert model.count_params() == 2_907_922
 
 
+def test_without_pooling_it_has_the_papers_35_4m_parameters():
+  """The paper gives its CNN 35.4M parameters: the count of these layers
+  without pooling (FC 328 sees all 28*28*128 activations)."""
+  model = BaselineCNN(pool=False)
+  out = model(tf.zeros([2, 28, 28, 1]))
+  assert out['lengths'].shape == (2, 10) and not model.pools
+  dense = 28 * 28 * 128 * 328 + 328 + 328 * 192 + 192 + 192 * 10 + 10
+  assert model.count_params() == 6_656 + 1_638_656 + 819_328 + dense
+  assert round(model.count_params() / 1e6, 1) == 35.4
+  convs = 2 * 28 * 28 * 25 * (1 * 256 + 256 * 256 + 256 * 128)
+  assert model.flops_per_example() == convs + 2 * (
+      28 * 28 * 128 * 328 + 328 * 192 + 192 * 10)
+  assert model.get_config()['pool'] is False
+  assert BaselineCNN.from_config(model.get_config()).options.pool is False
+
+
 def test_outputs_are_softmax_of_logits_and_dropout_only_in_training():
   model = BaselineCNN(input_shape=(12, 12, 1), num_classes=3, **SMALL)
   images = tf.random.uniform([4, 12, 12, 1], seed=1)
