@@ -11,8 +11,10 @@ import json
 import os
 from typing import Any
 
+from pipeline import autotune as autotune_lib
+from pipeline import schedules
 from pipeline import settings
-from pipeline.data.sources import DataSpec
+from pipeline.data.sources import DataSpec, SPLITS
 from pipeline.models import registry
 
 STRATEGIES = ('mirrored', 'multi_worker', 'one_device')
@@ -100,61 +102,191 @@ def model_spec(name: str = 'capsnet', precision: str = 'float32',
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Everything a training run depends on.
+class OptimizerConfig:
+  """Adam and its learning-rate schedule."""
+  learning_rate: float = settings.setting(1e-3, 'Adam learning rate.',
+                                          above=0.0)
+  lr_schedule: str = settings.setting(
+      'exponential', 'exponential (the paper) or cosine (warm-up, then a '
+      'half cosine to 0; for short runs).', choices=schedules.SCHEDULES)
+  lr_decay_rate: float = settings.setting(
+      0.96, 'Exponential learning-rate decay per lr_decay_steps.', above=0.0,
+      high=1.0)
+  lr_decay_steps: int = settings.setting(
+      2000, 'exponential: steps per decay of lr_decay_rate; cosine: steps of '
+      'the decay to 0 after the warm-up.', low=1)
+  warmup_steps: int = settings.setting(
+      0, 'Steps of linear learning-rate warm-up from 0.', low=0)
 
-  Attributes mirror the flags of `pipeline.train`; see `--helpfull`.
-  """
+  def __post_init__(self):
+    settings.check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The losses' weights and margins."""
+  reconstruction_weight: float = settings.setting(
+      0.0005, 'Weight of the reconstruction loss (paper: 0.0005).', low=0.0)
+  m_plus: float = settings.setting(0.9, 'Margin loss m+.')
+  m_minus: float = settings.setting(0.1, 'Margin loss m-.')
+  down_weight: float = settings.setting(
+      0.5, 'Margin loss lambda.', low=0.0, why='paper: 0.5.')
+  spread_anneal_steps: int = settings.setting(
+      10000, 'matrix_capsnet: steps over which the spread-loss margin grows '
+      'from 0.2 to 0.9.', low=1)
+
+  def __post_init__(self):
+    settings.check(self)
+    if not 0 < self.m_plus <= 1 or not 0 <= self.m_minus < self.m_plus:
+      raise settings.SettingError(
+          'm_plus', 'and m_minus are the margin loss bounds on capsule '
+          'lengths (in [0, 1]): they need 0 <= m_minus < m_plus <= 1 (paper: '
+          f'0.1 and 0.9), got m_minus={self.m_minus}, m_plus={self.m_plus}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """Where and how the run executes: devices, seeds, determinism, tuning."""
+  strategy: str = settings.setting('mirrored', 'tf.distribute strategy.',
+                                   choices=STRATEGIES)
+  cpu_devices: int = settings.setting(
+      0, 'Without GPUs: split the CPU into this many logical devices for '
+      '--strategy=mirrored.', low=0)
+  seed: int = settings.setting(
+      0, 'Seed of weights, shuffling and augmentation.', low=0)
+  deterministic: bool = settings.setting(
+      False, 'Deterministic ops and input order (reproductions).')
+  # 'off' for configs built in code (tests keep the layers' defaults); the
+  # command line measures ('cached').
+  autotune: str = settings.setting(
+      'off', "How each layer's formulation (e.g. strided or space-to-depth "
+      'convolution, u_hat layout, XLA) is chosen: cached (measure once per '
+      'machine, then reuse), probe (measure now), off (the layers\' '
+      'defaults).', choices=autotune_lib.POLICIES, flag_default='cached')
+
+  def __post_init__(self):
+    settings.check(self)
+
+
+# The concerns a run's config is made of, beside its model and data: the
+# attribute of `TrainConfig` that holds each.
+PARTS = {'optimizer': OptimizerConfig, 'loss': LossConfig,
+         'runtime': RuntimeConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run depends on: the model, the data, the
+  optimizer and schedule, the losses and the runtime, and the training
+  loop's own settings (this class's fields). Every setting is declared once,
+  as a `settings.setting` field; `pipeline.flags` derives the command line
+  from them (`--helpfull`)."""
   model: ModelSpec = ModelSpec()
   data: DataSpec = DataSpec()
-  model_dir: str = '/tmp/capsnet'
-  export_dir: str = ''
-  batch_size: int = 100
-  eval_batch_size: int = 100
-  train_steps: int = 1000
-  steps_per_loop: int = 10
-  log_every: int = 50
-  eval_every: int = 500
-  checkpoint_every: int = 500
-  max_checkpoints: int = 3
-  learning_rate: float = 1e-3
-  lr_decay_rate: float = 0.96
-  lr_decay_steps: int = 2000
-  lr_schedule: str = 'exponential'
-  warmup_steps: int = 0
-  reconstruction_weight: float = 0.0005
-  m_plus: float = 0.9
-  m_minus: float = 0.1
-  down_weight: float = 0.5
-  spread_anneal_steps: int = 10000
-  strategy: str = 'mirrored'
-  cpu_devices: int = 0
-  seed: int = 0
-  deterministic: bool = False
-  eval_split: str = 'test'
-  # Stop at the first evaluation whose accuracy reaches this; 0: never.
-  target_accuracy: float = 0.0
-  # Steps [first, last] traced by the TensorFlow profiler; () for none.
-  profile_steps: tuple = ()
-  # How layer formulations are chosen (`pipeline.autotune.POLICIES`); 'off'
-  # keeps the layers' defaults (the flag's default is 'cached').
-  autotune: str = 'off'
+  optimizer: OptimizerConfig = OptimizerConfig()
+  loss: LossConfig = LossConfig()
+  runtime: RuntimeConfig = RuntimeConfig()
+  model_dir: str = settings.setting(
+      '/tmp/capsnet', 'Checkpoints, summaries, config and metrics go here.')
+  export_dir: str = settings.setting(
+      '', 'Export base (exports/<name>); empty: no export.')
+  batch_size: int = settings.setting(100, 'Global batch size.', low=1)
+  eval_batch_size: int = settings.setting(
+      100, 'Global evaluation batch size.', low=1)
+  train_steps: int = settings.setting(1000, 'Total training steps.', low=1)
+  steps_per_loop: int = settings.setting(
+      10, 'Steps per tf.function call.', low=1)
+  log_every: int = settings.setting(50, 'Steps between log lines.', low=1)
+  eval_every: int = settings.setting(500, 'Steps between evals.', low=1)
+  checkpoint_every: int = settings.setting(
+      500, 'Steps between checkpoints.', low=1)
+  max_checkpoints: int = settings.setting(3, 'Checkpoints kept.', low=1)
+  eval_split: str = settings.setting(
+      'test', 'Split evaluated during and after training.',
+      choices=SPLITS)
+  target_accuracy: float = settings.setting(
+      0.0, 'Stop at the first evaluation (--eval_every, on --eval_split) '
+      'whose accuracy reaches this, e.g. 0.99; the run ends there as if '
+      '--train_steps were reached. 0: train all --train_steps.', low=0.0,
+      high=1.0, why='0 turns the stop off.')
+  profile_steps: tuple = settings.setting(
+      (), 'FIRST,LAST: trace these training steps with the TensorFlow '
+      'profiler into <model_dir>/train (TensorBoard Profile tab). Empty: no '
+      'trace.', low=1, length=(0, 2))
+
+  def __post_init__(self):
+    settings.check(self)
+    if not self.model_dir:
+      raise settings.SettingError('model_dir', 'must name a directory.')
+    if self.profile_steps and self.profile_steps[0] > self.profile_steps[1]:
+      raise settings.SettingError(
+          'profile_steps', 'takes FIRST,LAST with FIRST <= LAST, got '
+          f'{",".join(map(str, self.profile_steps))}.')
+    if self.eval_split == 'validation' and not self.data.validation_size:
+      raise settings.SettingError(
+          'eval_split', '=validation needs --validation_size > 0.')
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
   @classmethod
   def from_json(cls, text):
+    """Reads `to_json`'s form, and the flat form of runs written before the
+    optimizer, loss and runtime settings had configs of their own."""
     raw = json.loads(text)
     data = raw.pop('data')
     model = raw.pop('model')
     for key in ('synthetic_shape', 'synthetic_size', 'image_shape'):
       if key in data:
         data[key] = tuple(data[key])
-    if 'profile_steps' in raw:
-      raw['profile_steps'] = tuple(raw['profile_steps'])
+    parts = {}
+    for name, part in PARTS.items():
+      nested = raw.pop(name, None)
+      if nested is None:  # The flat form: the part's fields at the top.
+        nested = {f.name: raw.pop(f.name) for f in dataclasses.fields(part)
+                  if f.name in raw}
+      parts[name] = _from_fields(part, nested)
     return cls(model=ModelSpec.from_dict(model), data=DataSpec(**data),
-               **raw)
+               **parts, **_from_fields_raw(cls, raw))
+
+
+def _from_fields_raw(cls, raw):
+  """`raw` with JSON lists as tuples, refusing names `cls` lacks."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(raw) - fields)
+  if unknown:
+    raise ValueError(f'{cls.__name__} has no field(s) {", ".join(unknown)}.')
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+def train_config(**values) -> TrainConfig:
+  """A `TrainConfig` from settings named as their flags are (`model`,
+  `data` and the loop's fields as themselves; `learning_rate`, `seed`, ...
+  routed to the part that holds them).
+
+  Raises:
+    ValueError: for a name no part holds.
+  """
+  parts = {}
+  for name, part in PARTS.items():
+    whole = values.pop(name, None)
+    given = {f.name: values.pop(f.name) for f in dataclasses.fields(part)
+             if f.name in values}
+    if whole is not None and given:
+      raise ValueError(f'Give {name}= or its fields, not both.')
+    parts[name] = whole if whole is not None else part(**given)
+  return TrainConfig(**parts, **values)
+
+
+def replace(config: TrainConfig, **values) -> TrainConfig:
+  """`config` with settings changed, named as `train_config` names them."""
+  changes = {}
+  for name, part in PARTS.items():
+    given = {f.name: values.pop(f.name) for f in dataclasses.fields(part)
+             if f.name in values}
+    if given:
+      changes[name] = dataclasses.replace(getattr(config, name), **given)
+  return dataclasses.replace(config, **changes, **values)
 
 
 def saved_precision(model_dir):
@@ -196,7 +328,7 @@ def load_run(model_dir):
 FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
                 'log_every', 'eval_every', 'checkpoint_every',
                 'max_checkpoints', 'eval_batch_size', 'profile_steps',
-                'target_accuracy', 'autotune')
+                'target_accuracy', 'runtime.autotune')
 # Fields a resumed run may change, with what that costs.
 _NOTED_FIELDS = {
     'eval_split': 'evaluations from now on score another split; earlier '
@@ -207,13 +339,13 @@ _NOTED_FIELDS = {
                         'continues correctly only if it gives the same data',
     'data.download': 'changes only whether TFDS may download',
     'data.affnist_dir': 'the affNIST test split changes; training does not',
-    'strategy': 'another distribution strategy sums gradients in another '
+    'runtime.strategy': 'another distribution strategy sums gradients in another '
                 'order: the weights will differ slightly from an '
                 'uninterrupted run',
-    'cpu_devices': 'another replica count sums gradients in another order: '
+    'runtime.cpu_devices': 'another replica count sums gradients in another order: '
                    'the weights will differ slightly from an uninterrupted '
                    'run',
-    'deterministic': 'the input order and op determinism change: the run '
+    'runtime.deterministic': 'the input order and op determinism change: the run '
                      'will not reproduce an uninterrupted one',
 }
 
@@ -262,7 +394,12 @@ def config_changes(saved: TrainConfig, new: TrainConfig):
     return [('model', saved.model.name, new.model.name)], []
   refused, noted = [], []
   notes = _noted_fields()
-  for key in sorted(set(old_fields) | set(new_fields)):
+  def flat_order(key):  # The order of the fields before the config's parts.
+    for part in PARTS:
+      key = key.replace(f'{part}.', '', 1) if key.startswith(part) else key
+    return key
+
+  for key in sorted(set(old_fields) | set(new_fields), key=flat_order):
     old, value = old_fields.get(key), new_fields.get(key)
     if old == value or key in FREE_FIELDS:
       continue

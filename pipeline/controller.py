@@ -232,11 +232,13 @@ class Controller:
     Run-control fields (directories, cadences) are left out: they do not
     tell runs apart.
     """
-    skip = set(config_lib.FREE_FIELDS) | {'strategy', 'cpu_devices',
-                                          'deterministic'}
+    skip = set(config_lib.FREE_FIELDS) | {
+        'runtime.strategy', 'runtime.cpu_devices', 'runtime.deterministic'}
     values = {}
     for key, value in config_lib.flat_fields(self.config).items():
       name = key.replace('model.params.', '').replace('data.', 'data_')
+      for part in config_lib.PARTS:
+        name = name.replace(f'{part}.', '')
       if key in skip or key.startswith('data.synthetic') and (
           self.config.data.dataset != 'synthetic'):
         continue
@@ -312,7 +314,7 @@ class Controller:
     # Histograms are drawn from this fixed batch at every evaluation.
     summary_batch = next(iter(input_pipeline.make_dataset(
         trainer.source, cfg.eval_split, SUMMARY_EXAMPLES, False,
-        seed=cfg.seed, deterministic=True)))
+        seed=cfg.runtime.seed, deterministic=True)))
     step = trainer.step
     start_step, start_time = step, time.time()
     restored_wall = float(trainer.wall_seconds.numpy())

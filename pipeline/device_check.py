@@ -93,7 +93,7 @@ def _config(model_dir, precision, replicas, steps, paper=False, **overrides):
       log_every=steps, eval_every=steps, checkpoint_every=steps,
       learning_rate=3e-3, seed=1, deterministic=True, strategy='one_device')
   base.update(overrides)
-  return config_lib.TrainConfig(**base)
+  return config_lib.train_config(**base)
 
 
 def _weights(model_dir):

@@ -45,7 +45,7 @@ def _median_time(fn, repeats, warmup=1):
 
 def bench_input(config, source, batches, repeats):
   ds = input_pipeline.make_dataset(source, 'train', config.batch_size, True,
-                                   seed=config.seed)
+                                   seed=config.runtime.seed)
   it = iter(ds)
 
   def run():

@@ -37,8 +37,9 @@ class SettingError(ValueError):
     self.detail = detail
 
 
-def setting(default, help, *, low=None, high=None, below=None,
-            choices=None, why='', flag_default=_MISSING, on_resume=None):
+def setting(default, help, *, low=None, high=None, above=None, below=None,
+            choices=None, length=None, why='', flag_default=_MISSING,
+            on_resume=None):
   """A dataclass field that carries its help and bounds.
 
   Args:
@@ -46,8 +47,10 @@ def setting(default, help, *, low=None, high=None, below=None,
     help: one line for `--helpfull`.
     low: smallest value accepted (for a tuple: of each element).
     high: largest value accepted.
+    above: the value must be larger than this.
     below: the value must be smaller than this.
     choices: the values accepted.
+    length: for a tuple, the lengths accepted (e.g. `(0, 3)`).
     why: appended to the message of a value out of bounds.
     flag_default: the default of the command-line flag when it differs
       from the dataclass's (e.g. XLA on in training, off for models built
@@ -58,8 +61,9 @@ def setting(default, help, *, low=None, high=None, below=None,
   Returns:
     A `dataclasses.field`.
   """
-  metadata = dict(help=help, low=low, high=high, below=below,
+  metadata = dict(help=help, low=low, high=high, above=above, below=below,
                   choices=tuple(choices) if choices is not None else None,
+                  length=tuple(length) if length is not None else None,
                   why=why, flag_default=flag_default, on_resume=on_resume)
   return dataclasses.field(default=default, metadata=metadata)
 
@@ -69,10 +73,16 @@ def described(cls):
   return [f for f in dataclasses.fields(cls) if 'help' in f.metadata]
 
 
+_KINDS = (bool, int, float, str, tuple)
+
+
 def kind(field):
-  """`bool`, `int`, `float`, `str` or `tuple`: what the field holds."""
+  """`bool`, `int`, `float`, `str` or `tuple`: what the field holds (its
+  annotation, else its default's type)."""
+  if field.type in _KINDS:
+    return field.type
   value = field.default
-  for candidate in (bool, int, float, str, tuple):
+  for candidate in _KINDS:
     if isinstance(value, candidate):
       return candidate
   raise TypeError(f'setting {field.name} has a default of unsupported type '
@@ -90,9 +100,16 @@ def check_value(field, value):
   meta = field.metadata
   name = field.name
   expected = kind(field)
+  if value is None and field.default is None:
+    return  # An optional setting left unset.
   if expected is tuple:
     if not isinstance(value, tuple):
       raise SettingError(name, f'must be a tuple, got {value!r}.')
+    lengths = meta.get('length')
+    if lengths is not None and len(value) not in lengths:
+      counts = ' or '.join(str(n) for n in lengths)
+      raise SettingError(name, f'takes {counts} values, got '
+                         f'{",".join(map(str, value)) or "none"}.')
     items = value
   else:
     if expected is float and isinstance(value, int) and not isinstance(
@@ -114,6 +131,8 @@ def check_value(field, value):
       raise SettingError(name, f'must be >= {meta["low"]}, got {item}{why}')
     if meta.get('high') is not None and item > meta['high']:
       raise SettingError(name, f'must be <= {meta["high"]}, got {item}{why}')
+    if meta.get('above') is not None and item <= meta['above']:
+      raise SettingError(name, f'must be > {meta["above"]}, got {item}{why}')
     if meta.get('below') is not None and item >= meta['below']:
       raise SettingError(name, f'must be < {meta["below"]}, got {item}{why}')
 

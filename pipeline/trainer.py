@@ -61,13 +61,13 @@ class Trainer:
   def __init__(self, config, strategy=None, source=None):
     self.config = config
     self.strategy = strategy or strategies.make_strategy(
-        config.strategy, config.cpu_devices)
+        config.runtime.strategy, config.runtime.cpu_devices)
     replicas = self.strategy.num_replicas_in_sync
     for flag in ('batch_size', 'eval_batch_size'):
       check_divides(flag, getattr(config, flag), replicas)
-    if config.deterministic:
+    if config.runtime.deterministic:
       tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.runtime.seed)
     self.chief = strategies.is_chief(self.strategy)
     logging.info('%s', hardware.device_line(self.strategy))
     self.source = source or sources.open_source(config.data)
@@ -91,11 +91,12 @@ class Trainer:
       self.model.compile_inference(True)
     # Before any step is traced: each layer's formulation for this
     # machine, at the per-replica shapes that will run.
-    self.autotune = self._tune(config.autotune, replicas)
+    self.autotune = self._tune(config.runtime.autotune, replicas)
     with self.strategy.scope():
       self.learning_rate = schedules.LearningRate(
-          config.lr_schedule, config.learning_rate, config.lr_decay_steps,
-          config.lr_decay_rate, config.warmup_steps)
+          config.optimizer.lr_schedule, config.optimizer.learning_rate,
+          config.optimizer.lr_decay_steps,
+          config.optimizer.lr_decay_rate, config.optimizer.warmup_steps)
       self.optimizer = keras.optimizers.Adam(self.learning_rate)
       if config.model.precision == 'mixed_float16':
         self.optimizer = keras.mixed_precision.LossScaleOptimizer(
@@ -166,8 +167,8 @@ class Trainer:
     cfg = self.config
     return iter(self.strategy.distribute_datasets_from_function(
         lambda ctx: input_pipeline.make_dataset(
-            self.source, 'train', cfg.batch_size, True, ctx, seed=cfg.seed,
-            deterministic=cfg.deterministic, start_step=start_step)))
+            self.source, 'train', cfg.batch_size, True, ctx, seed=cfg.runtime.seed,
+            deterministic=cfg.runtime.deterministic, start_step=start_step)))
 
   def _train_loop_fn(self, iterator, num_steps):
     """Runs up to `num_steps` steps; returns 0, or the first bad step."""
@@ -216,7 +217,7 @@ class Trainer:
     dataset = self.strategy.distribute_datasets_from_function(
         lambda ctx: input_pipeline.make_dataset(
             self.source, split, self.config.eval_batch_size, False, ctx,
-            seed=self.config.seed, deterministic=True))
+            seed=self.config.runtime.seed, deterministic=True))
     hits = loss = count = 0.0
     for batch in dataset:
       h, l, n = self._eval_fn(batch)

@@ -27,6 +27,23 @@ tf.config.experimental.enable_tensor_float_32_execution(False)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tools():
+  """The `python -m pipeline.<tool>` commands: the modules that run
+  themselves through absl's app.run (found, not listed by hand). Read from
+  the checkout itself (under Bazel, through the runfiles' symlinks), which
+  holds every module whatever a test's deps."""
+  import glob  # pylint: disable=g-import-not-at-top
+  root = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.realpath(__file__))), 'pipeline')
+  found = []
+  for path in sorted(glob.glob(os.path.join(root, '**', '*.py'),
+                               recursive=True)):
+    with open(path) as f:
+      if 'app.run(main)' in f.read():
+        found.append(os.path.relpath(path[:-3], root))
+  return tuple(found)
+
+
 import logging as _std_logging  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
 

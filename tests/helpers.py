@@ -27,7 +27,7 @@ def tiny_config(model_dir, **overrides):
               checkpoint_every=2, learning_rate=3e-3, seed=1,
               deterministic=True, strategy='one_device')
   base.update(overrides)
-  return config_lib.TrainConfig(**base)
+  return config_lib.train_config(**base)
 
 
 def run_trainer(trainer, flags_text=None):

@@ -14,11 +14,9 @@ import os
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tools
 
-TOOLS = ('train', 'benchmark', 'export', 'evaluate', 'client',
-         'make_affnist', 'experiment', 'device_check', 'curves',
-         'profile_report')
+TOOLS = tools()
 PACKAGES = ('pipeline', 'pipeline/data', 'pipeline/models', 'pipeline/tasks',
             'tests')
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from pipeline import config as config_lib
+from pipeline import settings
 from pipeline.data import sources
 
 
@@ -46,11 +47,12 @@ def test_model_spec_kwargs_and_errors():
 
 
 def test_config_changes_refuses_what_changes_the_run():
-  saved = config_lib.TrainConfig(model=config_lib.model_spec(conv_filters=8))
+  saved = config_lib.TrainConfig(model=config_lib.model_spec(conv_filters=8),
+                                 data=config_lib.DataSpec(validation_size=50))
   same = dataclasses.replace(saved, train_steps=5000, eval_every=7,
                              model_dir='/elsewhere', export_dir='x')
   assert config_lib.config_changes(saved, same) == ([], [])
-  wider = dataclasses.replace(saved, model=config_lib.model_spec(
+  wider = config_lib.replace(saved, model=config_lib.model_spec(
       conv_filters=64), learning_rate=0.5)
   refused, noted = config_lib.config_changes(saved, wider)
   assert refused == [('learning_rate', 0.001, 0.5), ('conv_filters', 8, 64)]
@@ -61,7 +63,7 @@ def test_config_changes_refuses_what_changes_the_run():
       ('model', 'capsnet', 'baseline_cnn')]
   for field, value in (('batch_size', 4), ('seed', 3)):
     refused, _ = config_lib.config_changes(
-        saved, dataclasses.replace(saved, **{field: value}))
+        saved, config_lib.replace(saved, **{field: value}))
     assert [r[0] for r in refused] == [field]
   moved = dataclasses.replace(saved, data=dataclasses.replace(
       saved.data, data_dir='/copy'), eval_split='validation')
@@ -70,6 +72,35 @@ def test_config_changes_refuses_what_changes_the_run():
   assert [n[0] for n in noted] == ['data_dir', 'eval_split']
   assert 'same data' in noted[0][3]
 
+
+
+def test_reads_the_flat_form_of_runs_before_the_configs_parts():
+  """A config.json written before the optimizer, loss and runtime settings
+  had configs of their own (learning_rate, seed, ... at its top) reads as
+  the same config, so those runs resume."""
+  cfg = config_lib.train_config(
+      model=config_lib.model_spec(conv_filters=8), learning_rate=0.003,
+      lr_schedule='cosine', warmup_steps=5, m_plus=0.95, seed=4,
+      deterministic=True, strategy='one_device', batch_size=32)
+  raw = json.loads(cfg.to_json())
+  for part in config_lib.PARTS:
+    raw.update(raw.pop(part))
+  assert 'optimizer' not in raw and raw['learning_rate'] == 0.003
+  assert config_lib.TrainConfig.from_json(json.dumps(raw)) == cfg
+  with pytest.raises(ValueError, match='no field'):
+    config_lib.TrainConfig.from_json(json.dumps(dict(raw, bogus=1)))
+
+
+def test_train_config_routes_each_setting_to_its_part():
+  cfg = config_lib.train_config(learning_rate=0.01, seed=3,
+                                reconstruction_weight=0.1, batch_size=7)
+  assert (cfg.optimizer.learning_rate, cfg.runtime.seed,
+          cfg.loss.reconstruction_weight, cfg.batch_size) == (0.01, 3, 0.1, 7)
+  assert config_lib.replace(cfg, seed=5, train_steps=9).runtime.seed == 5
+  with pytest.raises(TypeError):
+    config_lib.train_config(no_such_setting=1)
+  with pytest.raises(settings.SettingError, match='learning_rate must be > 0'):
+    config_lib.train_config(learning_rate=0.0)
 
 
 def test_routing_options_a_resume_refuses_or_notes():

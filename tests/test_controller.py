@@ -18,7 +18,7 @@ from pipeline import trainer as trainer_lib
 def _changed(cfg, **changes):
   model = changes.pop('model', None)
   data = changes.pop('data', None)
-  return dataclasses.replace(
+  return config_lib.replace(
       cfg, model=model or cfg.model,
       data=dataclasses.replace(cfg.data, **data) if data else cfg.data,
       **changes)
@@ -67,6 +67,21 @@ def test_a_changed_run_is_refused_before_anything_is_touched(
   assert 'pick a new --model_dir' in str(e.value)
   assert snapshot(model_dir) == before
   assert not os.path.exists(model_dir / 'checkpoints' / 'corrupt')
+
+
+def test_a_run_of_the_flat_config_layout_resumes(first_run, tmp_path):
+  """Runs written before the config had its optimizer, loss and runtime
+  parts (their settings at the top of config.json) resume as they are."""
+  cfg, model_dir = _copy(first_run, tmp_path)
+  path = model_dir / config_lib.CONFIG_FILE
+  raw = json.loads(path.read_text())
+  for part in config_lib.PARTS:
+    raw.update(raw.pop(part))
+  path.write_text(json.dumps(raw))
+  resumed = trainer_lib.Trainer(dataclasses.replace(cfg, train_steps=4))
+  controller = controller_lib.Controller(resumed)
+  assert controller.restore().endswith('ckpt-2')
+  assert controller.train().step == 4
 
 
 def test_the_original_settings_resume_after_a_refusal(first_run, tmp_path):

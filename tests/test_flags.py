@@ -35,7 +35,7 @@ def test_defaults_build_a_config():
     (dict(lr_schedule='cosine', lr_decay_steps=0),
      '--lr_decay_steps must be >= 1'),
     (dict(eval_split='validation'), '--validation_size'),
-    (dict(target_accuracy=1.5), r'--target_accuracy must be in \[0, 1\]'),
+    (dict(target_accuracy=1.5), '--target_accuracy must be <= 1.0, got 1.5'),
     (dict(target_accuracy=-0.1), '--target_accuracy'),
     (dict(synthetic_shape=['28', '28']), '--synthetic_shape takes 3'),
     (dict(decoder_units=['a']), '--decoder_units'),
@@ -82,7 +82,8 @@ def test_schedule_flags_reach_the_config():
   with flagsaver.flagsaver(lr_schedule='cosine', warmup_steps=50,
                            lr_decay_steps=550):
     cfg = pipeline_flags.config_from_flags()
-  assert (cfg.lr_schedule, cfg.warmup_steps, cfg.lr_decay_steps) == (
+  assert (cfg.optimizer.lr_schedule, cfg.optimizer.warmup_steps,
+          cfg.optimizer.lr_decay_steps) == (
       'cosine', 50, 550)
 
 
@@ -231,9 +232,9 @@ def test_explicit_emulated_precision_runs_with_a_warning(monkeypatch,
 def test_autotune_flag_reaches_the_config_and_is_free_on_resume():
   with flagsaver.flagsaver(autotune='probe'):
     cfg = pipeline_flags.config_from_flags()
-  assert cfg.autotune == 'probe'
+  assert cfg.runtime.autotune == 'probe'
   refused, noted = config_lib.config_changes(
-      cfg, dataclasses.replace(cfg, autotune='off'))
+      cfg, config_lib.replace(cfg, autotune='off'))
   assert not refused and not noted
 
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from pipeline import settings
 from pipeline.data import affnist, idx, image_folder, synthetic, tfds_source
 from pipeline.data.base import ArraySplit, DataError, DatasetInfo
 
@@ -57,30 +58,52 @@ class DataSpec:
     test_fraction: image_folder without train/ and test/ sub-folders: the
       share of each class's images held back as the test split.
   """
-  dataset: str = 'synthetic'
-  data_dir: str = None
-  data_source: str = 'tfds'
-  base_dataset: str = 'mnist'
-  shift_pixels: int = 2
-  canvas_size: int = 40
-  affnist_dir: str = None
-  overlay: str = 'max'
-  validation_size: int = 0
-  download: bool = True
-  synthetic_shape: tuple = (28, 28, 1)
-  synthetic_classes: int = 10
-  synthetic_size: tuple = (2000, 500)
-  viewpoints: str = 'all'
-  image_shape: tuple = ()
-  test_fraction: float = 0.2
+  dataset: str = settings.setting('synthetic', 'Data set.',
+                                  choices=sorted(DATASETS))
+  data_dir: str = settings.setting(
+      None, 'TFDS data dir, or the IDX directory with --data_source=idx.')
+  data_source: str = settings.setting(
+      'tfds', 'Where mnist/fashion_mnist come from.', choices=DATA_SOURCES)
+  base_dataset: str = settings.setting(
+      'mnist', 'Digits of multimnist / affnist.', choices=DIGIT_BASES)
+  shift_pixels: int = settings.setting(
+      2, 'Training shift augmentation in pixels (paper: 2).', low=0)
+  canvas_size: int = settings.setting(
+      40, 'affNIST canvas side for the translated digits.', low=1)
+  affnist_dir: str = settings.setting(
+      None, 'Directory of affNIST .mat files (its test split).')
+  overlay: str = settings.setting(
+      'max', 'MultiMNIST overlay of the two digits.', choices=('max', 'sum'))
+  validation_size: int = settings.setting(
+      0, 'Training examples held back as the validation split.', low=0)
+  download: bool = settings.setting(
+      True, 'Let TFDS download data that is not prepared.')
+  synthetic_shape: tuple = settings.setting(
+      (28, 28, 1), 'H,W,C of the synthetic data set.', low=1, length=(3,))
+  synthetic_classes: int = settings.setting(
+      10, 'Classes of the synthetic data set.', low=1)
+  synthetic_size: tuple = settings.setting(
+      (2000, 500), 'train,test examples of the synthetic data set.', low=0,
+      length=(2,))
+  viewpoints: str = settings.setting(
+      'all', 'smallnorb: all, or a novel-viewpoint split (train on familiar '
+      'azimuths/elevations, test on novel ones).',
+      choices=sorted(tfds_source.VIEWPOINTS))
+  image_shape: tuple = settings.setting(
+      (), "image_folder: H,W,C every image is converted to (C: 1 grey or 3 "
+      "RGB). Empty: the images' own shape.")
+  test_fraction: float = settings.setting(
+      0.2, 'image_folder without train/ and test/ sub-folders: share of each '
+      'class held back as the test split.')
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
       raise DataError(f'Unknown data set {self.dataset!r}; choose one of '
                       f'{sorted(DATASETS)}.')
-    if self.data_source not in DATA_SOURCES:
-      raise DataError(f'data_source must be one of {DATA_SOURCES}, got '
-                      f'{self.data_source!r}.')
+    try:
+      settings.check(self)  # Each field's type, choices and range.
+    except settings.SettingError as e:
+      raise DataError(str(e)) from None
     digits = self.base_dataset if self.dataset in ('multimnist',
                                                    'affnist') else self.dataset
     if self.data_source == 'idx' and digits not in DIGIT_BASES:
@@ -89,18 +112,6 @@ class DataSpec:
     if self.data_source == 'idx' and not self.data_dir:
       raise DataError("data_source='idx' needs data_dir: the directory with "
                       'train-images-idx3-ubyte(.gz) and its siblings.')
-    if self.base_dataset not in DIGIT_BASES:
-      raise DataError(f'base_dataset must be one of {DIGIT_BASES}, got '
-                      f'{self.base_dataset!r}.')
-    if self.shift_pixels < 0:
-      raise DataError(f'shift_pixels must be >= 0, got {self.shift_pixels}.')
-    if self.validation_size < 0:
-      raise DataError(
-          f'validation_size must be >= 0, got {self.validation_size}.')
-    if self.viewpoints not in tfds_source.VIEWPOINTS:
-      raise DataError(f'viewpoints must be one of '
-                      f'{sorted(tfds_source.VIEWPOINTS)}, got '
-                      f'{self.viewpoints!r}.')
     if self.viewpoints != 'all' and self.dataset != 'smallnorb':
       raise DataError(f'viewpoints={self.viewpoints!r} applies to smallnorb '
                       'only.')
@@ -115,8 +126,6 @@ class DataSpec:
     if not 0 < self.test_fraction < 1:
       raise DataError('test_fraction (--test_fraction) must lie in (0, 1), '
                       f'got {self.test_fraction}.')
-    if self.overlay not in ('max', 'sum'):
-      raise DataError(f"overlay must be 'max' or 'sum', got {self.overlay!r}.")
 
 
 class DataSource:

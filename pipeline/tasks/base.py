@@ -58,7 +58,7 @@ class Task(abc.ABC):
       recon = losses.reconstruction_loss(targets, outputs['reconstructions'])
     else:
       recon = tf.zeros_like(margin)
-    return margin, recon, margin + self.config.reconstruction_weight * recon
+    return margin, recon, margin + self.config.loss.reconstruction_weight * recon
 
   def train_step(self, batch, model, optimizer, metrics):
     """One training step on one replica; returns whether it was finite.

@@ -11,5 +11,5 @@ class CapsNetTask(base.Task):
   def class_loss(self, labels, outputs, step):
     del step  # The margins are fixed.
     cfg = self.config
-    return losses.margin_loss(labels, outputs['lengths'], cfg.m_plus,
-                              cfg.m_minus, cfg.down_weight)
+    return losses.margin_loss(labels, outputs['lengths'], cfg.loss.m_plus,
+                              cfg.loss.m_minus, cfg.loss.down_weight)

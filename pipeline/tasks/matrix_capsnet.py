@@ -9,5 +9,5 @@ class MatrixCapsNetTask(base.Task):
   """Spread loss on the class capsules' activations."""
 
   def class_loss(self, labels, outputs, step):
-    margin = losses.spread_margin(step, self.config.spread_anneal_steps)
+    margin = losses.spread_margin(step, self.config.loss.spread_anneal_steps)
     return losses.spread_loss(labels, outputs['lengths'], margin)
