@@ -75,6 +75,19 @@ def test_affnist_source_uses_the_idx_test_set_and_checks_its_size(tmp_path):
     sources.open_source(dataclasses.replace(spec, canvas_size=36))
 
 
+def test_a_file_that_crashes_the_reader_is_one_error(tmp_path, monkeypatch):
+  """scipy's reader can segfault on a malformed .mat; it runs in a child
+  process, so the crash is an error naming the file, not a dead run."""
+  path = tmp_path / 'crash.mat'
+  path.write_bytes(b'MATLAB 5.0 MAT-file')
+  monkeypatch.setattr(affnist, '_LOAD_MAT',
+                      'import os, signal; os.kill(os.getpid(), '
+                      'signal.SIGSEGV)')
+  with pytest.raises(DataError, match=r'crash\.mat: not a readable MATLAB '
+                     r'\.mat file \(its reader crashed on it, signal 11\)'):
+    affnist.read_affnist_mat(str(path))
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

@@ -9,14 +9,75 @@ affNIST-style sets `pipeline.make_affnist` writes.
 
 import glob
 import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
-import scipy.io
 
 from pipeline.data import idx
 from pipeline.data.base import ArraySplit, DataError
 
 AFFNIST_SIZE = 40
+
+# Run in a child process: scipy's MATLAB reader can crash the process
+# (segmentation fault) on a malformed file, and a data file must never take
+# a training run down with it. The child writes what it read as .npz, or
+# its error on stderr (exit 2).
+_LOAD_MAT = r"""
+import sys
+import numpy as np
+import scipy.io
+try:
+  mat = scipy.io.loadmat(sys.argv[1])
+except FileNotFoundError:
+  sys.exit(3)
+except Exception as e:  # scipy raises several types for corrupt files.
+  sys.stderr.write(f'{type(e).__name__}: {e}')
+  sys.exit(2)
+if 'affNISTdata' not in mat:
+  sys.stderr.write('no affNISTdata struct (has %s)' % sorted(
+      k for k in mat if not k.startswith('__')))
+  sys.exit(4)
+data = mat['affNISTdata']
+try:
+  images = np.asarray(data['image'][0, 0])
+  labels = np.asarray(data['label_int'][0, 0]).reshape(-1)
+except (ValueError, IndexError, KeyError, TypeError) as e:
+  sys.stderr.write(f'affNISTdata lacks image/label_int ({e})')
+  sys.exit(4)
+if images.dtype.kind not in 'biuf' or labels.dtype.kind not in 'biuf':
+  sys.stderr.write('affNISTdata image/label_int are not numeric arrays '
+                   f'({images.dtype}, {labels.dtype})')
+  sys.exit(4)
+np.savez(sys.argv[2], images=images, labels=labels)
+"""
+
+
+def _load_mat(path):
+  """`(images, labels)` arrays of an affNIST .mat file, read in a child
+  process. Raises DataError naming the file for anything else."""
+  with tempfile.TemporaryDirectory(prefix='affnist-') as tmp:
+    out = os.path.join(tmp, 'arrays.npz')
+    proc = subprocess.run([sys.executable, '-c', _LOAD_MAT, path, out],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 3:
+      raise DataError(f'affNIST file {path} does not exist.')
+    if proc.returncode == 4:
+      raise DataError(f'{path}: {proc.stderr.strip()}.')
+    if proc.returncode < 0:
+      raise DataError(f'{path}: not a readable MATLAB .mat file (its reader '
+                      f'crashed on it, signal {-proc.returncode}).')
+    if proc.returncode:
+      detail = proc.stderr.strip().splitlines()[-1:] or ['unknown error']
+      raise DataError(f'{path}: not a readable MATLAB .mat file '
+                      f'({detail[0]}).')
+    try:
+      with np.load(out) as arrays:
+        return arrays['images'], arrays['labels']
+    except (OSError, ValueError, KeyError) as e:
+      raise DataError(f'{path}: not a readable MATLAB .mat file ({e}).'
+                      ) from None
 
 
 def read_affnist_mat(path):
@@ -26,23 +87,10 @@ def read_affnist_mat(path):
     An `ArraySplit`: uint8 images `[N, 40, 40, 1]`, int64 labels `[N]`.
 
   Raises:
-    DataError: for a missing, unreadable or wrongly laid out file.
+    DataError: for a missing, unreadable or wrongly laid out file, also
+      one that crashes scipy's reader (it runs in a child process).
   """
-  try:
-    mat = scipy.io.loadmat(path)
-  except FileNotFoundError as e:
-    raise DataError(f'affNIST file {path} does not exist.') from e
-  except Exception as e:  # scipy raises several types for corrupt files.
-    raise DataError(f'{path}: not a readable MATLAB .mat file ({e}).') from e
-  if 'affNISTdata' not in mat:
-    raise DataError(f'{path}: no affNISTdata struct (has '
-                    f'{sorted(k for k in mat if not k.startswith("__"))}).')
-  data = mat['affNISTdata']
-  try:
-    images = np.asarray(data['image'][0, 0])
-    labels = np.asarray(data['label_int'][0, 0]).reshape(-1)
-  except (ValueError, IndexError, KeyError) as e:
-    raise DataError(f'{path}: affNISTdata lacks image/label_int ({e}).') from e
+  images, labels = _load_mat(path)
   if images.ndim != 2 or images.shape[0] != AFFNIST_SIZE * AFFNIST_SIZE:
     raise DataError(f'{path}: image must be 1600 x N, got {images.shape}.')
   if images.shape[1] != labels.shape[0]:
