@@ -23,15 +23,20 @@ CONFIG_FILE = 'config.json'
 INFO_FILE = 'info.json'
 
 
-def _from_fields(cls, raw):
-  """`cls(**raw)` with JSON lists turned back into the tuples `cls` keeps."""
-  fields = {f.name: f for f in dataclasses.fields(cls)}
+def _field_values(cls, raw):
+  """`raw` with JSON lists turned back into the tuples `cls` keeps,
+  refusing names `cls` lacks."""
+  fields = [f.name for f in dataclasses.fields(cls)]
   unknown = sorted(set(raw) - set(fields))
   if unknown:
     raise ValueError(f'{cls.__name__} has no field(s) {", ".join(unknown)}; '
                      f'it takes {", ".join(fields)}.')
-  return cls(**{k: tuple(v) if isinstance(v, list) else v
-                for k, v in raw.items()})
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+def _from_fields(cls, raw):
+  """`cls(**raw)`, read as `_field_values` reads it."""
+  return cls(**_field_values(cls, raw))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +152,22 @@ class LossConfig:
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
   """Where and how the run executes: devices, seeds, determinism, tuning."""
-  strategy: str = settings.setting('mirrored', 'tf.distribute strategy.',
-                                   choices=STRATEGIES)
+  strategy: str = settings.setting(
+      'mirrored', 'tf.distribute strategy.', choices=STRATEGIES,
+      on_resume='another distribution strategy sums gradients in another '
+                'order: the weights will differ slightly from an '
+                'uninterrupted run')
   cpu_devices: int = settings.setting(
       0, 'Without GPUs: split the CPU into this many logical devices for '
-      '--strategy=mirrored.', low=0)
+      '--strategy=mirrored.', low=0,
+      on_resume='another replica count sums gradients in another order: the '
+                'weights will differ slightly from an uninterrupted run')
   seed: int = settings.setting(
       0, 'Seed of weights, shuffling and augmentation.', low=0)
   deterministic: bool = settings.setting(
-      False, 'Deterministic ops and input order (reproductions).')
+      False, 'Deterministic ops and input order (reproductions).',
+      on_resume='the input order and op determinism change: the run will '
+                'not reproduce an uninterrupted one')
   # 'off' for configs built in code (tests keep the layers' defaults); the
   # command line measures ('cached').
   autotune: str = settings.setting(
@@ -202,8 +214,9 @@ class TrainConfig:
       500, 'Steps between checkpoints.', low=1)
   max_checkpoints: int = settings.setting(3, 'Checkpoints kept.', low=1)
   eval_split: str = settings.setting(
-      'test', 'Split evaluated during and after training.',
-      choices=SPLITS)
+      'test', 'Split evaluated during and after training.', choices=SPLITS,
+      on_resume='evaluations from now on score another split; earlier '
+                'entries of metrics.json scored the old one')
   target_accuracy: float = settings.setting(
       0.0, 'Stop at the first evaluation (--eval_every, on --eval_split) '
       'whose accuracy reaches this, e.g. 0.99; the run ends there as if '
@@ -239,24 +252,27 @@ class TrainConfig:
     for key in ('synthetic_shape', 'synthetic_size', 'image_shape'):
       if key in data:
         data[key] = tuple(data[key])
-    parts = {}
-    for name, part in PARTS.items():
-      nested = raw.pop(name, None)
-      if nested is None:  # The flat form: the part's fields at the top.
-        nested = {f.name: raw.pop(f.name) for f in dataclasses.fields(part)
-                  if f.name in raw}
-      parts[name] = _from_fields(part, nested)
+    nested = {name: raw.pop(name) for name in PARTS if name in raw}
+    flat = _take_parts(raw)  # The flat form: the parts' fields at the top.
+    parts = {name: _from_fields(part, nested.get(name, flat[name]))
+             for name, part in PARTS.items()}
     return cls(model=ModelSpec.from_dict(model), data=DataSpec(**data),
-               **parts, **_from_fields_raw(cls, raw))
+               **parts, **_field_values(cls, raw))
 
 
-def _from_fields_raw(cls, raw):
-  """`raw` with JSON lists as tuples, refusing names `cls` lacks."""
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(raw) - fields)
-  if unknown:
-    raise ValueError(f'{cls.__name__} has no field(s) {", ".join(unknown)}.')
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+def _take_parts(values):
+  """Pops from `values` the settings each part of the config holds:
+  `{part name: {field: value}}` (named as their flags are)."""
+  return {name: {f.name: values.pop(f.name) for f in dataclasses.fields(part)
+                 if f.name in values}
+          for name, part in PARTS.items()}
+
+
+def flat_name(key):
+  """A dotted field name without its part (`optimizer.learning_rate` ->
+  `learning_rate`), as the settings were named before the parts."""
+  part, _, rest = key.partition('.')
+  return rest if part in PARTS else key
 
 
 def train_config(**values) -> TrainConfig:
@@ -267,25 +283,19 @@ def train_config(**values) -> TrainConfig:
   Raises:
     ValueError: for a name no part holds.
   """
+  wholes = {name: values.pop(name) for name in PARTS if name in values}
   parts = {}
-  for name, part in PARTS.items():
-    whole = values.pop(name, None)
-    given = {f.name: values.pop(f.name) for f in dataclasses.fields(part)
-             if f.name in values}
-    if whole is not None and given:
+  for name, given in _take_parts(values).items():
+    if name in wholes and given:
       raise ValueError(f'Give {name}= or its fields, not both.')
-    parts[name] = whole if whole is not None else part(**given)
+    parts[name] = wholes.get(name) or PARTS[name](**given)
   return TrainConfig(**parts, **values)
 
 
 def replace(config: TrainConfig, **values) -> TrainConfig:
   """`config` with settings changed, named as `train_config` names them."""
-  changes = {}
-  for name, part in PARTS.items():
-    given = {f.name: values.pop(f.name) for f in dataclasses.fields(part)
-             if f.name in values}
-    if given:
-      changes[name] = dataclasses.replace(getattr(config, name), **given)
+  changes = {name: dataclasses.replace(getattr(config, name), **given)
+             for name, given in _take_parts(values).items() if given}
   return dataclasses.replace(config, **changes, **values)
 
 
@@ -329,31 +339,14 @@ FREE_FIELDS = ('model_dir', 'export_dir', 'train_steps', 'steps_per_loop',
                 'log_every', 'eval_every', 'checkpoint_every',
                 'max_checkpoints', 'eval_batch_size', 'profile_steps',
                 'target_accuracy', 'runtime.autotune')
-# Fields a resumed run may change, with what that costs.
-_NOTED_FIELDS = {
-    'eval_split': 'evaluations from now on score another split; earlier '
-                  'entries of metrics.json scored the old one',
-    'data.data_dir': 'the data is read from another place; the run '
-                     'continues correctly only if it holds the same data',
-    'data.data_source': 'the data is read through another source; the run '
-                        'continues correctly only if it gives the same data',
-    'data.download': 'changes only whether TFDS may download',
-    'data.affnist_dir': 'the affNIST test split changes; training does not',
-    'runtime.strategy': 'another distribution strategy sums gradients in another '
-                'order: the weights will differ slightly from an '
-                'uninterrupted run',
-    'runtime.cpu_devices': 'another replica count sums gradients in another order: '
-                   'the weights will differ slightly from an uninterrupted '
-                   'run',
-    'runtime.deterministic': 'the input order and op determinism change: the run '
-                     'will not reproduce an uninterrupted one',
-}
-
-
 def _noted_fields():
-  """`_NOTED_FIELDS` and the model options that say, in their config
-  field, what changing them on resume costs (`on_resume`)."""
-  noted = dict(_NOTED_FIELDS)
+  """`{dotted field: consequence}` of the settings a resumed run may change
+  with a stated cost: the fields declared with `on_resume` (the loop's, its
+  parts', the data's and every model's options)."""
+  noted = settings.resume_notes(TrainConfig, '')
+  noted.update(settings.resume_notes(DataSpec, 'data.'))
+  for name, part in PARTS.items():
+    noted.update(settings.resume_notes(part, f'{name}.'))
   for entry in registry.MODELS.values():
     noted.update(settings.resume_notes(entry.config_class, 'model.params.'))
   return noted
@@ -394,12 +387,8 @@ def config_changes(saved: TrainConfig, new: TrainConfig):
     return [('model', saved.model.name, new.model.name)], []
   refused, noted = [], []
   notes = _noted_fields()
-  def flat_order(key):  # The order of the fields before the config's parts.
-    for part in PARTS:
-      key = key.replace(f'{part}.', '', 1) if key.startswith(part) else key
-    return key
-
-  for key in sorted(set(old_fields) | set(new_fields), key=flat_order):
+  # In the order of the settings before the config had parts.
+  for key in sorted(set(old_fields) | set(new_fields), key=flat_name):
     old, value = old_fields.get(key), new_fields.get(key)
     if old == value or key in FREE_FIELDS:
       continue

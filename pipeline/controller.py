@@ -236,9 +236,8 @@ class Controller:
         'runtime.strategy', 'runtime.cpu_devices', 'runtime.deterministic'}
     values = {}
     for key, value in config_lib.flat_fields(self.config).items():
-      name = key.replace('model.params.', '').replace('data.', 'data_')
-      for part in config_lib.PARTS:
-        name = name.replace(f'{part}.', '')
+      name = config_lib.flat_name(key).replace('model.params.', '').replace(
+          'data.', 'data_')
       if key in skip or key.startswith('data.synthetic') and (
           self.config.data.dataset != 'synthetic'):
         continue

@@ -182,15 +182,18 @@ def _ints(name, values, count):
 
 def _flag_values(cls, f):
   """The flag values of the fields of `cls`, as the field holds them."""
-  values = {}
-  for field in settings.described(cls):
-    value = f[field.name].value
-    if settings.kind(field) is tuple:
-      lengths = field.metadata.get('length') or (len(value),)
-      value = (() if not value and 0 in lengths else
-               _ints(field.name, value, max(lengths)))
-    values[field.name] = value
-  return values
+  return {field.name: _field_value(field, f[field.name].value)
+          for field in settings.described(cls)}
+
+
+def _field_value(field, value):
+  """A flag's value as `field` holds it: a list flag's strings become the
+  tuple of ints the field keeps."""
+  if settings.kind(field) is not tuple:
+    return value
+  lengths = field.metadata.get('length') or (len(value),)
+  return (() if not value and 0 in lengths else
+          _ints(field.name, value, max(lengths)))
 
 
 def config_from_flags(f=None):
@@ -245,9 +248,7 @@ def model_spec_from_flags(f=None):
         value = settings.flag_default(field)
       else:
         continue
-      if settings.kind(field) is tuple:
-        value = _ints(name, value, len(value))
-      options[name] = value
+      options[name] = _field_value(field, value)
     elif flag.present and flag.value != flag.default:
       accepted = [n for n in fields if n in taken]
       raise ValueError(

@@ -112,9 +112,6 @@ def check_value(field, value):
                          f'{",".join(map(str, value)) or "none"}.')
     items = value
   else:
-    if expected is float and isinstance(value, int) and not isinstance(
-        value, bool):
-      value = float(value)
     if not isinstance(value, expected) or (
         expected is int and isinstance(value, bool)):
       raise SettingError(name, f'must be a {expected.__name__}, got '

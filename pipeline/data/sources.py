@@ -61,9 +61,13 @@ class DataSpec:
   dataset: str = settings.setting('synthetic', 'Data set.',
                                   choices=sorted(DATASETS))
   data_dir: str = settings.setting(
-      None, 'TFDS data dir, or the IDX directory with --data_source=idx.')
+      None, 'TFDS data dir, or the IDX directory with --data_source=idx.',
+      on_resume='the data is read from another place; the run continues '
+                'correctly only if it holds the same data')
   data_source: str = settings.setting(
-      'tfds', 'Where mnist/fashion_mnist come from.', choices=DATA_SOURCES)
+      'tfds', 'Where mnist/fashion_mnist come from.', choices=DATA_SOURCES,
+      on_resume='the data is read through another source; the run '
+                'continues correctly only if it gives the same data')
   base_dataset: str = settings.setting(
       'mnist', 'Digits of multimnist / affnist.', choices=DIGIT_BASES)
   shift_pixels: int = settings.setting(
@@ -71,13 +75,15 @@ class DataSpec:
   canvas_size: int = settings.setting(
       40, 'affNIST canvas side for the translated digits.', low=1)
   affnist_dir: str = settings.setting(
-      None, 'Directory of affNIST .mat files (its test split).')
+      None, 'Directory of affNIST .mat files (its test split).',
+      on_resume='the affNIST test split changes; training does not')
   overlay: str = settings.setting(
       'max', 'MultiMNIST overlay of the two digits.', choices=('max', 'sum'))
   validation_size: int = settings.setting(
       0, 'Training examples held back as the validation split.', low=0)
   download: bool = settings.setting(
-      True, 'Let TFDS download data that is not prepared.')
+      True, 'Let TFDS download data that is not prepared.',
+      on_resume='changes only whether TFDS may download')
   synthetic_shape: tuple = settings.setting(
       (28, 28, 1), 'H,W,C of the synthetic data set.', low=1, length=(3,))
   synthetic_classes: int = settings.setting(

@@ -5,6 +5,8 @@ says (`has_decoder`, `pose_shape`, `reconstruct`, `flops_per_example`,
 `parts`), never which class it is.
 """
 
+import dataclasses
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -42,6 +44,15 @@ class CapsuleModel(keras.Model):
   have one, check inputs with `_check_images` at the start of `call`,
   and implement `pose_shape` and `flops_per_example`.
   """
+
+  @staticmethod
+  def _take_options(config_class, kwargs):
+    """Pops the fields of `config_class` (the model's options) from a
+    constructor's `kwargs` and builds the config, which checks them; what
+    is left is Keras's own (e.g. `name`)."""
+    return config_class(**{f.name: kwargs.pop(f.name)
+                           for f in dataclasses.fields(config_class)
+                           if f.name in kwargs})
 
   def _set_shape(self, input_shape, num_classes):
     """Checks and keeps the input shape and classes."""

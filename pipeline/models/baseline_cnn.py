@@ -62,11 +62,9 @@ class BaselineCNN(base.CapsuleModel):
   def __init__(self, input_shape=(28, 28, 1), num_classes=10, **kwargs):
     """`**kwargs`: `BaselineCNNConfig` fields (checked there), then Keras's
     own (e.g. `name`)."""
-    options = {f.name: kwargs.pop(f.name)
-               for f in dataclasses.fields(BaselineCNNConfig)
-               if f.name in kwargs}
+    options = self._take_options(BaselineCNNConfig, kwargs)
     super().__init__(**kwargs)
-    o = self.options = BaselineCNNConfig(**options)
+    o = self.options = options
     self._set_shape(input_shape, num_classes)
     self._config = dict(input_shape=self.image_shape,
                         num_classes=self.num_classes, **dataclasses.asdict(o))

@@ -87,10 +87,9 @@ class CapsNet(base.CapsuleModel):
       **kwargs: `CapsNetConfig` fields (checked there), then Keras's own
         (e.g. `name`).
     """
-    options = {f.name: kwargs.pop(f.name)
-               for f in dataclasses.fields(CapsNetConfig) if f.name in kwargs}
+    options = self._take_options(CapsNetConfig, kwargs)
     super().__init__(**kwargs)
-    o = self.options = CapsNetConfig(**options)
+    o = self.options = options
     self._set_shape(input_shape, num_classes)
     side = min(self.image_shape[:2])
     if side - o.conv_kernel + 1 < o.primary_kernel:

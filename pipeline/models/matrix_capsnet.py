@@ -214,11 +214,9 @@ class MatrixCapsNet(base.CapsuleModel):
   def __init__(self, input_shape=(32, 32, 2), num_classes=5, **kwargs):
     """`**kwargs`: `MatrixCapsNetConfig` fields (checked there), then
     Keras's own (e.g. `name`)."""
-    options = {f.name: kwargs.pop(f.name)
-               for f in dataclasses.fields(MatrixCapsNetConfig)
-               if f.name in kwargs}
+    options = self._take_options(MatrixCapsNetConfig, kwargs)
     super().__init__(**kwargs)
-    o = self.options = MatrixCapsNetConfig(**options)
+    o = self.options = options
     self._set_shape(input_shape, num_classes)
     self._config = dict(input_shape=self.image_shape,
                         num_classes=self.num_classes, **dataclasses.asdict(o))
