@@ -6,7 +6,7 @@
   python -m pipeline.benchmark --what=layers --output=layers.json
   python -m pipeline.benchmark --scaling --output=scaling.json
   python -m pipeline.benchmark --what=serving --trace_dir=/tmp/traces
-  python -m pipeline.profile_report --model_dir=/tmp/traces/serving_b1
+  python -m pipeline.perf.profile_report --model_dir=/tmp/traces/serving_b1
   python -m pipeline.benchmark --what=input --dataset=multimnist \
       --base_dataset=fashion_mnist --data_source=idx \
       --data_dir=/usr/share/datasets/fashion-mnist --output=input.json
@@ -29,11 +29,11 @@ from absl import flags
 from absl import logging
 
 from pipeline import flags as pipeline_flags
-from pipeline import perf
+from pipeline.perf import timing
 
 pipeline_flags.define_flags()
 flags.DEFINE_list('what', ['input', 'train', 'inference', 'serving',
-                           'matmul'], f'What to measure, of {perf.WHATS}.')
+                           'matmul'], f'What to measure, of {timing.WHATS}.')
 flags.DEFINE_string('output', '', 'Write the figures as JSON here.')
 flags.DEFINE_integer('repeats', 5, 'Timed repetitions (the median is kept).')
 flags.DEFINE_integer('input_batches', 200, 'Batches per input timing.')
@@ -42,7 +42,7 @@ flags.DEFINE_integer('inference_batch_size', 100, 'Batch of the inference '
 flags.DEFINE_string('trace_dir', '', 'Also trace one more run of each '
                     'training, inference and serving timing with the '
                     'TensorFlow profiler, each into its own directory here '
-                    '(read them with pipeline.profile_report --model_dir=).')
+                    '(read them with pipeline.perf.profile_report --model_dir=).')
 flags.DEFINE_boolean('scaling', False, 'Instead: training throughput and peak '
                      'memory over batch sizes and routing iterations, each '
                      'in its own process.')
@@ -64,17 +64,17 @@ def main(argv):
       passed = [a for a in sys.argv[1:] if not a.startswith(
           ('--scaling', '--output', '--batch_size', '--routing_iterations',
            '--what'))]
-      results = perf.scaling(passed, [int(b) for b in FLAGS.scaling_batches],
+      results = timing.scaling(passed, [int(b) for b in FLAGS.scaling_batches],
                              [int(i) for i in FLAGS.scaling_iterations],
                              config)
     else:
-      results = perf.run_benchmarks(config, FLAGS.what, FLAGS.repeats,
+      results = timing.run_benchmarks(config, FLAGS.what, FLAGS.repeats,
                                     FLAGS.input_batches,
                                     FLAGS.inference_batch_size,
                                     FLAGS.trace_dir)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  perf.print_table(results)
+  timing.print_table(results)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(results, f, indent=2)

@@ -11,11 +11,11 @@ import json
 import os
 from typing import Any
 
-from pipeline import autotune as autotune_lib
-from pipeline import schedules
 from pipeline import settings
+from pipeline.core import schedules
 from pipeline.data.sources import DataSpec, SPLITS
 from pipeline.models import registry
+from pipeline.perf import autotune as autotune_lib
 
 STRATEGIES = ('mirrored', 'multi_worker', 'one_device')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')

@@ -29,10 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import export
 from pipeline import flags as pipeline_flags
 from pipeline import metrics
 from pipeline.data import input_pipeline, sources
+from pipeline.serving import restore
 
 # Paper Figure 4: perturbations of each dimension, -0.25 to 0.25 by 0.05.
 PERTURBATIONS = np.round(np.arange(-0.25, 0.2501, 0.05), 2)
@@ -69,7 +69,7 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, model_dir, checkpoint=None):
-    model, info = export.load_checkpointed_model(model_dir, checkpoint)
+    model, info = restore.load_checkpointed_model(model_dir, checkpoint)
 
     @tf.function
     def predict(images):

@@ -12,12 +12,12 @@ from absl import flags
 from absl import logging
 
 from pipeline import config as config_lib
-from pipeline import hardware
 from pipeline import settings
 from pipeline.data import sources
 from pipeline.data.base import DataError
 from pipeline.models import capsule_ops
 from pipeline.models import registry
+from pipeline.perf import hardware
 
 # The settings of a run besides the model's options, each a flag of the
 # same name: the data, then each part of the config, then the loop's own.

@@ -17,11 +17,11 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
-from pipeline import controller as controller_lib
-from pipeline import export
 from pipeline import flags as pipeline_flags
-from pipeline import run_guard
-from pipeline import trainer as trainer_lib
+from pipeline.core import controller as controller_lib
+from pipeline.core import run_guard
+from pipeline.core import trainer as trainer_lib
+from pipeline.serving import publish
 
 pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -75,7 +75,7 @@ def _main(argv, stop):
     # A SIGTERM (or one Ctrl-C) here lets the export finish: it takes
     # seconds, and the run is complete.
     before = len(stop.received)
-    path = export.export_from_checkpoint(config.model_dir, config.export_dir)
+    path = publish.export_from_checkpoint(config.model_dir, config.export_dir)
     print(f'Exported SavedModel to {path}', flush=True)
     if len(stop.received) > before:
       print(f'{stop.received[before]} arrived during the export; the export '

@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from pipeline import config as config_lib
-from pipeline import controller as controller_lib
-from pipeline import run_guard
+from pipeline.core import controller as controller_lib
+from pipeline.core import run_guard
 from pipeline.data import sources
 from pipeline.data.idx import idx_bytes
 

@@ -1,4 +1,4 @@
-"""Tests of pipeline.autotune: wrong formulations are rejected, the fastest
+"""Tests of pipeline.perf.autotune: wrong formulations are rejected, the fastest
 correct one is kept, choices are cached per machine and reused."""
 
 import json
@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import autotune
 from pipeline.models import capsnet
+from pipeline.perf import autotune
 
 
 class Doubler(keras.layers.Layer):

@@ -5,11 +5,12 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import export
 from pipeline import losses
+from pipeline.core import trainer as trainer_lib
 from pipeline.models import registry
-from pipeline import trainer as trainer_lib
 from pipeline.models.baseline_cnn import BaselineCNN
+from pipeline.serving import publish
+from pipeline.serving import restore
 
 from helpers import run_trainer, tiny_config
 
@@ -92,12 +93,12 @@ def test_trains_with_cross_entropy_and_exports(tmp_path):
   results = run_trainer(trainer)
   # Chance is 0.25 on the four synthetic classes.
   assert results['accuracy'] > 0.6
-  path = export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
+  path = publish.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
   sigs = tf.saved_model.load(path).signatures
   assert sorted(sigs) == ['predict_images', 'serving_default']
   images = tf.random.uniform([3, 20, 20, 1], seed=2)
   out = sigs['serving_default'](images=images)
-  model, _ = export.load_checkpointed_model(str(tmp_path))
+  model, _ = restore.load_checkpointed_model(str(tmp_path))
   np.testing.assert_allclose(out['probabilities'].numpy(),
                              model(images)['lengths'].numpy(), atol=1e-5)
   assert out['poses'].shape == (3, 4, 1)

@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from pipeline import hardware
-from pipeline import profile_report
+from pipeline.perf import hardware
+from pipeline.perf import profile_report
 
 from conftest import REPO
 

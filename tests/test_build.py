@@ -17,8 +17,10 @@ import pytest
 from conftest import REPO, tools
 
 TOOLS = tools()
-PACKAGES = ('pipeline', 'pipeline/data', 'pipeline/models', 'pipeline/tasks',
-            'tests')
+PACKAGES = tuple(sorted(
+    os.path.relpath(os.path.dirname(p), REPO)
+    for p in glob.glob(os.path.join(REPO, '**', 'BUILD'), recursive=True)
+    if os.path.relpath(p, REPO).startswith(('pipeline', 'tests'))))
 
 
 def _read_build(package):
@@ -113,10 +115,11 @@ def test_every_test_module_has_a_py_test_that_runs_it(path):
 
 @pytest.mark.parametrize('tool', TOOLS)
 def test_every_tool_has_a_binary(tool):
-  binary = TARGETS.get(f'//pipeline:{tool}')
+  package, name = os.path.split(os.path.join('pipeline', tool))
+  binary = TARGETS.get(f'//{package}:{name}')
   assert binary and binary['kind'] == 'py_binary'
-  assert binary['main'] == f'{tool}.py'
-  assert _owner(f'pipeline/{tool}.py') in binary['deps']
+  assert binary['main'] == f'{name}.py'
+  assert _owner(f'{package}/{name}.py') in binary['deps']
 
 
 @pytest.mark.parametrize('name', sorted(TARGETS))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import client
-from pipeline import export
-from pipeline import trainer as trainer_lib
+from pipeline.core import trainer as trainer_lib
+from pipeline.serving import client
+from pipeline.serving import publish
 
 from conftest import REPO
 from helpers import run_trainer, tiny_config
@@ -23,7 +23,7 @@ def served(tmp_path_factory):
   base = tmp_path_factory.mktemp('serve')
   trainer = trainer_lib.Trainer(tiny_config(base / 'run', train_steps=2))
   run_trainer(trainer)
-  path = export.export_from_checkpoint(str(base / 'run'), str(base / 'caps'))
+  path = publish.export_from_checkpoint(str(base / 'run'), str(base / 'caps'))
   grpc_server, grpc_address = serving_fakes.start_grpc('caps', path)
   rest_server, rest_address = serving_fakes.start_rest('caps', path)
   yield trainer, {'grpc': grpc_address, 'rest': rest_address}, base

@@ -1,4 +1,4 @@
-"""Tests of pipeline.controller: the loop's files, and resume safety."""
+"""Tests of pipeline.core.controller: the loop's files, and resume safety."""
 
 import dataclasses
 import json
@@ -10,9 +10,9 @@ import tensorflow as tf
 
 from helpers import run_trainer, snapshot, TINY_MODEL, tiny_config
 from pipeline import config as config_lib
-from pipeline import controller as controller_lib
-from pipeline import run_guard
-from pipeline import trainer as trainer_lib
+from pipeline.core import controller as controller_lib
+from pipeline.core import run_guard
+from pipeline.core import trainer as trainer_lib
 
 
 def _changed(cfg, **changes):

@@ -1,4 +1,4 @@
-"""Tests of pipeline.curves."""
+"""Tests of pipeline.research.curves."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pipeline import curves
+from pipeline.research import curves
 
 from conftest import REPO
 
@@ -89,13 +89,13 @@ def test_bad_reference_is_refused():
 def test_command(tmp_path):
   run = _run_dir(tmp_path / 'run', [_entry(600, 0.987, 700.0)])
   proc = subprocess.run(
-      [sys.executable, '-m', 'pipeline.curves', f'--model_dir={run}',
+      [sys.executable, '-m', 'pipeline.research.curves', f'--model_dir={run}',
        f'--output_dir={tmp_path / "out"}', '--reference=0.25:paper'],
       capture_output=True, text=True, cwd=REPO, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert '| 600 | 1.00 | 0.19 | test | 1.30 | 98.70% |' in proc.stdout
   bad = subprocess.run(
-      [sys.executable, '-m', 'pipeline.curves', f'--model_dir={tmp_path}',
+      [sys.executable, '-m', 'pipeline.research.curves', f'--model_dir={tmp_path}',
        f'--output_dir={tmp_path / "out"}'],
       capture_output=True, text=True, cwd=REPO, timeout=120)
   assert bad.returncode != 0

@@ -1,4 +1,4 @@
-"""Tests of pipeline.device_check: the precisions it picks, and the real
+"""Tests of pipeline.perf.device_check: the precisions it picks, and the real
 command on this machine (2 virtual CPU replicas), passing and failing."""
 
 import json
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline import device_check
-from pipeline import hardware
+from pipeline.perf import device_check
+from pipeline.perf import hardware
 
 from conftest import REPO
 
@@ -36,7 +36,7 @@ def test_native_precisions(features, gpus, expected):
 def test_the_command_checks_this_machine_and_writes_json(tmp_path):
   out = tmp_path / 'check.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'pipeline.device_check', *QUICK,
+      [sys.executable, '-m', 'pipeline.perf.device_check', *QUICK,
        f'--output={out}'], cwd=REPO, env=ENV, capture_output=True,
       text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -67,7 +67,7 @@ def test_the_command_checks_this_machine_and_writes_json(tmp_path):
 _FAILING = '''
 import sys
 from absl import app
-from pipeline import device_check
+from pipeline.perf import device_check
 device_check.define_flags()
 device_check.RESUME_TOLERANCE = -1.0  # No run can meet it.
 sys.argv = ['device_check', '--steps=2', '--repeats=1', '--nomatmul']

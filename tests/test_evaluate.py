@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline import evaluate
-from pipeline import export
-from pipeline import trainer as trainer_lib
+from pipeline.core import trainer as trainer_lib
 from pipeline.data import sources
+from pipeline.serving import publish
 
 from conftest import REPO
 from helpers import run_trainer, tiny_config
@@ -23,7 +23,7 @@ def run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('eval_run')
   trainer = trainer_lib.Trainer(tiny_config(model_dir, train_steps=4))
   results = run_trainer(trainer)
-  path = export.export_from_checkpoint(str(model_dir), str(model_dir / 'exp'))
+  path = publish.export_from_checkpoint(str(model_dir), str(model_dir / 'exp'))
   return trainer, results, model_dir, path
 
 

@@ -1,4 +1,4 @@
-"""Tests of pipeline.experiment: one results row end to end, tiny."""
+"""Tests of pipeline.research.experiment: one results row end to end, tiny."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline import experiment
+from pipeline.research import experiment
 
 from conftest import REPO
 from helpers import write_idx_dir
@@ -50,7 +50,7 @@ def test_overlap_experiment_command(tmp_path):
   extra = [f'--data_dir={base}', '--validation_size=10', '--batch_size=4',
            '--eval_batch_size=10', '--steps_per_loop=1', '--eval_every=2',
            '--checkpoint_every=2', '--export_dir=', *TINY]
-  command = [sys.executable, '-m', 'pipeline.experiment',
+  command = [sys.executable, '-m', 'pipeline.research.experiment',
              '--experiment=overlap', '--train_steps=2',
              '--baseline_train_steps=4', f'--runs_dir={tmp_path}/runs',
              f'--figures_dir={tmp_path}/figs', f'--output={tmp_path}/row.json'
@@ -61,7 +61,7 @@ def test_overlap_experiment_command(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| overlap | capsnet: pairs' in proc.stdout
   row = json.loads((tmp_path / 'row.json').read_text())
-  assert row['command'].startswith('python -m pipeline.experiment')
+  assert row['command'].startswith('python -m pipeline.research.experiment')
   assert 'cores' in row['machine']
   caps, cnn = row['models']['capsnet'], row['models']['baseline_cnn']
   assert caps['steps'] == 2 and cnn['steps'] == 4

@@ -3,8 +3,8 @@
 Its flagfiles run with the data pointed at a tiny IDX directory, tiny
 CapsNet sizes and two steps: make_affnist, train CapsNet and the baseline,
 evaluate each on the translated and an affNIST-style test set, then score
-both with `pipeline.experiment --skip_training`. (test_experiment.py runs
-the overlap experiment through `pipeline.experiment` alone.)
+both with `pipeline.research.experiment --skip_training`. (test_experiment.py runs
+the overlap experiment through `pipeline.research.experiment` alone.)
 """
 
 import json
@@ -51,7 +51,7 @@ def _train(flagfile, base, model_dir):
 
 def test_affine_generalisation_chain(base, tmp_path):
   affine_dir = tmp_path / 'affine'
-  _run('pipeline.make_affnist', f'--data_dir={base}',
+  _run('pipeline.research.make_affnist', f'--data_dir={base}',
        f'--output_dir={affine_dir}')
   # A second, smaller set shows which one evaluate read.
   odd_dir = tmp_path / 'odd'
@@ -76,7 +76,7 @@ def test_affine_generalisation_chain(base, tmp_path):
       assert result['examples'] == examples
       assert 0.0 <= result['accuracy'] <= 1.0
   # The experiment command scores both runs on both sets, figures for each.
-  _run('pipeline.experiment', '--experiment=affine', '--skip_training',
+  _run('pipeline.research.experiment', '--experiment=affine', '--skip_training',
        f'--runs_dir={runs}', f'--affnist_dir={affine_dir}',
        f'--figures_dir={tmp_path}/figs', f'--output={tmp_path}/row.json')
   row = json.loads((tmp_path / 'row.json').read_text())

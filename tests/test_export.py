@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import export
-from pipeline import trainer as trainer_lib
+from pipeline.core import trainer as trainer_lib
+from pipeline.serving import image_headers
+from pipeline.serving import publish
+from pipeline.serving import restore
+from pipeline.serving import signatures as signatures_lib
+from pipeline.serving import warmup
 
 from conftest import REPO
 from helpers import run_trainer, tiny_config
@@ -50,7 +54,7 @@ def trained(tmp_path_factory):
 
 def test_export_loads_in_fresh_process_and_agrees(trained, tmp_path):
   trainer, model_dir = trained
-  path = export.export_from_checkpoint(str(model_dir), str(tmp_path / 'm'))
+  path = publish.export_from_checkpoint(str(model_dir), str(tmp_path / 'm'))
   assert path == str(tmp_path / 'm' / '1')
   assert tf.saved_model.contains_saved_model(path)
   images = np.random.default_rng(0).uniform(size=[5, 20, 20, 1]).astype(
@@ -78,7 +82,7 @@ def test_versions_increment_and_no_temporary_left(trained, tmp_path):
   base = tmp_path / 'versions'
   os.makedirs(base / '7')
   (base / '7' / 'x').write_text('taken')
-  path = export.export_from_checkpoint(str(model_dir), str(base))
+  path = publish.export_from_checkpoint(str(model_dir), str(base))
   assert os.path.basename(path) == '8'
   assert sorted(os.listdir(base)) == ['7', '8']
   assert (base / '7' / 'x').read_text() == 'taken'
@@ -87,7 +91,7 @@ def test_versions_increment_and_no_temporary_left(trained, tmp_path):
 def test_batch_dimension_is_dynamic_and_shape_checked(trained, tmp_path):
   _, model_dir = trained
   loaded = tf.saved_model.load(
-      export.export_from_checkpoint(str(model_dir), str(tmp_path / 'd')))
+      publish.export_from_checkpoint(str(model_dir), str(tmp_path / 'd')))
   fn = loaded.signatures['serving_default']
   for batch in (1, 3):
     assert fn(images=tf.zeros([batch, 20, 20, 1]))['classes'].shape == (batch,)
@@ -98,7 +102,7 @@ def test_batch_dimension_is_dynamic_and_shape_checked(trained, tmp_path):
 def test_saved_model_cli_lists_signatures_and_warmup_parses(trained, tmp_path):
   from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
   _, model_dir = trained
-  path = export.export_from_checkpoint(str(model_dir), str(tmp_path / 'cli'))
+  path = publish.export_from_checkpoint(str(model_dir), str(tmp_path / 'cli'))
   proc = subprocess.run(['saved_model_cli', 'show', '--dir', path, '--all'],
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -106,7 +110,7 @@ def test_saved_model_cli_lists_signatures_and_warmup_parses(trained, tmp_path):
     assert f"signature_def['{name}']" in proc.stdout
   assert '(-1, 20, 20, 1)' in proc.stdout
   records = list(tf.data.TFRecordDataset(
-      os.path.join(path, export.WARMUP_FILE)).as_numpy_iterator())
+      os.path.join(path, warmup.WARMUP_FILE)).as_numpy_iterator())
   signatures = []
   for record in records:
     log = prediction_log_pb2.PredictionLog.FromString(record)
@@ -118,7 +122,7 @@ def test_saved_model_cli_lists_signatures_and_warmup_parses(trained, tmp_path):
 
 def test_wrong_dtype_and_bytes_are_rejected(trained, tmp_path):
   _, model_dir = trained
-  sigs = tf.saved_model.load(export.export_from_checkpoint(
+  sigs = tf.saved_model.load(publish.export_from_checkpoint(
       str(model_dir), str(tmp_path / 'bad'))).signatures
   with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError),
                      match='float32|int32'):
@@ -151,7 +155,7 @@ def test_export_command(trained, tmp_path):
 
 def test_missing_run_files(tmp_path):
   with pytest.raises(FileNotFoundError, match='not a model directory'):
-    export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
+    publish.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
 
 
 @pytest.mark.parametrize('name', ['ckpt-999', 'ckpt-2.index', 'nothing'])
@@ -159,15 +163,15 @@ def test_a_checkpoint_that_is_not_there_is_named(trained, tmp_path, name):
   _, model_dir = trained
   path = os.path.join(model_dir, 'checkpoints', name)
   with pytest.raises(FileNotFoundError, match='is not a checkpoint'):
-    export.export_from_checkpoint(str(model_dir), str(tmp_path / 'e'), path)
+    publish.export_from_checkpoint(str(model_dir), str(tmp_path / 'e'), path)
   assert not (tmp_path / 'e').exists()
 
 
 def test_large_request_runs_in_chunks(trained, tmp_path):
   trainer, model_dir = trained
-  sigs = tf.saved_model.load(export.export_from_checkpoint(
+  sigs = tf.saved_model.load(publish.export_from_checkpoint(
       str(model_dir), str(tmp_path / 'big'))).signatures
-  n = 2 * export.SERVING_CHUNK + 17
+  n = 2 * signatures_lib.SERVING_CHUNK + 17
   images = tf.random.uniform([n, 20, 20, 1], seed=3)
   out = sigs['serving_default'](images=images)
   expected = trainer.model(images, training=False)['lengths'].numpy()
@@ -200,7 +204,7 @@ def _bmp(width, height):
 @pytest.fixture(scope='module')
 def signatures(trained, tmp_path_factory):
   _, model_dir = trained
-  return tf.saved_model.load(export.export_from_checkpoint(
+  return tf.saved_model.load(publish.export_from_checkpoint(
       str(model_dir), str(tmp_path_factory.mktemp('guarded')))).signatures
 
 
@@ -262,7 +266,7 @@ def test_encoded_sizes_come_from_the_header():
   for data, pixels in ((png, 63), (jpeg, 30), (tf.constant(_GIF), 1),
                        (tf.constant(_bmp(3, 2)), 6),
                        (tf.constant(b'not an image'), 0)):
-    assert int(export.encoded_pixels(data)) == pixels
+    assert int(image_headers.encoded_pixels(data)) == pixels
 
 
 def test_predict_images_refuses_huge_images_and_reads_every_format(
@@ -321,7 +325,7 @@ def test_every_format_declares_its_pixels_frames_included():
       (b'RIFF\x10\x00\x00\x00WAVEfmt ', 0),
   ]
   for data, pixels in cases:
-    assert int(export.encoded_pixels(tf.constant(data))) == pixels, data[:40]
+    assert int(image_headers.encoded_pixels(tf.constant(data))) == pixels, data[:40]
 
 
 def test_predict_images_bounds_webp_and_animations(signatures):
@@ -365,7 +369,7 @@ def test_inputs_of_another_rank_are_named_inside_the_graph(
   # feeds the graph without that check, so the graph says it too. Traced
   # here with inputs of unknown rank, as a fed graph sees them.
   trainer, _ = trained
-  module = export.ServingModule(trainer.model, (20, 20, 1))
+  module = signatures_lib.ServingModule(trainer.model, (20, 20, 1))
   # The last input (the one of the wrong rank) has an unknown rank.
   specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs[:-1]]
   fn = tf.function(getattr(module, method), input_signature=specs + [
@@ -378,7 +382,7 @@ def test_versions_are_readable_as_the_umask_says(trained, tmp_path):
   _, model_dir = trained
   old = os.umask(0o022)
   try:
-    path = export.export_from_checkpoint(str(model_dir), str(tmp_path / 'u'))
+    path = publish.export_from_checkpoint(str(model_dir), str(tmp_path / 'u'))
   finally:
     os.umask(old)
   assert os.stat(path).st_mode & 0o777 == 0o755
@@ -392,7 +396,7 @@ def test_only_ascii_digits_name_versions(trained, tmp_path):
   base = tmp_path / 'odd'
   for name in ('\u00b2', '\u0663', '3'):  # superscript two, Arabic three
     os.makedirs(base / name)
-  path = export.export_from_checkpoint(str(model_dir), str(base))
+  path = publish.export_from_checkpoint(str(model_dir), str(base))
   assert path == str(base / '4')
 
 
@@ -418,7 +422,7 @@ def test_a_checkpoint_of_another_model_is_refused_and_named(
   _, model_dir = trained
   foreign = os.path.join(other_model_run, 'checkpoints', 'ckpt-2')
   with pytest.raises(ValueError, match='does not fit the model') as raised:
-    export.export_from_checkpoint(str(model_dir), str(tmp_path / 'e'),
+    publish.export_from_checkpoint(str(model_dir), str(tmp_path / 'e'),
                                   foreign)
   assert f'the run in {other_model_run} (model baseline_cnn)' in str(
       raised.value)
@@ -471,7 +475,7 @@ def test_export_while_training_rotates_checkpoints_takes_the_newest(
   copy = tmp_path / 'run'
   shutil.copytree(model_dir, copy)
   ckpt = copy / 'checkpoints'
-  real = export.run_guard.checkpoint_readable
+  real = restore.run_guard.checkpoint_readable
   calls = []
 
   def rotate_first(path):
@@ -484,8 +488,8 @@ def test_export_while_training_rotates_checkpoints_takes_the_newest(
     calls.append(path)
     return real(path)
 
-  monkeypatch.setattr(export.run_guard, 'checkpoint_readable', rotate_first)
-  path = export.export_from_checkpoint(str(copy), str(tmp_path / 'e'))
+  monkeypatch.setattr(restore.run_guard, 'checkpoint_readable', rotate_first)
+  path = publish.export_from_checkpoint(str(copy), str(tmp_path / 'e'))
   assert os.path.basename(calls[-1]) == 'ckpt-3', calls
   assert tf.saved_model.contains_saved_model(path)
 
@@ -496,13 +500,13 @@ def test_stale_temporary_exports_are_removed_live_ones_kept(trained, tmp_path):
   base.mkdir()
   dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
-  stale = base / f'{export._tmp_prefix(int(dead.stdout))}abc'
-  live = base / f'{export._tmp_prefix(os.getpid())}def'
+  stale = base / f'{publish._tmp_prefix(int(dead.stdout))}abc'
+  live = base / f'{publish._tmp_prefix(os.getpid())}def'
   other_host = base / '.tmp-export-elsewhere-1-ghi'
   for d in (stale, live, other_host):
     d.mkdir()
     (d / 'saved_model.pb').write_bytes(b'half')
-  path = export.export_from_checkpoint(str(model_dir), str(base))
+  path = publish.export_from_checkpoint(str(model_dir), str(base))
   assert path == str(base / '1')
   assert not stale.exists() and live.exists() and other_host.exists()
 
@@ -519,8 +523,8 @@ def test_xla_export_compiles_the_capsules_and_agrees(trained, tmp_path):
   trainer, _ = trained
   model = trainer.model
   assert model.inference_compiled  # a Trainer evaluates compiled
-  plain = export.export_model(model, (20, 20, 1), str(tmp_path / 'm'))
-  xla = export.export_model(model, (20, 20, 1), str(tmp_path / 'm'), xla=True)
+  plain = publish.export_model(model, (20, 20, 1), str(tmp_path / 'm'))
+  xla = publish.export_model(model, (20, 20, 1), str(tmp_path / 'm'), xla=True)
   # The default export is plain TF ops for a stock TF Serving, even from
   # a model that runs compiled; the mode of the model is left as it was.
   assert not _compiled_functions(plain)
@@ -539,7 +543,7 @@ def test_xla_export_of_a_model_without_a_compiled_part_is_refused(tmp_path):
                                    conv_channels=(4,), fc_units=(8,))
   model(tf.zeros([1, 12, 12, 1]))
   with pytest.raises(ValueError, match='no XLA-compiled part'):
-    export.export_model(model, (12, 12, 1), str(tmp_path / 'm'), xla=True)
+    publish.export_model(model, (12, 12, 1), str(tmp_path / 'm'), xla=True)
   assert not os.listdir(tmp_path / 'm')
 
 

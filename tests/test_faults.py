@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import controller as controller_lib
-from pipeline import trainer as trainer_lib
+from pipeline.core import controller as controller_lib
+from pipeline.core import trainer as trainer_lib
 
 from conftest import REPO
 from helpers import run_trainer, snapshot, tiny_config
@@ -293,8 +293,8 @@ def test_flagfile_that_includes_itself(tmp_path):
 _EXPORT = '''
 import sys
 sys.path.insert(0, sys.argv[3])
-from pipeline import export
-print(export.export_from_checkpoint(sys.argv[1], sys.argv[2]))
+from pipeline.serving import publish
+print(publish.export_from_checkpoint(sys.argv[1], sys.argv[2]))
 '''
 
 

@@ -181,7 +181,7 @@ def test_every_shipped_flagfile_parses_into_a_config(path, monkeypatch):
     (['avx512_bf16'], 'mixed_bfloat16')])
 def test_auto_precision_follows_the_cpu(features, expected, monkeypatch,
                                         tmp_path):
-  from pipeline import hardware  # pylint: disable=g-import-not-at-top
+  from pipeline.perf import hardware  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(hardware, 'cpu_features', lambda: features)
   with flagsaver.flagsaver(precision='auto', model_dir=str(tmp_path / 'new')):
     assert pipeline_flags.config_from_flags().model.precision == expected
@@ -189,7 +189,7 @@ def test_auto_precision_follows_the_cpu(features, expected, monkeypatch,
 
 def test_auto_precision_on_resume_keeps_what_the_run_resolved(monkeypatch,
                                                                tmp_path):
-  from pipeline import hardware  # pylint: disable=g-import-not-at-top
+  from pipeline.perf import hardware  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   run.mkdir()
   saved = config_lib.TrainConfig(
@@ -211,7 +211,7 @@ def test_auto_precision_on_resume_keeps_what_the_run_resolved(monkeypatch,
 def test_explicit_emulated_precision_runs_with_a_warning(monkeypatch,
                                                          tmp_path):
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from pipeline import hardware  # pylint: disable=g-import-not-at-top
+  from pipeline.perf import hardware  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(hardware, 'cpu_features', lambda: ['avx2', 'fma'])
   warnings = []
   monkeypatch.setattr(logging, 'warning',

@@ -1,9 +1,9 @@
-"""Tests of pipeline.hardware: what --precision=auto picks on which hardware."""
+"""Tests of pipeline.perf.hardware: what --precision=auto picks on which hardware."""
 
 import pytest
 import tensorflow as tf
 
-from pipeline import hardware
+from pipeline.perf import hardware
 
 AVX2 = ['avx2', 'fma']
 AVX512_BF16 = ['avx2', 'fma', 'avx512f', 'avx512_bf16']

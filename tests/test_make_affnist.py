@@ -1,4 +1,4 @@
-"""End to end: `python -m pipeline.make_affnist` writes a seeded IDX test set."""
+"""End to end: `python -m pipeline.research.make_affnist` writes a seeded IDX test set."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from helpers import write_idx_dir
 
 def _run(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-m', 'pipeline.make_affnist', *args],
+  return subprocess.run([sys.executable, '-m', 'pipeline.research.make_affnist', *args],
                         cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=300)
 

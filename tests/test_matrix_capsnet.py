@@ -6,11 +6,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import config as config_lib
-from pipeline import export
 from pipeline import losses
-from pipeline import trainer as trainer_lib
+from pipeline.core import trainer as trainer_lib
 from pipeline.models import matrix_capsnet
 from pipeline.models.matrix_capsnet import MatrixCapsNet
+from pipeline.serving import publish
 
 from helpers import run_trainer, tiny_config
 
@@ -76,7 +76,7 @@ def test_export_and_reload(tmp_path):
   model = MatrixCapsNet(input_shape=(20, 20, 1), num_classes=3, **SMALL)
   images = tf.random.uniform([2, 20, 20, 1], seed=4)
   expected = model(images)['lengths'].numpy()
-  path = export.export_model(model, (20, 20, 1), str(tmp_path))
+  path = publish.export_model(model, (20, 20, 1), str(tmp_path))
   sigs = tf.saved_model.load(path).signatures
   assert 'decode' not in sigs
   out = sigs['serving_default'](images=images)
@@ -105,7 +105,7 @@ def test_recompute_routing_trains_to_the_same_gradients_and_exports_plain(
                              models[0](images)['lengths'].numpy(), atol=1e-6)
   assert models[1].get_config()['recompute_routing'] is True
   # Inference never recomputes: serving calls no XLA-compiled function.
-  path = export.export_model(models[1], (20, 20, 1), str(tmp_path))
+  path = publish.export_model(models[1], (20, 20, 1), str(tmp_path))
   serving = tf.saved_model.load(path).signatures['serving_default']
   assert not [fn.signature.name
               for fn in serving.graph.as_graph_def().library.function
@@ -133,7 +133,7 @@ def test_trains_and_exports_through_the_trainer(tmp_path):
   np.testing.assert_allclose(total.numpy(), margin.numpy())
   results = run_trainer(trainer)
   assert results['examples'] == 32
-  path = export.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
+  path = publish.export_from_checkpoint(str(tmp_path), str(tmp_path / 'e'))
   out = tf.saved_model.load(path).signatures['serving_default'](
       images=tf.zeros([1, 20, 20, 1]))
   assert out['probabilities'].shape == (1, 4)

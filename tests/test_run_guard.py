@@ -1,4 +1,4 @@
-"""Tests of pipeline.run_guard: lock, writability, SIGTERM, quarantine."""
+"""Tests of pipeline.core.run_guard: lock, writability, SIGTERM, quarantine."""
 
 import os
 import signal
@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from pipeline import run_guard
+from pipeline.core import run_guard
 
 _HOLD_LOCK = '''
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from pipeline import run_guard
+from pipeline.core import run_guard
 lock = run_guard.RunLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(60)

@@ -1,11 +1,11 @@
-"""Tests of pipeline.schedules."""
+"""Tests of pipeline.core.schedules."""
 
 import math
 
 import numpy as np
 import pytest
 
-from pipeline import schedules
+from pipeline.core import schedules
 
 
 def _lr(schedule, step):

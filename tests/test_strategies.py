@@ -1,9 +1,9 @@
-"""Tests of pipeline.strategies."""
+"""Tests of pipeline.core.strategies."""
 
 import pytest
 import tensorflow as tf
 
-from pipeline import strategies
+from pipeline.core import strategies
 
 
 def test_make_strategy():

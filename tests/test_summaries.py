@@ -1,10 +1,10 @@
-"""Tests of pipeline.summaries, read back with TensorBoard's event reader."""
+"""Tests of pipeline.core.summaries, read back with TensorBoard's event reader."""
 
 import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from pipeline import summaries
+from pipeline.core import summaries
 
 
 def _tags(logdir):

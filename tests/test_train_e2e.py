@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from pipeline import summaries
+from pipeline.core import summaries
 
 from conftest import REPO
 
@@ -85,8 +85,8 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_fix(tmp_path,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
-  from pipeline import controller as controller_lib  # pylint: disable=g-import-not-at-top
   from pipeline import train  # pylint: disable=g-import-not-at-top
+  from pipeline.core import controller as controller_lib  # pylint: disable=g-import-not-at-top
 
   def full(self):
     if kind == 'tensorflow':

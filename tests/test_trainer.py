@@ -1,4 +1,4 @@
-"""Tests of pipeline.trainer on tiny models and data."""
+"""Tests of pipeline.core.trainer on tiny models and data."""
 
 import dataclasses
 import json
@@ -10,9 +10,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import config as config_lib
-from pipeline import controller as controller_lib
+from pipeline.core import controller as controller_lib
 
-from pipeline import trainer as trainer_lib
+from pipeline.core import trainer as trainer_lib
 from pipeline.data import sources
 
 from helpers import run_trainer, TINY_MODEL, tiny_config

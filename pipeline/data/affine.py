@@ -5,7 +5,7 @@ affNIST puts each MNIST test digit through a random affine transform on a
 the results experiment uses: rotation within ±20°, shear within ±0.2, scale
 0.8–1.2 per axis, then a random translation that keeps the object's
 bounding box on the canvas. One `numpy.random.Generator` seeded once draws
-every parameter, so a seed always gives the same images; `pipeline.make_affnist`
+every parameter, so a seed always gives the same images; `pipeline.research.make_affnist`
 writes them as IDX files.
 """
 

@@ -4,7 +4,7 @@ affNIST ships `affNISTdata` structs with `image` (1600 x N uint8: one 40x40
 image per column, rows of the image laid end to end) and `label_int` (1 x N).
 A directory may hold one file (`test.mat`) or the 32 batches (`1.mat`...).
 A directory with `t10k-images-idx3-ubyte(.gz)` instead is read as IDX: the
-affNIST-style sets `pipeline.make_affnist` writes.
+affNIST-style sets `pipeline.research.make_affnist` writes.
 """
 
 import glob
@@ -105,7 +105,7 @@ def load_affnist_dir(data_dir):
   if not os.path.isdir(data_dir):
     raise DataError(f'affNIST directory {data_dir} does not exist; pass '
                     '--affnist_dir holding test.mat or the numbered batches, '
-                    'or the IDX files of python -m pipeline.make_affnist.')
+                    'or the IDX files of python -m pipeline.research.make_affnist.')
   stem = os.path.join(data_dir, idx.IDX_FILES['test'][0])
   if os.path.exists(stem) or os.path.exists(stem + '.gz'):
     return ArraySplit(*idx.load_idx_split(data_dir, 'test'))

@@ -102,6 +102,13 @@ class DataSpec:
       0.2, 'image_folder without train/ and test/ sub-folders: share of each '
       'class held back as the test split.')
 
+  def idle_fields(self):
+    """The fields this data set does not read (the synthetic set's size and
+    shape, for a real one): not worth telling runs apart by."""
+    if self.dataset == 'synthetic':
+      return ()
+    return ('synthetic_shape', 'synthetic_classes', 'synthetic_size')
+
   def __post_init__(self):
     if self.dataset not in DATASETS:
       raise DataError(f'Unknown data set {self.dataset!r}; choose one of '

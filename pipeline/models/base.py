@@ -109,7 +109,7 @@ class CapsuleModel(keras.Model):
   def tunable_parts(self, images):
     """The layers that have several formulations (`formulations(mode)`,
     `set_formulation(mode, name)`, `run(inputs, name)`, `reference(inputs)`)
-    for `pipeline.autotune` to choose from, as `name -> (layer, inputs)` at
+    for `pipeline.perf.autotune` to choose from, as `name -> (layer, inputs)` at
     the batch of `images`. None by default."""
     del images
     return {}

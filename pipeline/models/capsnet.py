@@ -62,7 +62,7 @@ class CapsNet(base.CapsuleModel):
 
   `jit_compile=True` lets the class capsules (u_hat and routing) run
   XLA-compiled; which formulation of each layer runs is chosen by
-  `pipeline.autotune` (see `tunable_parts`).
+  `pipeline.perf.autotune` (see `tunable_parts`).
 
   `CapsNet()` is the paper's MNIST model: 8,215,568 parameters, 6,804,224
   without the decoder. The batch size is never fixed in the graph.

@@ -170,7 +170,7 @@ def dynamic_routing_caps_major(u, kernel, num_iterations=3,
   kernel), ...)`, computed on u_hat `[in_caps, batch, out_caps, out_dim]`:
   its transforms are one batched matmul over the input capsules, and the
   routing passes reduce over the leading axis. Which layout is faster
-  depends on the machine (`pipeline.autotune` measures it).
+  depends on the machine (`pipeline.perf.autotune` measures it).
 
   Args:
     u: child capsules `[batch, in_caps, in_dim]` (float32 or 16-bit).
@@ -269,6 +269,10 @@ def em_routing(votes, activations, beta_u, beta_a, num_iterations=3,
   Returns:
     `(poses [batch, P, C, D], activations [batch, P, C], assignments
     [batch, P, K, C])`; assignments sum to 1 over all parents of a child.
+
+  One function of about 70 lines, on purpose: the M- and E-steps are nested
+  so they close over the layer's shapes and options, and `recompute` wraps
+  them (as `tf.recompute_grad` of an XLA function) exactly as they are.
   """
   votes = tf.convert_to_tensor(votes, tf.float32)
   a_in = tf.convert_to_tensor(activations, tf.float32)[..., None, None]

@@ -22,7 +22,7 @@ class PrimaryCapsules(keras.layers.Layer):
   (the strided convolution), `space_to_depth` (the same convolution as a
   stride-1 one over space-to-depth blocks) and `xla` (the direct one
   compiled by XLA; used in inference only while `compile_inference` is on).
-  `set_formulation(mode, name)` picks one per mode; `pipeline.autotune`
+  `set_formulation(mode, name)` picks one per mode; `pipeline.perf.autotune`
   does so by measurement on the machine that runs. The default is `direct`.
   """
 
@@ -112,7 +112,7 @@ class PrimaryCapsules(keras.layers.Layer):
     and the k x k kernel (zero-padded to a multiple of s) into a
     ceil(k/s) x ceil(k/s) one over s*s*C channels. Some CPUs run the
     strided form's backward pass (its input gradient) slowly in 16 bits;
-    which form is faster is measured (`pipeline.autotune`).
+    which form is faster is measured (`pipeline.perf.autotune`).
     """
     s, k = self.strides, self.kernel_size
     h, w = int(inputs.shape[1]), int(inputs.shape[2])
@@ -169,7 +169,7 @@ class ClassCapsules(keras.layers.Layer):
   inference only while `compile_inference` is on, so exported signatures
   hold plain TF ops); `/float32` (inference only) routes in float32
   whatever `routing_dtype`. `set_formulation(mode, name)` picks one per
-  mode; `pipeline.autotune` does so by measurement. The default is
+  mode; `pipeline.perf.autotune` does so by measurement. The default is
   `batch_major`, with `+xla` when `jit_compile`.
 
   Input `[batch, in_caps, in_dim]`; returns `(v [batch, classes, out_dim],

@@ -1,9 +1,9 @@
 """Where a training step's time goes, from a `--profile_steps` trace.
 
   python -m pipeline.train ... --profile_steps=31,35 --model_dir=RUN
-  python -m pipeline.profile_report --model_dir=RUN [--top=12] [--json=F]
+  python -m pipeline.perf.profile_report --model_dir=RUN [--top=12] [--json=F]
   python -m pipeline.benchmark ... --trace_dir=TRACES
-  python -m pipeline.profile_report --model_dir=TRACES/serving_b1
+  python -m pipeline.perf.profile_report --model_dir=TRACES/serving_b1
 
 TensorBoard's Profile tab shows such a trace, but needs a browser with
 network (its page loads Google Charts). This reads the newest trace under
@@ -37,7 +37,7 @@ import sys
 from absl import app
 from absl import flags
 
-from pipeline.controller import PROFILE_RECORD
+from pipeline.core.profiling import PROFILE_RECORD
 
 _OPTIMIZER = re.compile(
     r'^(Adam|AdamW|SGD|RMSprop|Adagrad|Nadam|LossScaleOptimizer)(_\d+)?$')
@@ -151,6 +151,18 @@ def _labelled(events, threads):
     else:
       continue
     out.append((e, label))
+  _attribute_xla(out, xla, pool)
+  return out
+
+
+def _attribute_xla(out, xla, pool):
+  """Labels XLA's events by the layer that launched them, in place.
+
+  Args:
+    out: the labelled `(event, label)` list, XLA launches among them.
+    xla: the XLA thunks' events (they carry `hlo_module`).
+    pool: the intra-op pool workers' region events.
+  """
   # An XLA function's part is the layer that launched its forward pass; its
   # backward is launched from the gradient function, outside any layer.
   launches = [i for i, (e, label) in enumerate(out)
@@ -205,7 +217,6 @@ def _labelled(events, threads):
     if i is not None:
       part, kind, _ = out[i][1]
       out.append((e, (part, kind, 'XLA (thread pool)')))
-  return out
 
 
 def _segments(labelled):

@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import controller
-from pipeline import export
-from pipeline import hardware
-from pipeline import trainer as trainer_lib
+from pipeline.core import profiling
+from pipeline.core import trainer as trainer_lib
 from pipeline.data import input_pipeline
+from pipeline.perf import hardware
+from pipeline.serving import publish
 
 WHATS = ('input', 'train', 'inference', 'serving', 'matmul', 'layers')
 # Environment variables that size thread pools: TensorFlow's intra- and
@@ -58,7 +58,7 @@ def bench_input(config, source, batches, repeats):
 def tracer(trace_dir, config):
   """A function `trace(name, fn, batch, calls=1)` that runs `fn` once more
   under the TensorFlow profiler, into `<trace_dir>/<name>/plugins/profile/`
-  with the record `pipeline.profile_report` reads (`calls` steps of
+  with the record `pipeline.perf.profile_report` reads (`calls` steps of
   `batch`); returns the trace's directory, also kept in its `paths` dict by
   name. None without a `trace_dir`."""
   if not trace_dir:
@@ -71,7 +71,7 @@ def tracer(trace_dir, config):
       fn()
     finally:
       tf.profiler.experimental.stop()
-    trace.paths[name] = controller.record_trace(logdir, {
+    trace.paths[name] = profiling.record_trace(logdir, {
         'first_step': 1, 'last_step': calls, 'batch_size': batch,
         'model': config.model.name, 'precision': config.model.precision,
         'what': name})
@@ -128,7 +128,7 @@ def _time_batch_and_one(call, images, repeats, trace, name):
 
 
 def _serve(model, image_shape, batch, repeats, xla, trace=None):
-  path = export.export_model(model, image_shape,
+  path = publish.export_model(model, image_shape,
                              tempfile.mkdtemp(prefix='capsnet-serving-'),
                              xla=xla)
   serve = tf.saved_model.load(path).signatures['serving_default']
@@ -227,7 +227,7 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
     trace_dir: if set, one more run of each training, inference and serving
       timing is traced by the TensorFlow profiler into a directory of its
       own under it (`train`, `inference_b100`, `serving_xla_b1`, ...), for
-      `pipeline.profile_report --model_dir=<trace_dir>/<name>`.
+      `pipeline.perf.profile_report --model_dir=<trace_dir>/<name>`.
   """
   unknown = set(what) - set(WHATS)
   if unknown:

@@ -1,17 +1,17 @@
-"""Tests of pipeline.perf (figures are checked for shape, never for speed)."""
+"""Tests of pipeline.perf.timing (figures are checked for shape, never for speed)."""
 
 import pytest
 import tensorflow as tf
 
-from pipeline import perf
-from pipeline import trainer as trainer_lib
+from pipeline.core import trainer as trainer_lib
+from pipeline.perf import timing
 
 from helpers import tiny_config
 
 
 def test_layer_timings_cover_every_part(tmp_path):
   trainer = trainer_lib.Trainer(tiny_config(tmp_path))
-  timings = perf.layer_timings(trainer.model, 8, repeats=1)
+  timings = timing.layer_timings(trainer.model, 8, repeats=1)
   parts = ('conv1', 'primary_capsules', 'class_capsules', 'decoder',
            'adam_update')
   for part in parts:
@@ -22,11 +22,11 @@ def test_layer_timings_cover_every_part(tmp_path):
 
 def test_unknown_measurement(tmp_path):
   with pytest.raises(ValueError, match='--what takes'):
-    perf.run_benchmarks(tiny_config(tmp_path), ['disk'])
+    timing.run_benchmarks(tiny_config(tmp_path), ['disk'])
 
 
 def test_print_table(capsys):
-  perf.print_table({'a': 1.5, 'rows': [{'batch_size': 8, 'x': 2.0}]})
+  timing.print_table({'a': 1.5, 'rows': [{'batch_size': 8, 'x': 2.0}]})
   out = capsys.readouterr().out
   assert 'a     1.5000' in out and 'batch_size=8  x=2' in out
 

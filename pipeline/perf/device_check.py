@@ -1,8 +1,8 @@
 """Checks this machine's devices end to end and writes JSON: the first thing
 to run on a new machine, a GPU one above all.
 
-  python -m pipeline.device_check --output=check.json
-  python -m pipeline.device_check --replicas=4 --benchmark=paper \
+  python -m pipeline.perf.device_check --output=check.json
+  python -m pipeline.perf.device_check --replicas=4 --benchmark=paper \
       --output=check.json
 
 On whatever machine it runs, it
@@ -42,13 +42,13 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import controller as controller_lib
-from pipeline import export
-from pipeline import hardware
-from pipeline import perf
-from pipeline import strategies
-from pipeline import trainer as trainer_lib
+from pipeline.core import controller as controller_lib
+from pipeline.core import strategies
+from pipeline.core import trainer as trainer_lib
 from pipeline.data import sources
+from pipeline.perf import hardware
+from pipeline.perf import timing
+from pipeline.serving import publish
 
 # The checks' model: the smoke flagfile's CapsNet, on synthetic MNIST-sized
 # data; `--benchmark=paper` times the paper's model instead.
@@ -119,7 +119,7 @@ def check_precision(work, precision, strategy, steps):
 
 def check_export(work, trainer):
   """Exports `trainer`'s model, reloads it and compares the outputs."""
-  path = export.export_model(trainer.model, trainer.info.image_shape,
+  path = publish.export_model(trainer.model, trainer.info.image_shape,
                              f'{work}/exports/check')
   served = tf.saved_model.load(path).signatures['serving_default']
   images = tf.random.uniform([5, *trainer.info.image_shape], seed=7)
@@ -175,8 +175,8 @@ def benchmark(work, precision, strategy, paper, repeats):
   figures = {'model': 'paper' if paper else 'small', 'precision': precision,
              'batch_size': cfg.batch_size,
              'first_step_seconds': compile_seconds}
-  figures.update(perf.bench_train(trainer, repeats))
-  figures.update(perf.bench_inference(trainer, cfg.batch_size, repeats))
+  figures.update(timing.bench_train(trainer, repeats))
+  figures.update(timing.bench_inference(trainer, cfg.batch_size, repeats))
   figures['autotune'] = _choices(trainer.autotune)
   figures['peak_device_memory_mb'] = _peak_device_memory_mb()
   return figures
@@ -225,7 +225,7 @@ def run(replicas=2, steps=4, paper=False, repeats=3, matmul=True):
     precision, _ = hardware.auto_precision()
     report['benchmark'] = benchmark(work, precision, one, paper, repeats)
     if matmul:
-      report['benchmark'].update(perf.bench_matmul(repeats))
+      report['benchmark'].update(timing.bench_matmul(repeats))
   finally:
     shutil.rmtree(work, ignore_errors=True)
   report['ok'] = all(c['ok'] for c in checks.values())

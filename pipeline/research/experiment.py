@@ -1,7 +1,7 @@
 """Runs one results experiment end to end and writes its row of the table.
 
-  python -m pipeline.experiment --experiment=affine --train_steps=2000
-  python -m pipeline.experiment --experiment=overlap --skip_training
+  python -m pipeline.research.experiment --experiment=affine --train_steps=2000
+  python -m pipeline.research.experiment --experiment=overlap --skip_training
 
 An experiment trains CapsNet (and the baseline CNN where it has one) with
 `python -m pipeline.train --flagfile=<its config>`, in subprocesses whose
@@ -16,7 +16,7 @@ same command continues an interrupted experiment (or, with more
   accuracy  CapsNet on Fashion-MNIST, scored on the test split once.
   affine    CapsNet and the baseline trained on translated Fashion-MNIST
             (40x40), scored on translated test items and on the
-            affNIST-style set (`pipeline.make_affnist`, made if missing).
+            affNIST-style set (`pipeline.research.make_affnist`, made if missing).
   affine_mnist
             the same on real MNIST (the paper's own experiment): CapsNet
             trains until its validation accuracy reaches 99.0%
@@ -49,10 +49,10 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import flags as pipeline_flags
-from pipeline import make_affnist
-from pipeline import hardware
 from pipeline.data import sources
 from pipeline.models import registry
+from pipeline.perf import hardware
+from pipeline.research import make_affnist
 
 # Where the affNIST-style test sets are made (test_sets' placeholder value).
 AFFNIST_DIR = 'data/affnist_fashion_mnist'
@@ -305,7 +305,7 @@ def main(argv):
                          f.runs_dir, f.affnist_dir, f.models)
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
-  row['command'] = 'python -m pipeline.experiment ' + ' '.join(
+  row['command'] = 'python -m pipeline.research.experiment ' + ' '.join(
       shlex.quote(a) for a in sys.argv[1:])
   output = f.output or f'docs/results/{f.experiment}.json'
   os.makedirs(os.path.dirname(output) or '.', exist_ok=True)

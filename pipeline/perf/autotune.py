@@ -26,7 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from pipeline import hardware
+from pipeline.perf import hardware
 
 POLICIES = ('cached', 'probe', 'off')
 CACHE_ENV = 'CAPSNET_AUTOTUNE_CACHE'

@@ -4,7 +4,7 @@
 variables under the strategy's scope); `train_loop(iterator, n)` runs n
 steps in one `tf.function` call and `evaluate(split)` scores a whole split.
 The outer loop, checkpoints and summaries belong to
-`pipeline.controller.Controller`.
+`pipeline.core.controller.Controller`.
 """
 
 import os
@@ -13,14 +13,14 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import autotune
-from pipeline import hardware
-from pipeline import schedules
-from pipeline import strategies
-from pipeline.tasks import base as task_base
-from pipeline.tasks import registry as task_registry
+from pipeline.core import schedules
+from pipeline.core import strategies
 from pipeline.data import input_pipeline, sources
 from pipeline.data.base import DataError
+from pipeline.perf import autotune
+from pipeline.perf import hardware
+from pipeline.tasks import base as task_base
+from pipeline.tasks import registry as task_registry
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -124,7 +124,7 @@ class Trainer:
         [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.variables]))
 
   def _tune(self, policy, replicas):
-    """Runs `pipeline.autotune.tune` for training and evaluation batches;
+    """Runs `pipeline.perf.autotune.tune` for training and evaluation batches;
     returns its record (`{'policy': 'off', 'parts': {}}` when off: the
     layers' defaults run, nothing is measured)."""
     if policy == 'off':

@@ -1,6 +1,6 @@
 """Writes an affNIST-style test set: each test image under a random affine map.
 
-  python -m pipeline.make_affnist --dataset=fashion_mnist --data_source=idx \
+  python -m pipeline.research.make_affnist --dataset=fashion_mnist --data_source=idx \
       --data_dir=/usr/share/datasets/fashion-mnist \
       --output_dir=data/affnist_fashion_mnist
 

@@ -1,6 +1,6 @@
 """Error curves of a training run from its metrics.json, as JSON and SVG.
 
-  python -m pipeline.curves --model_dir=/var/tmp/mnist_row1 \
+  python -m pipeline.research.curves --model_dir=/var/tmp/mnist_row1 \
       --output_dir=docs/mnist --reference=0.25:paper --reference=0.35:goal
 
 Writes into `--output_dir`:

@@ -1,6 +1,8 @@
-"""TensorBoard summaries of capsules: length histograms, coupling, reconstructions."""
+"""TensorBoard summaries: capsule length histograms, coupling coefficients,
+reconstructions, scalars, and the run's HParams."""
 
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 # Tags the trainer writes; tests and docs refer to them by these names.
 SCALAR_TAGS = ('loss/margin', 'loss/reconstruction', 'loss/total',
@@ -8,6 +10,9 @@ SCALAR_TAGS = ('loss/margin', 'loss/reconstruction', 'loss/total',
 HISTOGRAM_TAGS = ('capsule_length/true_class', 'capsule_length/other_classes',
                   'coupling_coefficients')
 IMAGE_TAG = 'inputs_and_reconstructions'
+# (run subdirectory, scalar tag) of the metrics the HParams tab shows.
+HPARAMS_METRICS = (('eval', 'accuracy'), ('eval', 'error_rate'),
+                   ('eval', 'loss/total'), ('train', 'loss/total'))
 
 
 def image_grid(images, reconstructions, max_rows=8):
@@ -60,3 +65,19 @@ def write_scalars(step, scalars):
   """Writes a dict of name → float to the default summary writer."""
   for name, value in scalars.items():
     tf.summary.scalar(name, value, step=step)
+
+
+def write_hparams(logdir, values, trial_id):
+  """Records a run's HParams (a session start) at the top of its TensorBoard
+  directory `logdir`; its metrics are the eval/ and train/ scalars."""
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default():
+    # The experiment's columns: this run's settings, and the metrics the
+    # HParams tab reads from its eval/ and train/ scalars.
+    hparams_api.hparams_config(
+        hparams=[hparams_api.HParam(name) for name in values],
+        metrics=[hparams_api.Metric(tag, group=group,
+                                    display_name=f'{group} {tag}')
+                 for group, tag in HPARAMS_METRICS])
+    hparams_api.hparams(values, trial_id=trial_id)
+  writer.close()

@@ -2,7 +2,7 @@
 
 The pipeline's machines change CPU from one day to the next, and its users
 run it on other CPUs and on GPUs, so hardware-dependent choices are made by
-detection here (and by measurement in `pipeline.autotune`), never by a
+detection here (and by measurement in `pipeline.perf.autotune`), never by a
 constant measured on another machine.
 
 `--precision=auto` resolves to:

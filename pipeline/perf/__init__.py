@@ -1,0 +1,1 @@
+"""Speed: the machine, precision=auto, the formulation probe, timers, benchmarks, profiles."""

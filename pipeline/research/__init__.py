@@ -1,0 +1,1 @@
+"""Research tools: the paper's experiments, accuracy curves, the affNIST-style set."""

@@ -1,0 +1,105 @@
+"""A training run's model, rebuilt and restored from one of its checkpoints
+(for export and evaluation): every variable from the checkpoint, or a
+refusal that names the checkpoint's run."""
+
+import os
+
+from absl import logging
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline.core import run_guard
+from pipeline.models import registry
+
+
+def _owner(checkpoint):
+  """What run a checkpoint belongs to, for messages: `<run dir> (model
+  <name>)` when its `config.json` says, else its directory."""
+  run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+  try:
+    config, _ = config_lib.load_run(run_dir)
+    return f'the run in {run_dir} (model {config.model.name})'
+  except (OSError, ValueError, KeyError, TypeError):
+    return os.path.dirname(os.path.abspath(checkpoint))
+
+
+def load_checkpointed_model(model_dir, checkpoint=None):
+  """Rebuilds a training run's model and restores a checkpoint into it.
+
+  Every variable of the model must come from the checkpoint: a checkpoint
+  of another model (or of other settings) is refused, never half-restored.
+  The checkpoint is read whole before it is used, so a damaged one is named
+  rather than failing half-way.
+
+  Args:
+    model_dir: the run's model directory.
+    checkpoint: a checkpoint path; None for the latest (the state file's,
+      else the newest `ckpt-N` on disk).
+
+  Returns:
+    `(model, info dict)`.
+
+  Raises:
+    FileNotFoundError: for a directory without run files or checkpoints.
+    ValueError: for a checkpoint that cannot be read or does not fit.
+  """
+  config, info = config_lib.load_run(model_dir)
+  model = registry.build_from_spec(config.model, info['image_shape'],
+                                   info['num_classes'], info['num_targets'])
+  if checkpoint is not None:
+    if not tf.io.gfile.exists(checkpoint + '.index'):
+      raise FileNotFoundError(
+          f'{checkpoint} is not a checkpoint (no {checkpoint}.index); pass '
+          f'a path like {model_dir}/checkpoints/ckpt-N, or leave the '
+          'checkpoint out for the latest.')
+    _restore(model, checkpoint, model_dir, config.model.name)
+    return model, info
+  # The latest checkpoint of a run that is still training can be rotated
+  # away while it is read: then the newest one is taken instead.
+  directory = os.path.join(model_dir, 'checkpoints')
+  for _ in range(5):
+    checkpoint = tf.train.latest_checkpoint(directory)
+    if checkpoint is None or not tf.io.gfile.exists(checkpoint + '.index'):
+      on_disk = run_guard.checkpoints_on_disk(directory)
+      checkpoint = on_disk[-1] if on_disk else None
+    if checkpoint is None:
+      raise FileNotFoundError(
+          f'{directory} holds no checkpoint; train first or pass a '
+          'checkpoint path.')
+    try:
+      _restore(model, checkpoint, model_dir, config.model.name)
+      return model, info
+    except ValueError:
+      if tf.io.gfile.exists(checkpoint + '.index'):
+        raise
+      logging.info('%s was removed while it was read (a run is still '
+                   'training); taking the newest one.', checkpoint)
+  raise ValueError(f'The checkpoints of {directory} kept being replaced '
+                   'while they were read; pass one as --checkpoint.')
+
+
+def _restore(model, checkpoint, model_dir, model_name):
+  """Restores every variable of `model` from `checkpoint`, or refuses."""
+  earlier = [p for p in run_guard.checkpoints_on_disk(
+      os.path.dirname(os.path.abspath(checkpoint)))
+             if p != os.path.abspath(checkpoint)]
+  hint = (f' Earlier checkpoints: {", ".join(earlier[-3:])} (pass one as '
+          '--checkpoint).' if earlier else '')
+  damaged = ValueError(f'Checkpoint {checkpoint} cannot be read: its files '
+                       f'are truncated, damaged or missing.{hint}')
+  if not run_guard.checkpoint_readable(checkpoint):
+    raise damaged
+  try:
+    status = tf.train.Checkpoint(model=model).read(checkpoint)
+  except (tf.errors.OpError, ValueError) as e:
+    raise damaged from e
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(
+        f'Checkpoint {checkpoint} does not fit the model of {model_dir} '
+        f'({model_name}): {str(e).splitlines()[0][:200]} It belongs '
+        f'to {_owner(checkpoint)}; export or evaluate it with that run\'s '
+        '--model_dir.') from None
+  # The optimizer's slots and the step counter are not needed to serve.
+  status.expect_partial()
