@@ -93,8 +93,7 @@ def main(argv):
       return _main(argv, stop)
   except KeyboardInterrupt:
     # A second Ctrl-C (the first asks for a clean stop).
-    print('Interrupted. Run the same command to resume from the latest '
-          'checkpoint.', file=sys.stderr, flush=True)
+    print(run_guard.INTERRUPTED, file=sys.stderr, flush=True)
     return 130
   finally:
     if stop.received:
