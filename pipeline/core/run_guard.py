@@ -157,7 +157,6 @@ class PreemptionWatcher:
     self.received = []
     self._signals = signals
     self._previous = {}
-    self._lock = threading.Lock()
     self._handled = 0          # calls of the Python-level handler
     self._interrupted = False  # the main thread raised KeyboardInterrupt
     self._watching = False
@@ -165,33 +164,38 @@ class PreemptionWatcher:
     self._previous_fd = None
     self._thread = None
 
-  def _request(self, name, signum):
-    """Records the first signal as the stop request and says so (once)."""
-    if self.requested is None:
-      self.requested = name
-      logging.warning(
-          '%s: stopping after the steps under way, with a checkpoint%s.',
-          name, ' (Ctrl-C again stops at once, losing the steps since the last '
-          'checkpoint)' if signum == signal.SIGINT else '')
+  @staticmethod
+  def _say(name, signum):
+    logging.warning(
+        '%s: stopping after the steps under way, with a checkpoint%s.',
+        name, ' (Ctrl-C again stops at once, losing the steps since the last '
+        'checkpoint)' if signum == signal.SIGINT else '')
 
   def _handle(self, signum, frame):
     """The first signal asks for a clean stop; a repeated SIGTERM changes
-    nothing (the stop is under way); a second Ctrl-C stops at once."""
+    nothing (the stop is under way); a second Ctrl-C stops at once.
+
+    It takes no lock and, while the watcher thread runs, logs nothing: a
+    handler runs between any two lines of the main thread, which may hold
+    the logging module's lock at that moment (the thread does the logging).
+    """
     del frame
     name = signal.Signals(signum).name
-    with self._lock:
-      self._handled += 1
-      if not self._watching:
-        self.received.append(name)
-      self._request(name, signum)
-      again = self._handled > 1 and signum == signal.SIGINT
-      if again:
-        self._interrupted = True
-    if again:
+    self._handled += 1
+    first = self.requested is None
+    if first:
+      self.requested = name
+    if not self._watching:
+      self.received.append(name)
+      if first:
+        self._say(name, signum)
+    if self._handled > 1 and signum == signal.SIGINT:
+      self._interrupted = True
       raise KeyboardInterrupt
 
   def _watch(self, read_fd):
-    """The watcher thread: every signal as it arrives (see the class)."""
+    """The watcher thread: every signal as it arrives (see the class). It
+    alone writes `received` while it runs, and it logs."""
     while True:
       try:
         data = os.read(read_fd, 64)
@@ -203,11 +207,13 @@ class PreemptionWatcher:
         if signum not in self._signals:
           continue
         name = signal.Signals(signum).name
-        with self._lock:
-          again = self.requested is not None and signum == signal.SIGINT
-          self.received.append(name)
-          self._request(name, signum)
-        if again:
+        first = not self.received
+        self.received.append(name)
+        if first:
+          if self.requested is None:
+            self.requested = name
+          self._say(name, signum)
+        elif signum == signal.SIGINT:
           self._stop_now_unless_interrupted()
 
   def _stop_now_unless_interrupted(self):
