@@ -1,18 +1,59 @@
 """Small builders shared by the tests: tiny models, configs, IDX files."""
 
+import dataclasses
 import gzip
 import os
 
 import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
 from pipeline import config as config_lib
+from pipeline import settings
 from pipeline.core import controller as controller_lib
 from pipeline.core import run_guard
 from pipeline.data import sources
 from pipeline.data.idx import idx_bytes
+from pipeline.models import base as models_base
 
 TINY_MODEL = dict(conv_filters=8, primary_channels=4, primary_dim=4,
                   class_dim=4, decoder_units=(16, 32), jit_compile=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+  """The options of `ProbeModel`, one of each kind of setting."""
+  width: int = settings.setting(4, 'probe: hidden units.', low=1)
+  scale: float = settings.setting(1.0, 'probe: output scale.', low=0.0,
+                                  below=10.0)
+  mode: str = settings.setting('a', 'probe: a mode.', choices=('a', 'b'))
+  sizes: tuple = settings.setting((2, 3), 'probe: sizes.', low=1)
+  fast: bool = settings.setting(False, 'probe: fast path.', flag_default=True,
+                                on_resume='speed only')
+
+  def __post_init__(self):
+    settings.check(self)
+
+
+class ProbeModel(models_base.CapsuleModel):
+  """The smallest model of the contract, to register in a test."""
+
+  def __init__(self, input_shape=(8, 8, 1), num_classes=3, **kwargs):
+    options = {f.name: kwargs.pop(f.name)
+               for f in dataclasses.fields(ProbeConfig) if f.name in kwargs}
+    super().__init__(**kwargs)
+    self.options = ProbeConfig(**options)
+    self._set_shape(input_shape, num_classes)
+    self._config = dict(input_shape=self.image_shape,
+                        num_classes=self.num_classes,
+                        **dataclasses.asdict(self.options))
+    self.dense = keras.layers.Dense(num_classes)
+
+  def call(self, images, labels=None, training=False):
+    del labels, training
+    x = tf.reshape(self._check_images(images), [tf.shape(images)[0], -1])
+    logits = self.dense(x) * self.options.scale
+    return {'lengths': tf.nn.sigmoid(logits), 'poses': logits[..., None]}
 
 
 def tiny_config(model_dir, **overrides):

@@ -7,57 +7,22 @@ import json
 
 from absl import flags
 import pytest
-import tensorflow as tf
-import tf_keras as keras
 
 from pipeline import config as config_lib
 from pipeline import flags as pipeline_flags
 from pipeline import settings
-from pipeline.models import base
 from pipeline.models import registry
 from pipeline.models.baseline_cnn import BaselineCNNConfig
 from pipeline.models.capsnet import CapsNetConfig
+from pipeline.tasks.capsnet import CapsNetTask
 
-
-@dataclasses.dataclass(frozen=True)
-class ProbeConfig:
-  width: int = settings.setting(4, 'probe: hidden units.', low=1)
-  scale: float = settings.setting(1.0, 'probe: output scale.', low=0.0,
-                                  below=10.0)
-  mode: str = settings.setting('a', 'probe: a mode.', choices=('a', 'b'))
-  sizes: tuple = settings.setting((2, 3), 'probe: sizes.', low=1)
-  fast: bool = settings.setting(False, 'probe: fast path.', flag_default=True,
-                                on_resume='speed only')
-
-  def __post_init__(self):
-    settings.check(self)
-
-
-class ProbeModel(base.CapsuleModel):
-  """The smallest model of the contract, to register in a test."""
-
-  def __init__(self, input_shape=(8, 8, 1), num_classes=3, **kwargs):
-    options = {f.name: kwargs.pop(f.name)
-               for f in dataclasses.fields(ProbeConfig) if f.name in kwargs}
-    super().__init__(**kwargs)
-    self.options = ProbeConfig(**options)
-    self._set_shape(input_shape, num_classes)
-    self._config = dict(input_shape=self.image_shape,
-                        num_classes=self.num_classes,
-                        **dataclasses.asdict(self.options))
-    self.dense = keras.layers.Dense(num_classes)
-
-  def call(self, images, labels=None, training=False):
-    del labels, training
-    x = tf.reshape(self._check_images(images), [tf.shape(images)[0], -1])
-    logits = self.dense(x) * self.options.scale
-    return {'lengths': tf.nn.sigmoid(logits), 'poses': logits[..., None]}
+from helpers import ProbeConfig, ProbeModel
 
 
 @pytest.fixture
 def probe_registered(monkeypatch):
   monkeypatch.setitem(registry.MODELS, 'probe',
-                      registry.Entry(ProbeModel, ProbeConfig, False))
+                      registry.Entry(ProbeModel, ProbeConfig, CapsNetTask))
 
 
 def fresh_flags(argv):

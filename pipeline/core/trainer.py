@@ -17,10 +17,10 @@ from pipeline.core import schedules
 from pipeline.core import strategies
 from pipeline.data import input_pipeline, sources
 from pipeline.data.base import DataError
+from pipeline.models import registry
 from pipeline.perf import autotune
 from pipeline.perf import hardware
 from pipeline.tasks import base as task_base
-from pipeline.tasks import registry as task_registry
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,7 +77,7 @@ class Trainer:
           f'--batch_size={config.batch_size} is larger than the '
           f"{self.info.split_sizes['train']} training examples of "
           f'{self.info.name}; use a smaller batch.')
-    self.task = task_registry.get_task(config)
+    self.task = registry.get_task(config)
     self.model_dir = config.model_dir
     # Non-chief workers of a multi-worker run write their checkpoints (which
     # they must, to join the collective save) into a scratch subdirectory.

@@ -1,2 +1,3 @@
 """Capsule models, the paper's baseline CNN, capsule ops and the registry
-that builds a model by name (`pipeline.models.registry`)."""
+(`pipeline.models.registry`): a model's name to its model class, config and
+task."""

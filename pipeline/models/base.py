@@ -45,6 +45,10 @@ class CapsuleModel(keras.Model):
   and implement `pose_shape` and `flops_per_example`.
   """
 
+  # Whether the constructor takes `num_reconstructions` (one reconstruction
+  # per object of a multi-object image, MultiMNIST: 2).
+  reconstructs_targets = False
+
   @staticmethod
   def _take_options(config_class, kwargs):
     """Pops the fields of `config_class` (the model's options) from a
@@ -147,3 +151,37 @@ class CapsuleModel(keras.Model):
   @classmethod
   def from_config(cls, config):
     return cls(**config)
+
+
+def build(model_class, spec, image_shape, num_classes, num_targets=1):
+  """Builds a `model_class` as a `config.ModelSpec` describes it and creates
+  its weights.
+
+  Args:
+    model_class: a `CapsuleModel` subclass (the registry's entry for
+      `spec.name`).
+    spec: a `pipeline.config.ModelSpec`: the precision and the model's own
+      options.
+    image_shape: `(H, W, C)` of the inputs.
+    num_classes: number of classes.
+    num_targets: objects per image; a model with a decoder reconstructs
+      each (MultiMNIST: 2).
+
+  Returns:
+    The built model. With a mixed precision, its layers compute in 16 bits
+    (variables stay float32); routing, squash and the outputs are float32.
+  """
+  previous = keras.mixed_precision.global_policy()
+  # Layers take the global policy when they are constructed; set it only for
+  # this model so other models in the process keep theirs.
+  keras.mixed_precision.set_global_policy(spec.precision)
+  try:
+    options = spec.kwargs()
+    if model_class.reconstructs_targets:
+      options['num_reconstructions'] = num_targets
+    model = model_class(input_shape=tuple(image_shape),
+                        num_classes=num_classes, **options)
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+  model(tf.zeros([1, *image_shape]), training=False)
+  return model

@@ -76,6 +76,8 @@ class CapsNet(base.CapsuleModel):
       `labels` in training, by the longest capsule(s) otherwise.
   """
 
+  reconstructs_targets = True
+
   def __init__(self, input_shape=(28, 28, 1), num_classes=10,
                num_reconstructions=1, **kwargs):
     """Builds CapsNet for `input_shape` images of `num_classes` classes.

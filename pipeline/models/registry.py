@@ -1,24 +1,28 @@
-"""The model registry: a model's name → its class and its config dataclass."""
+"""The registry: a model's name → its model class, its config dataclass and
+the task that trains it.
+
+A new model family is one entry here (beside its model, config and task
+modules); nothing else names it.
+"""
 
 import collections
 import dataclasses
 
-import tensorflow as tf
-import tf_keras as keras
-
+from pipeline.models import base
 from pipeline.models.baseline_cnn import BaselineCNN, BaselineCNNConfig
 from pipeline.models.capsnet import CapsNet, CapsNetConfig
 from pipeline.models.matrix_capsnet import MatrixCapsNet, MatrixCapsNetConfig
+from pipeline.tasks.baseline_cnn import BaselineCNNTask
+from pipeline.tasks.capsnet import CapsNetTask
+from pipeline.tasks.matrix_capsnet import MatrixCapsNetTask
 
-# `reconstructs_targets`: the constructor takes `num_reconstructions` (one
-# reconstruction per object of a multi-object image).
-Entry = collections.namedtuple('Entry', 'model_class config_class '
-                               'reconstructs_targets')
+Entry = collections.namedtuple('Entry', 'model_class config_class task_class')
 
 MODELS = {
-    'capsnet': Entry(CapsNet, CapsNetConfig, True),
-    'matrix_capsnet': Entry(MatrixCapsNet, MatrixCapsNetConfig, False),
-    'baseline_cnn': Entry(BaselineCNN, BaselineCNNConfig, False),
+    'capsnet': Entry(CapsNet, CapsNetConfig, CapsNetTask),
+    'matrix_capsnet': Entry(MatrixCapsNet, MatrixCapsNetConfig,
+                            MatrixCapsNetTask),
+    'baseline_cnn': Entry(BaselineCNN, BaselineCNNConfig, BaselineCNNTask),
 }
 
 
@@ -60,29 +64,17 @@ def build_model(name, input_shape, num_classes, **kwargs):
 
 
 def build_from_spec(spec, image_shape, num_classes, num_targets=1):
-  """Builds the model a `config.ModelSpec` describes and creates its weights.
+  """Builds the model a `config.ModelSpec` describes and creates its weights
+  (`base.build` with the registered class; see there)."""
+  return base.build(entry(spec.name).model_class, spec, image_shape,
+                    num_classes, num_targets)
 
-  Args:
-    spec: a `pipeline.config.ModelSpec`.
-    image_shape: `(H, W, C)` of the inputs.
-    num_classes: number of classes.
-    num_targets: objects per image; a model with a decoder reconstructs
-      each (MultiMNIST: 2).
 
-  Returns:
-    The built model. With a mixed precision, its layers compute in 16 bits
-    (variables stay float32); routing, squash and the outputs are float32.
+def get_task(config):
+  """The task of `config.model.name`, given its model class.
+
+  Raises:
+    ValueError: for an unknown model name, listing the known ones.
   """
-  previous = keras.mixed_precision.global_policy()
-  # Layers take the global policy when they are constructed; set it only for
-  # this model so other models in the process keep theirs.
-  keras.mixed_precision.set_global_policy(spec.precision)
-  try:
-    options = spec.kwargs()
-    if entry(spec.name).reconstructs_targets:
-      options['num_reconstructions'] = num_targets
-    model = build_model(spec.name, tuple(image_shape), num_classes, **options)
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
-  model(tf.zeros([1, *image_shape]), training=False)
-  return model
+  registered = entry(config.model.name)
+  return registered.task_class(config, registered.model_class)

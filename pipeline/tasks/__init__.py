@@ -1,2 +1,2 @@
-"""Tasks: one per model family (`pipeline.tasks.registry` finds it by the
-model's name)."""
+"""Tasks: one per model family; `pipeline.models.registry` pairs each with
+its model class and config."""

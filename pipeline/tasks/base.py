@@ -3,7 +3,8 @@
 As in tensorflow/models' `official/core/base_task.py`: a task builds its
 model and its losses and runs one training or validation step on one
 replica; the trainer runs steps under a strategy and never asks which model
-it trains. A new model family is a new task and a registry entry.
+it trains. A new model family is a new task and an entry of `pipeline.models.registry`,
+which pairs each task with its model class.
 """
 
 import abc
@@ -13,7 +14,7 @@ import tf_keras as keras
 
 from pipeline import losses
 from pipeline import metrics as metrics_lib
-from pipeline.models import registry
+from pipeline.models import base as models_base
 
 # The running means a training step updates, logged every --log_every steps.
 # The class loss is logged as `loss/margin` for every model.
@@ -26,15 +27,19 @@ class Task(abc.ABC):
 
   Args:
     config: the run's `pipeline.config.TrainConfig`.
+    model_class: the `CapsuleModel` subclass it trains (the registry's
+      entry for `config.model.name` gives it).
   """
 
-  def __init__(self, config):
+  def __init__(self, config, model_class):
     self.config = config
+    self.model_class = model_class
 
   def build_model(self, info):
     """The model for data described by `info` (a `DatasetInfo`), built."""
-    return registry.build_from_spec(self.config.model, info.image_shape,
-                                    info.num_classes, info.num_targets)
+    return models_base.build(self.model_class, self.config.model,
+                             info.image_shape, info.num_classes,
+                             info.num_targets)
 
   @abc.abstractmethod
   def class_loss(self, labels, outputs, step):
