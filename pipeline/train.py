@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from pipeline import flags as pipeline_flags
 from pipeline.core import controller as controller_lib
+from pipeline.core import preemption
 from pipeline.core import run_guard
 from pipeline.core import trainer as trainer_lib
 from pipeline.serving import publish
@@ -87,13 +88,13 @@ def main(argv):
   # For the whole command: a SIGTERM or Ctrl-C at any point (building the
   # model, training, exporting, on the way out) asks for a clean stop; a
   # second Ctrl-C stops at once.
-  stop = run_guard.PreemptionWatcher()
+  stop = preemption.PreemptionWatcher()
   try:
     with stop:
       return _main(argv, stop)
   except KeyboardInterrupt:
     # A second Ctrl-C (the first asks for a clean stop).
-    print(run_guard.INTERRUPTED, file=sys.stderr, flush=True)
+    print(preemption.INTERRUPTED, file=sys.stderr, flush=True)
     return 130
   finally:
     if stop.received:

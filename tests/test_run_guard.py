@@ -1,16 +1,14 @@
-"""Tests of pipeline.core.run_guard: lock, writability, SIGTERM, quarantine."""
+"""Tests of pipeline.core.run_guard: lock, writability, write failures,
+checkpoint repair and quarantine."""
 
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from pipeline.core import run_guard
-
-from conftest import REPO
 
 _HOLD_LOCK = '''
 import sys, time
@@ -73,35 +71,6 @@ def test_check_writable_names_a_full_disk(tmp_path, monkeypatch):
                      match=r'--model_dir .* is full \(No space left on '
                      r'device\); free space or pass another --model_dir'):
     run_guard.check_writable(str(tmp_path), '--model_dir')
-
-
-def test_preemption_watcher_records_sigterm():
-  with run_guard.PreemptionWatcher() as watcher:
-    assert watcher.requested is None
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.1)
-    assert watcher.requested == 'SIGTERM'
-  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-
-
-def test_a_second_sigterm_changes_nothing_a_second_ctrl_c_stops_at_once():
-  # What the process had before (SIG_IGN in a job started in the
-  # background of a shell, Python's default_int_handler otherwise).
-  before = signal.getsignal(signal.SIGINT)
-  with run_guard.PreemptionWatcher() as watcher:
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.1)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.1)
-    assert watcher.requested == 'SIGTERM'
-  with run_guard.PreemptionWatcher() as watcher:
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.1)
-    assert watcher.requested == 'SIGINT'
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(0.1)
-  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_write_failure_tells_room_and_rights_from_other_errors():
@@ -176,69 +145,6 @@ def test_quarantine_keeps_files(tmp_path):
   assert sorted(os.listdir(aside)) == ['ckpt-4.data-00000-of-00001',
                                        'ckpt-4.index']
   assert os.path.exists(tmp_path / 'ckpt-2.index')
-
-
-# A child whose main thread is inside one long C call (as in a loop of
-# training steps inside one TensorFlow call), where Python's own handler
-# cannot run until it returns.
-_BUSY = """
-import sys
-sys.path.insert(0, sys.argv[1])
-import tensorflow as tf
-from pipeline.core import run_guard
-
-@tf.function
-def steps(n):
-  x = tf.fill([64, 64], 0.01)
-  return tf.while_loop(lambda i, x: i < n,
-                       lambda i, x: (i + 1, tf.tanh(tf.matmul(x, x))), [0, x])
-
-steps(tf.constant(1))  # Traced here, so the call below is one C++ call.
-with run_guard.PreemptionWatcher():
-  print('ready', flush=True)
-  steps(tf.constant(10 ** 9))
-print('the call ended', flush=True)
-"""
-
-
-def _busy_child():
-  proc = subprocess.Popen([sys.executable, '-c', _BUSY, REPO],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-  if proc.stdout.readline().strip() != 'ready':
-    proc.kill()
-    pytest.fail(f'the child did not start: {proc.communicate()[1][-2000:]}')
-  time.sleep(0.5)  # Inside the long call.
-  return proc
-
-
-def test_a_signal_is_logged_as_it_arrives_even_inside_a_long_call():
-  proc = _busy_child()
-  try:
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(3)
-    assert proc.poll() is None  # The stop waits for the call to end.
-  finally:
-    proc.kill()
-    err = proc.communicate()[1]
-  # Logged by the watcher thread while the main thread was still busy.
-  assert 'SIGTERM: stopping after the steps under way' in err
-
-
-def test_a_second_ctrl_c_inside_a_long_call_stops_at_once():
-  proc = _busy_child()
-  try:
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-  finally:
-    if proc.poll() is None:  # Never leave a busy child behind.
-      proc.kill()
-      proc.communicate()
-  assert proc.returncode == 130, err[-2000:]
-  assert run_guard.INTERRUPTED in err
-  assert 'the call ended' not in out
 
 
 if __name__ == '__main__':

@@ -5,10 +5,10 @@ checkpoint and evaluate on their boundaries; save at completion. The loop
 is all this module holds; the parts it calls each own one kind of file:
 `checkpoints` (save, restore, quarantine), `run_files` (the config check
 of a resume, the run's files, `metrics.json`, HParams values), `summaries`
-(TensorBoard), `profiling` (the profiler window) and `run_guard` (the lock,
-writability, preemption). Nothing is written before the controller holds
-the model directory's lock and has checked that a resumed run is the same
-run.
+(TensorBoard), `profiling` (the profiler window), `preemption` (SIGTERM
+and Ctrl-C) and `run_guard` (the lock, writability). Nothing is written
+before the controller holds the model directory's lock and has checked that
+a resumed run is the same run.
 """
 
 import contextlib
@@ -22,6 +22,7 @@ from absl import logging
 import tensorflow as tf
 
 from pipeline.core import checkpoints as checkpoints_lib
+from pipeline.core import preemption
 from pipeline.core import profiling
 from pipeline.core import run_files
 from pipeline.core import run_guard
@@ -62,7 +63,7 @@ class Controller:
     trainer: the `pipeline.core.trainer.Trainer` to drive.
     flags_text: the flagfile that reproduces the run, written as
       `flags.txt` once the lock is held (None: not written).
-    preemption: a `run_guard.PreemptionWatcher` the caller has entered
+    preemption: a `preemption.PreemptionWatcher` the caller has entered
       (a signal before training starts then stops the run at its first
       boundary); None: the run installs its own.
   """
@@ -102,8 +103,8 @@ class Controller:
                                f'--model_dir\'s {sub}/', min_free_bytes=0)
     watcher = (contextlib.nullcontext(self.preemption)
                if self.preemption is not None
-               else run_guard.PreemptionWatcher())
-    with run_guard.RunLock(self.work_dir), watcher as preemption:
+               else preemption.PreemptionWatcher())
+    with run_guard.RunLock(self.work_dir), watcher as stop:
       run_files.check_same_run(self.work_dir, self.config)
       self.checkpoints.open()
       self.checkpoints.restore()
@@ -118,7 +119,7 @@ class Controller:
           {'batch_size': cfg.batch_size, 'model': cfg.model.name,
            'precision': cfg.model.precision})
       try:
-        return self._train(preemption)
+        return self._train(stop)
       finally:
         self.profile.stop()
 
