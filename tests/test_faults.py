@@ -26,12 +26,32 @@ TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
         '--deterministic']
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
 
+# The children a test started; whatever way the test ends (a failed
+# assertion, an expired `communicate` timeout), none is left running.
+_STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left_behind():
+  yield
+  while _STARTED:
+    proc = _STARTED.pop()
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+
+
+def _popen(argv, **kwargs):
+  proc = subprocess.Popen(argv, env=ENV, text=True, **kwargs)
+  _STARTED.append(proc)
+  return proc
+
 
 def _start(model_dir, *args):
-  return subprocess.Popen(
+  return _popen(
       [sys.executable, '-m', 'pipeline.train', *TINY,
-       f'--model_dir={model_dir}', *args], cwd=REPO, env=ENV,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+       f'--model_dir={model_dir}', *args], cwd=REPO,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _wait_for(proc, text, timeout=300):
@@ -300,10 +320,10 @@ print(publish.export_from_checkpoint(sys.argv[1], sys.argv[2]))
 
 def test_concurrent_exports_never_share_a_version(tmp_path):
   run_trainer(trainer_lib.Trainer(tiny_config(tmp_path / 'run', train_steps=2)))
-  procs = [subprocess.Popen(
+  procs = [_popen(
       [sys.executable, '-c', _EXPORT, str(tmp_path / 'run'),
-       str(tmp_path / 'exp'), REPO], env=ENV, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for _ in range(3)]
+       str(tmp_path / 'exp'), REPO], stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE) for _ in range(3)]
   paths = []
   for p in procs:
     out, err = p.communicate(timeout=600)
