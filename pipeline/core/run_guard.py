@@ -207,6 +207,28 @@ def checkpoints_on_disk(directory):
   return [path for _, path in sorted(found)]
 
 
+def _read_state(directory, on_disk):
+  """The parsed state file of `directory`, or None when it is missing or
+  unreadable; an unreadable one is moved aside as `checkpoint.corrupt-N`
+  (`on_disk`: how many checkpoints will be listed instead, for the log)."""
+  state_path = os.path.join(directory, CHECKPOINT_STATE)
+  if not os.path.exists(state_path):
+    return None
+  try:
+    # TensorFlow logs a parse error and returns None; bytes that are not
+    # UTF-8 raise.
+    state = tf.train.get_checkpoint_state(directory)
+  except (UnicodeDecodeError, ValueError, tf.errors.OpError):
+    state = None
+  if state is None:
+    aside = _free_name(state_path + '.corrupt')
+    os.replace(state_path, aside)
+    logging.warning('%s cannot be read; moved it to %s and listed the %d '
+                    'checkpoints on disk instead.', state_path, aside,
+                    on_disk)
+  return state
+
+
 def repair_checkpoint_state(directory):
   """Makes `directory/checkpoint` list exactly the checkpoints on disk.
 
@@ -225,20 +247,7 @@ def repair_checkpoint_state(directory):
   """
   on_disk = checkpoints_on_disk(directory)
   state_path = os.path.join(directory, CHECKPOINT_STATE)
-  state = None
-  if os.path.exists(state_path):
-    try:
-      # TensorFlow logs a parse error and returns None; bytes that are not
-      # UTF-8 raise.
-      state = tf.train.get_checkpoint_state(directory)
-    except (UnicodeDecodeError, ValueError, tf.errors.OpError):
-      state = None
-    if state is None:
-      aside = _free_name(state_path + '.corrupt')
-      os.replace(state_path, aside)
-      logging.warning('%s cannot be read; moved it to %s and listed the %d '
-                      'checkpoints on disk instead.', state_path, aside,
-                      len(on_disk))
+  state = _read_state(directory, len(on_disk))
   if not on_disk:
     if state is not None:
       os.remove(state_path)

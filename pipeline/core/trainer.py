@@ -93,27 +93,7 @@ class Trainer:
     # machine, at the per-replica shapes that will run.
     self.autotune = self._tune(config.runtime.autotune, replicas)
     with self.strategy.scope():
-      self.learning_rate = schedules.LearningRate(
-          config.optimizer.lr_schedule, config.optimizer.learning_rate,
-          config.optimizer.lr_decay_steps,
-          config.optimizer.lr_decay_rate, config.optimizer.warmup_steps)
-      self.optimizer = keras.optimizers.Adam(self.learning_rate)
-      if config.model.precision == 'mixed_float16':
-        self.optimizer = keras.mixed_precision.LossScaleOptimizer(
-            self.optimizer)
-      self.optimizer.build(self.model.trainable_variables)
-      self.metrics = {name: keras.metrics.Mean(name)
-                      for name in task_base.METRIC_NAMES}
-      # Wall time spent training this run, carried across resumes (time
-      # after the last checkpoint of a killed process is not counted).
-      self.wall_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
-                                      name='wall_seconds')
-      # The input position is not in the checkpoint: the distributed
-      # iterator is not trackable (TF 2.21), and the stream is a pure
-      # function of the batch number, so `train_iterator(step)` resumes it.
-      self.checkpoint = tf.train.Checkpoint(model=self.model,
-                                            optimizer=self.optimizer,
-                                            wall_seconds=self.wall_seconds)
+      self._build_training_state()
     self.train_loop = tf.function(self._train_loop_fn)
     # The training input of run_steps, made at its first call.
     self._iterator = None
@@ -122,6 +102,32 @@ class Trainer:
         lambda images, labels: self.model(images, labels, training=False))
     self._weights_finite = tf.function(lambda: tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.variables]))
+
+  def _build_training_state(self):
+    """The optimizer, the running metrics, the wall-time counter and the
+    checkpoint that holds them with the model (under the strategy's scope).
+    """
+    opt = self.config.optimizer
+    self.learning_rate = schedules.LearningRate(
+        opt.lr_schedule, opt.learning_rate, opt.lr_decay_steps,
+        opt.lr_decay_rate, opt.warmup_steps)
+    self.optimizer = keras.optimizers.Adam(self.learning_rate)
+    if self.config.model.precision == 'mixed_float16':
+      self.optimizer = keras.mixed_precision.LossScaleOptimizer(
+          self.optimizer)
+    self.optimizer.build(self.model.trainable_variables)
+    self.metrics = {name: keras.metrics.Mean(name)
+                    for name in task_base.METRIC_NAMES}
+    # Wall time spent training this run, carried across resumes (time
+    # after the last checkpoint of a killed process is not counted).
+    self.wall_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                    name='wall_seconds')
+    # The input position is not in the checkpoint: the distributed
+    # iterator is not trackable (TF 2.21), and the stream is a pure
+    # function of the batch number, so `train_iterator(step)` resumes it.
+    self.checkpoint = tf.train.Checkpoint(model=self.model,
+                                          optimizer=self.optimizer,
+                                          wall_seconds=self.wall_seconds)
 
   def _tune(self, policy, replicas):
     """Runs `pipeline.perf.autotune.tune` for training and evaluation batches;

@@ -90,6 +90,59 @@ def _pad_evaluation(indices, n, pipelines, pipeline_id, per_step):
   return real.concatenate(padding)
 
 
+def _shares(global_batch_size, input_context):
+  """`(per-replica batch, input pipelines, this pipeline's id, per-replica
+  batches this pipeline yields per step)`.
+
+  Raises:
+    DataError: for a batch that does not divide over the replicas, or < 1.
+  """
+  batch = int(global_batch_size)
+  if input_context is None:
+    pipelines, pipeline_id, batches_per_step = 1, 0, 1
+  else:
+    if batch % input_context.num_replicas_in_sync:
+      raise DataError(
+          f'global batch size {batch} does not divide over '
+          f'{input_context.num_replicas_in_sync} replicas; use a multiple.')
+    batch = input_context.get_per_replica_batch_size(batch)
+    pipelines = input_context.num_input_pipelines
+    pipeline_id = input_context.input_pipeline_id
+    batches_per_step = max(
+        1, input_context.num_replicas_in_sync // pipelines)
+  if batch < 1:
+    raise DataError(f'batch size must be >= 1, got {global_batch_size}.')
+  return batch, pipelines, pipeline_id, batches_per_step
+
+
+def _index_batches(n, batch, training, padded, pipelines, pipeline_id,
+                   batches_per_step, seed, start_step):
+  """This pipeline's batches of example indices, numbered: `(number,
+  indices)`, or `(number, indices, weights)` when `padded`.
+
+  Training shuffles and repeats the indices for ever and begins at batch
+  `start_step * batches_per_step` (only indices are skipped); evaluation is
+  one pass in order, padded to whole steps when `padded`.
+  """
+  ds = tf.data.Dataset.range(n)
+  if pipelines > 1:
+    ds = ds.shard(pipelines, pipeline_id)
+  if padded:
+    ds = _pad_evaluation(ds, n, pipelines, pipeline_id,
+                         batch * batches_per_step)
+  start_batch = 0
+  if training:
+    ds = ds.shuffle(n, seed=seed * 1000 + pipeline_id,
+                    reshuffle_each_iteration=True).repeat()
+    start_batch = int(start_step) * batches_per_step
+    ds = ds.skip(start_batch * batch)
+  ds = ds.batch(batch, drop_remainder=training or padded).enumerate(
+      start=start_batch)
+  if padded:
+    ds = ds.map(lambda number, pair: (number, pair[0], pair[1]))
+  return ds
+
+
 def make_dataset(source, split, global_batch_size, training,
                  input_context=None, seed=0, deterministic=False,
                  start_step=0):
@@ -125,20 +178,8 @@ def make_dataset(source, split, global_batch_size, training,
     DataError: for a batch size that does not split over the replicas, or a
       split too small for one training batch.
   """
-  batch = int(global_batch_size)
-  pipelines, pipeline_id, batches_per_step = 1, 0, 1
-  if input_context is not None:
-    if batch % input_context.num_replicas_in_sync:
-      raise DataError(
-          f'global batch size {batch} does not divide over '
-          f'{input_context.num_replicas_in_sync} replicas; use a multiple.')
-    batch = input_context.get_per_replica_batch_size(batch)
-    pipelines = input_context.num_input_pipelines
-    pipeline_id = input_context.input_pipeline_id
-    batches_per_step = max(
-        1, input_context.num_replicas_in_sync // pipelines)
-  if batch < 1:
-    raise DataError(f'batch size must be >= 1, got {global_batch_size}.')
+  batch, pipelines, pipeline_id, batches_per_step = _shares(
+      global_batch_size, input_context)
   data = source.split(split)
   n = len(data)
   if training and n // pipelines < batch:
@@ -149,23 +190,9 @@ def make_dataset(source, split, global_batch_size, training,
   # summaries) is the same every time.
   deterministic = deterministic or not training
 
-  ds = tf.data.Dataset.range(n)
-  if pipelines > 1:
-    ds = ds.shard(pipelines, pipeline_id)
   padded = not training and input_context is not None
-  if padded:
-    ds = _pad_evaluation(ds, n, pipelines, pipeline_id,
-                         batch * batches_per_step)
-  if training:
-    ds = ds.shuffle(n, seed=seed * 1000 + pipeline_id,
-                    reshuffle_each_iteration=True).repeat()
-  start_batch = int(start_step) * batches_per_step if training else 0
-  if training:
-    ds = ds.skip(start_batch * batch)
-  ds = ds.batch(batch, drop_remainder=training or padded).enumerate(
-      start=start_batch)
-  if padded:
-    ds = ds.map(lambda number, pair: (number, pair[0], pair[1]))
+  ds = _index_batches(n, batch, training, padded, pipelines, pipeline_id,
+                      batches_per_step, seed, start_step)
   transform = _batch_transform(source, data, training, base_seed)
   ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True if deterministic else None)

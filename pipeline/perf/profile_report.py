@@ -155,6 +155,29 @@ def _labelled(events, threads):
   return out
 
 
+def _open_launch(out, candidates):
+  """A function giving, for an event `e`, the launch among `candidates`
+  (indices into the labelled list `out`) open when `e` ran: on its own
+  thread if there is one (XLA code may run inline), else the first on any
+  (on the thread pool)."""
+  candidates = sorted(candidates, key=lambda i: out[i][0]['ts'])
+  starts = [out[i][0]['ts'] for i in candidates]
+  longest = max((out[i][0]['dur'] for i in candidates), default=0)
+
+  def find(e):
+    # Only launches that started at most the longest launch's duration
+    # before `e` can still be open: a bisection, not a scan of the trace.
+    lo = bisect.bisect_left(starts, e['ts'] - longest)
+    hi = bisect.bisect_right(starts, e['ts'])
+    during = [i for i in candidates[lo:hi]
+              if e['ts'] <= out[i][0]['ts'] + out[i][0]['dur']]
+    same = [i for i in during
+            if (out[i][0]['pid'], out[i][0]['tid']) == (e['pid'],
+                                                        e['tid'])]
+    return (same or during or [None])[0]
+  return find
+
+
 def _attribute_xla(out, xla, pool):
   """Labels XLA's events by the layer that launched them, in place.
 
@@ -169,30 +192,8 @@ def _attribute_xla(out, xla, pool):
               if e['name'] == 'ExecutorState::ProcessAsync::Start' and
               label[0] != 'input pipeline']
 
-  def open_launch(candidates):
-    """A function giving, for an event `e`, the launch among `candidates`
-    (indices into `out`) open when `e` ran: on its own thread if there is
-    one (XLA code may run inline), else the first on any (on the thread
-    pool)."""
-    candidates = sorted(candidates, key=lambda i: out[i][0]['ts'])
-    starts = [out[i][0]['ts'] for i in candidates]
-    longest = max((out[i][0]['dur'] for i in candidates), default=0)
-
-    def find(e):
-      # Only launches that started at most the longest launch's duration
-      # before `e` can still be open: a bisection, not a scan of the trace.
-      lo = bisect.bisect_left(starts, e['ts'] - longest)
-      hi = bisect.bisect_right(starts, e['ts'])
-      during = [i for i in candidates[lo:hi]
-                if e['ts'] <= out[i][0]['ts'] + out[i][0]['dur']]
-      same = [i for i in during
-              if (out[i][0]['pid'], out[i][0]['tid']) == (e['pid'],
-                                                          e['tid'])]
-      return (same or during or [None])[0]
-    return find
-
   launched = {}   # launch index → (kind, function) of the XLA it ran
-  launch_of = open_launch(launches)
+  launch_of = _open_launch(out, launches)
   for e in xla:
     i = launch_of(e)
     if i is not None:
@@ -211,7 +212,7 @@ def _attribute_xla(out, xla, pool):
   # nobody's: TF's own kernels' time is on their op's event. Only launches
   # that ran XLA code are candidates: a plain async kernel open beside one
   # does not take its workers' time.
-  xla_launch_of = open_launch(launched)
+  xla_launch_of = _open_launch(out, launched)
   for e in pool:
     i = xla_launch_of(e)
     if i is not None:

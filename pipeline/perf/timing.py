@@ -214,6 +214,24 @@ def describe_run(config):
   }
 
 
+def _fractions_of_peak(results, flops, precision):
+  """The FLOPs per example and each measured rate as a fraction of the
+  matmul peak of the precision the model computes in (no float16 peak is
+  measured: mixed_float16 gets no fraction)."""
+  out = {'forward_flops_per_example': flops,
+         'train_flops_per_example': 3 * flops}
+  peak = results.get({'float32': 'matmul_gflops',
+                      'mixed_bfloat16': 'matmul_bf16_gflops'}.get(
+                          precision, ''))
+  for kind, per_example in (('train', 3 * flops), ('inference', flops),
+                            ('inference_xla', flops), ('serving', flops),
+                            ('serving_xla', flops)):
+    rate = results.get(f'{kind}_examples_per_second')
+    if rate and peak:
+      out[f'{kind}_fraction_of_matmul_peak'] = rate * per_example / 1e9 / peak
+  return out
+
+
 def run_benchmarks(config, what, repeats=5, input_batches=200,
                    inference_batch=100, trace_dir=None):
   """Runs the chosen measurements; returns a dict of figures.
@@ -259,21 +277,8 @@ def run_benchmarks(config, what, repeats=5, input_batches=200,
     results.update(layer_timings(trainer.model, config.batch_size, repeats,
                                  trainer.strategy))
   if trainer is not None:
-    flops = trainer.model.flops_per_example()
-    results['forward_flops_per_example'] = flops
-    results['train_flops_per_example'] = 3 * flops
-    # Against the matmul peak of the precision the model computes in.
-    # (no float16 peak is measured: mixed_float16 gets no fraction).
-    peak = results.get({'float32': 'matmul_gflops',
-                        'mixed_bfloat16': 'matmul_bf16_gflops'}.get(
-                            config.model.precision, ''))
-    for kind, per_example in (('train', 3 * flops), ('inference', flops),
-                              ('inference_xla', flops), ('serving', flops),
-                              ('serving_xla', flops)):
-      rate = results.get(f'{kind}_examples_per_second')
-      if rate and peak:
-        results[f'{kind}_fraction_of_matmul_peak'] = (
-            rate * per_example / 1e9 / peak)
+    results.update(_fractions_of_peak(results, trainer.model.flops_per_example(),
+                                      config.model.precision))
   if trace:
     results['traces'] = trace.paths
   results['peak_rss_mb'] = resource.getrusage(

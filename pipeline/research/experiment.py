@@ -204,6 +204,36 @@ def run_summary(model_dir):
           'eval_accuracy': latest['accuracy']}
 
 
+def _test_sets(experiment, extra, affnist_dir):
+  """The experiment's test sets as flag changes, `affnist_dir` put in; an
+  affNIST-style set that is not on disk is made first, from the test split
+  of the data the models train on."""
+  test_sets = {
+      t: {k: (affnist_dir or v if k == 'affnist_dir' else v)
+          for k, v in changes.items()}
+      for t, changes in experiment.test_sets.items()}
+  for changes in test_sets.values():
+    if 'affnist_dir' in changes and not os.path.isdir(changes['affnist_dir']):
+      flagfile = experiment.flagfiles['capsnet']
+      base = {field: setting(flagfile, extra, name) for field, name in (
+          ('dataset', 'base_dataset'), ('data_source', 'data_source'),
+          ('data_dir', 'data_dir'))}
+      make_affnist.make_affnist(
+          sources.DataSpec(**{k: v for k, v in base.items() if v}),
+          changes['affnist_dir'])
+  return test_sets
+
+
+def _capsnet_accuracy(capsnet_dir, model):
+  """The evaluation accuracy CapsNet's run reached: `model`'s target."""
+  reached = run_summary(capsnet_dir)
+  logging.info("%s trains until its %s accuracy reaches CapsNet's %.4f "
+               '(step %d), or its steps run out.', model,
+               reached['eval_split'], reached['eval_accuracy'],
+               reached['eval_step'])
+  return reached['eval_accuracy']
+
+
 def run_experiment(name, train_steps=None, baseline_train_steps=None,
                    skip_training=False, figures_dir=None, extra=(),
                    runs_dir=None, affnist_dir=None, models=None):
@@ -227,20 +257,7 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
     raise ValueError(f'Experiment {name} has no model {sorted(unknown)}; it '
                      f'has {sorted(experiment.flagfiles)}.')
   extra = list(extra)
-  test_sets = {
-      t: {k: (affnist_dir or v if k == 'affnist_dir' else v)
-          for k, v in changes.items()}
-      for t, changes in experiment.test_sets.items()}
-  for changes in test_sets.values():
-    if 'affnist_dir' in changes and not os.path.isdir(changes['affnist_dir']):
-      # Made from the test split of the data the models train on.
-      flagfile = experiment.flagfiles['capsnet']
-      base = {field: setting(flagfile, extra, name) for field, name in (
-          ('dataset', 'base_dataset'), ('data_source', 'data_source'),
-          ('data_dir', 'data_dir'))}
-      make_affnist.make_affnist(
-          sources.DataSpec(**{k: v for k, v in base.items() if v}),
-          changes['affnist_dir'])
+  test_sets = _test_sets(experiment, extra, affnist_dir)
   row = {'experiment': name, 'machine': hardware.machine(),
          'paper': experiment.paper,
          'models': {}}
@@ -262,11 +279,8 @@ def run_experiment(name, train_steps=None, baseline_train_steps=None,
     if (experiment.match and model != 'capsnet' and not skip_training and
         not any(f.startswith('--target_accuracy=') for f in extra)):
       # CapsNet's run (trained above, or earlier) sets the target.
-      reached = run_summary(run_dir(experiment.flagfiles['capsnet']))
-      targets[model] = reached['eval_accuracy']
-      logging.info("%s trains until its %s accuracy reaches CapsNet's %.4f "
-                   '(step %d), or its steps run out.', model,
-                   reached['eval_split'], targets[model], reached['eval_step'])
+      targets[model] = _capsnet_accuracy(
+          run_dir(experiment.flagfiles['capsnet']), model)
       run_flags.append(f'--target_accuracy={targets[model]!r}')
     if not skip_training:
       steps = (baseline_train_steps if model != 'capsnet' and

@@ -27,29 +27,12 @@ def _rest_value(value):
   return value.tolist()
 
 
-def predict_rest(server, model_name, inputs, signature='serving_default',
-                 timeout=30.0):
-  """Calls `POST /v1/models/<model_name>:predict` (columnar format).
-
-  Args:
-    server: `host:port` of the REST API.
-    model_name: the served model's name.
-    inputs: name → numpy array (object arrays of bytes are sent as base64).
-    signature: the signature to call.
-    timeout: seconds.
-
-  Returns:
-    name → numpy array of the signature's outputs.
+def _post(url, request, timeout):
+  """The body of the reply to `request`, read in full within `timeout`.
 
   Raises:
-    ServingError: with the server's message, or when it is unreachable.
+    ServingError: naming the URL and what went wrong.
   """
-  body = json.dumps({'signature_name': signature,
-                     'inputs': {k: _rest_value(np.asarray(v))
-                                for k, v in inputs.items()}}).encode()
-  url = f'http://{server}/v1/models/{model_name}:predict'
-  request = urllib.request.Request(
-      url, data=body, headers={'Content-Type': 'application/json'})
   # urlopen's timeout bounds each socket read, not the request: a server
   # that trickles bytes would hold it for ever. The request runs in a
   # thread and is given up at the deadline.
@@ -82,12 +65,39 @@ def predict_rest(server, model_name, inputs, signature='serving_default',
                        f'({type(error).__name__}: {error}).') from error
   if error is not None:
     raise error
+  return done['body']
+
+
+def predict_rest(server, model_name, inputs, signature='serving_default',
+                 timeout=30.0):
+  """Calls `POST /v1/models/<model_name>:predict` (columnar format).
+
+  Args:
+    server: `host:port` of the REST API.
+    model_name: the served model's name.
+    inputs: name → numpy array (object arrays of bytes are sent as base64).
+    signature: the signature to call.
+    timeout: seconds.
+
+  Returns:
+    name → numpy array of the signature's outputs.
+
+  Raises:
+    ServingError: with the server's message, or when it is unreachable.
+  """
+  body = json.dumps({'signature_name': signature,
+                     'inputs': {k: _rest_value(np.asarray(v))
+                                for k, v in inputs.items()}}).encode()
+  url = f'http://{server}/v1/models/{model_name}:predict'
+  request = urllib.request.Request(
+      url, data=body, headers={'Content-Type': 'application/json'})
+  reply = _post(url, request, timeout)
   try:
-    payload = json.loads(done['body'])
+    payload = json.loads(reply)
     outputs = payload['outputs']
   except (ValueError, KeyError, TypeError):
     raise ServingError(f'{url}: the reply is not a TF Serving prediction: '
-                       f'{done["body"][:200]!r}') from None
+                       f'{reply[:200]!r}') from None
   if not isinstance(outputs, dict):
     raise ServingError(f'{url}: expected named outputs, got {outputs!r:.200}')
   return {k: np.asarray(v) for k, v in outputs.items()}
