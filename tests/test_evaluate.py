@@ -54,7 +54,7 @@ def test_two_object_accuracy_needs_both():
   spec = sources.DataSpec(dataset='synthetic', synthetic_shape=(28, 28, 1))
   src = sources.open_source(spec)
   # Reuse the synthetic digits as MultiMNIST's base to get k-hot labels.
-  src.kind = 'multimnist'
+  src.kind = sources.DATASETS['multimnist']
   src.info = src.info.__class__(name='multimnist', image_shape=(36, 36, 1),
                                 num_classes=10, split_sizes={},
                                 num_targets=2)
@@ -140,7 +140,7 @@ class _FakePairs:
 def _pair_source():
   src = sources.open_source(sources.DataSpec(
       dataset='synthetic', synthetic_shape=(28, 28, 1)))
-  src.kind = 'multimnist'
+  src.kind = sources.DATASETS['multimnist']
   src.info = src.info.__class__(name='multimnist', image_shape=(36, 36, 1),
                                 num_classes=10, split_sizes={},
                                 num_targets=2)

@@ -1,13 +1,88 @@
-"""Tests of pipeline.data.sources."""
+"""Tests of pipeline.data.sources: the data set registry and DataSource."""
+
+import ast
+import glob
+import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from pipeline.data import input_pipeline
 from pipeline.data import sources
-from pipeline.data.base import DataError
+from pipeline.data.base import ArraySplit, DataError, DataSet
+from pipeline.data.stored import Stored
 
+from conftest import REPO
 from helpers import write_idx_dir
+
+
+class Inverted(DataSet):
+  """A data set of its own, for the registry tests: 12x12 images of two
+  classes (dark or light), inverted in every batch, with a reconstruction
+  target of its own."""
+  num_classes = 2
+
+  def load(self, spec, split):
+    n = 12 if split == 'train' else 6
+    labels = np.arange(n) % 2
+    images = np.repeat((labels * 200 + 20).astype(np.uint8), 144)
+    return ArraySplit(images.reshape(n, 12, 12, 1), labels)
+
+  def output_shape(self, spec, stored):
+    return (10, 10, stored[2])
+
+  def batch_fn(self, spec, data, images, num_classes, training):
+    return lambda x, y, seed: {'image': 1.0 - x[:, 1:11, 1:11],
+                               'targets': x}
+
+
+def test_a_new_data_set_is_one_entry(monkeypatch):
+  """A `DataSet` put in the registry (under a known name: the flag's choices
+  are fixed at import) is loaded, described and batched by the unchanged
+  DataSource and input pipeline."""
+  monkeypatch.setitem(sources.DATASETS, 'cifar10', Inverted())
+  src = sources.open_source(sources.DataSpec(dataset='cifar10',
+                                             validation_size=2))
+  assert src.info.image_shape == (10, 10, 1)
+  assert src.info.num_classes == 2
+  assert src.info.split_sizes == {'train': 10, 'validation': 2, 'test': 6}
+  assert "cifar10" in src._where()  # pylint: disable=protected-access
+  batch = next(iter(input_pipeline.make_dataset(src, 'test', 6, False)))
+  assert batch['image'].shape == (6, 10, 10, 1)
+  assert batch['targets'].shape == (6, 12, 12, 1)
+  np.testing.assert_allclose(batch['image'][:, 0, 0, 0].numpy(),
+                             1.0 - (np.arange(6) % 2 * 200 + 20) / 255.0,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(batch['label'].numpy(),
+                                tf.one_hot(np.arange(6) % 2, 2).numpy())
+
+
+def _names_in(tree):
+  return {node.value for node in ast.walk(tree)
+          if isinstance(node, ast.Constant) and node.value in sources.DATASETS}
+
+
+def test_no_generic_code_names_a_data_set():
+  """Only the registry and each data set's own module name data sets: the
+  DataSource, the input pipeline and the training core ask the entry."""
+  with open(os.path.join(REPO, 'pipeline', 'data', 'sources.py')) as f:
+    tree = ast.parse(f.read())
+  [source] = [n for n in tree.body
+              if isinstance(n, ast.ClassDef) and n.name == 'DataSource']
+  assert not _names_in(source)
+  paths = [os.path.join(REPO, 'pipeline', 'data', 'input_pipeline.py')] + (
+      glob.glob(os.path.join(REPO, 'pipeline', 'core', '*.py')))
+  for path in paths:
+    with open(path) as f:
+      assert not _names_in(ast.parse(f.read())), path
+
+
+def test_every_entry_answers_the_contract():
+  for name, kind in sources.DATASETS.items():
+    assert isinstance(kind, DataSet), name
+    assert kind.num_targets >= 1, name
 
 
 def test_idx_source_info_and_validation_split(tmp_path):
@@ -79,7 +154,7 @@ def test_labels_outside_class_count(tmp_path, monkeypatch):
   bad = sources.DataSpec(dataset='mnist', data_source='idx',
                          data_dir=str(tmp_path))
   # Ten label values do not fit a three-class description.
-  monkeypatch.setitem(sources.DATASETS, 'mnist', 3)
+  monkeypatch.setitem(sources.DATASETS, 'mnist', Stored(3))
   with pytest.raises(DataError, match=r'has labels outside \[0, 3\)'):
     sources.open_source(bad)
 

@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from pipeline.data import idx
+from pipeline.data import augment, idx, stored
 from pipeline.data.base import ArraySplit, DataError
 
 AFFNIST_SIZE = 40
@@ -117,3 +117,43 @@ def load_affnist_dir(data_dir):
   splits = [read_affnist_mat(p) for p in paths]
   return ArraySplit(np.concatenate([s.images for s in splits]),
                     np.concatenate([s.labels for s in splits]))
+
+
+class AffNIST(stored.Stored):
+  """Digits of `--base_dataset` placed anywhere on a `--canvas_size`
+  canvas for training; tested on the affNIST `.mat` (or IDX) files of
+  `--affnist_dir`, else on the base's translated test digits."""
+
+  def __init__(self):
+    super().__init__(10)
+
+  def digits(self, spec):
+    return spec.base_dataset
+
+  def load(self, spec, split):
+    if split == 'test' and spec.affnist_dir:
+      return load_affnist_dir(spec.affnist_dir)
+    return super().load(spec, split)
+
+  def where(self, spec, split):
+    if split == 'test' and spec.affnist_dir:
+      return f'affnist ({spec.affnist_dir})'
+    return super().where(spec, split)
+
+  def output_shape(self, spec, stored_shape):
+    return (spec.canvas_size, spec.canvas_size, stored_shape[2])
+
+  def check_splits(self, spec, train, test, where):
+    del train
+    side = test.images.shape[1:3]
+    if spec.affnist_dir and (side[0] > spec.canvas_size or
+                             side[1] > spec.canvas_size):
+      raise DataError(
+          f'The affNIST test images in {spec.affnist_dir} are {side} but '
+          f'canvas_size is {spec.canvas_size}; set --canvas_size to their '
+          'size.')
+
+  def batch_fn(self, spec, data, images, num_classes, training):
+    del data, images, num_classes, training  # Placed anew in every pass.
+    return lambda x, y, seed: {
+        'image': augment.random_place(x, spec.canvas_size, seed)}

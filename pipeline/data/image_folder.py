@@ -8,13 +8,14 @@ or RGB) and resized to the requested `(H, W)`; without a requested shape
 every image must have the first one's. Problems name the file or folder.
 """
 
+import functools
 import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data.base import ArraySplit, DataError
+from pipeline.data.base import ArraySplit, DataError, DataSet
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 
@@ -139,3 +140,32 @@ def load_image_folder(directory, image_shape=(), test_fraction=0.2):
 
   return (split(train, train_labels), split(test, test_labels),
           tuple(class_names))
+
+
+class ImageFolder(DataSet):
+  """`load_image_folder` of `--data_dir` as a data set: its sub-folders are
+  the classes (`--image_shape`, `--test_fraction`). Read once per spec."""
+
+  def check_spec(self, spec):
+    super().check_spec(spec)
+    if not spec.data_dir:
+      raise DataError('dataset=image_folder needs data_dir (--data_dir): the '
+                      'folder with one sub-folder of images per class.')
+
+  @functools.lru_cache(maxsize=1)
+  def _read(self, spec):
+    return load_image_folder(spec.data_dir, spec.image_shape,
+                             spec.test_fraction)
+
+  def load(self, spec, split):
+    return self._read(spec)[0 if split == 'train' else 1]
+
+  def class_names(self, spec):
+    return tuple(self._read(spec)[2])
+
+  def classes(self, spec):
+    return len(self.class_names(spec))
+
+  def where(self, spec, split):
+    del split
+    return f'{spec.dataset} ({os.path.expanduser(spec.data_dir)})'

@@ -20,7 +20,6 @@ Each element is a dict:
 
 import tensorflow as tf
 
-from pipeline.data import augment, multimnist, sources
 from pipeline.data.base import DataError
 
 
@@ -29,49 +28,23 @@ def _fold_seed(seed, pipeline_id):
 
 
 def _batch_transform(source, data, training, base_seed):
-  """Returns `fn(batch_number, indices) -> batch dict` for the source kind."""
-  spec = source.spec
+  """Returns `fn(batch_number, indices[, weights]) -> batch dict`: the
+  batch's images gathered and made float, then the data set's own
+  `batch_fn` (`base.DataSet`)."""
   num_classes = source.num_classes
   images = tf.constant(data.images)
   labels = tf.constant(data.labels)
-  if source.kind == 'multimnist':
-    class_table = multimnist.class_table(data.labels, num_classes)
-
-  def to_float(x):
-    return tf.cast(x, tf.float32) / 255.0
+  make = source.kind.batch_fn(source.spec, data, images, num_classes,
+                              training)
 
   def fn(batch_number, indices, weights=None):
     seed = base_seed + tf.stack([tf.constant(0, tf.int64), 7 * batch_number])
-    x = to_float(tf.gather(images, indices))
+    x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
     y = tf.gather(labels, indices)
-    out = {'label': tf.one_hot(y, num_classes)}
+    out = make(x, y, seed)
+    out.setdefault('label', tf.one_hot(y, num_classes))
     if weights is not None:
       out['weight'] = weights
-    if source.kind == 'plain':
-      if training:
-        x = augment.random_shift(x, spec.shift_pixels, seed)
-      out['image'] = x
-    elif source.kind == 'affnist':
-      out['image'] = augment.random_place(x, spec.canvas_size, seed)
-    elif source.kind == 'multimnist':
-      partner = multimnist.partner_indices(y, class_table,
-                                           num_classes, seed + 3)
-      out.update(multimnist.compose_pairs(
-          x, to_float(tf.gather(images, partner)), y,
-          tf.gather(labels, partner), num_classes, sources.MULTIMNIST_SIZE,
-          spec.overlay, seed))
-    elif source.kind == 'smallnorb':
-      size = (sources.SMALLNORB_CROP, sources.SMALLNORB_CROP)
-      slack = (x.shape[1] - size[0], x.shape[2] - size[1])
-      if training:
-        x = augment.random_crop_batch(x, size, slack, seed)
-        x = augment.brightness_contrast(x, seed + 5)
-      else:
-        n = tf.shape(x)[0]
-        x = augment.crop_batch(x, size, tf.fill([n], slack[0] // 2),
-                               tf.fill([n], slack[1] // 2))
-      out['targets'] = tf.clip_by_value(x, 0.0, 1.0)
-      out['image'] = augment.standardize(x)
     return out
 
   return fn

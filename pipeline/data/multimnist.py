@@ -8,8 +8,11 @@ pixels from the centre of a 36x36 canvas.
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import augment
+from pipeline.data import augment, stored
 from pipeline.data.base import DataError
+
+# The canvas side of the paper's MultiMNIST.
+CANVAS_SIZE = 36
 
 
 def class_table(labels, num_classes):
@@ -58,3 +61,35 @@ def compose_pairs(first, second, first_labels, second_labels, num_classes,
                tf.one_hot(second_labels, num_classes),
       'targets': tf.stack([a, b], axis=1),
   }
+
+
+class MultiMNIST(stored.Stored):
+  """Two digits of `--base_dataset` of different classes on a 36x36 canvas
+  (`--overlay` max or sum): k-hot labels, and each digit alone as the
+  decoder's targets."""
+
+  num_targets = 2
+
+  def __init__(self):
+    super().__init__(10)
+
+  def digits(self, spec):
+    return spec.base_dataset
+
+  def output_shape(self, spec, stored_shape):
+    return (CANVAS_SIZE, CANVAS_SIZE, stored_shape[2])
+
+  def check_splits(self, spec, train, test, where):
+    del spec, train, test, where  # Any digit shape fits the canvas.
+
+  def batch_fn(self, spec, data, images, num_classes, training):
+    del training  # Every pass composes pairs anew from its seed.
+    table = class_table(data.labels, num_classes)
+    labels = tf.constant(data.labels)
+
+    def fn(x, y, seed):
+      partner = partner_indices(y, table, num_classes, seed + 3)
+      second = tf.cast(tf.gather(images, partner), tf.float32) / 255.0
+      return compose_pairs(x, second, y, tf.gather(labels, partner),
+                           num_classes, CANVAS_SIZE, spec.overlay, seed)
+    return fn

@@ -1,32 +1,34 @@
 """Data sets by name: where their examples come from and what they look like.
 
-`open_source(spec)` gives a `DataSource`: its `info` (shape, classes, split
-sizes) and its splits as in-memory uint8 arrays, which `input_pipeline`
-turns into batches.
+`DATASETS` is the registry: a `--dataset` name to its `base.DataSet` (its
+loading, shapes, checks and batches). `open_source(spec)` gives a
+`DataSource`: its `info` (shape, classes, split sizes) and its splits as
+in-memory uint8 arrays, which `input_pipeline` turns into batches.
 """
 
 import dataclasses
 import functools
-import os
 
 import numpy as np
 
 from pipeline import settings
-from pipeline.data import affnist, idx, image_folder, synthetic, tfds_source
-from pipeline.data.base import ArraySplit, DataError, DatasetInfo
+from pipeline.data import tfds_source
+from pipeline.data.affnist import AffNIST
+from pipeline.data.base import ArraySplit, DataError, DatasetInfo, DIGIT_BASES
+from pipeline.data.image_folder import ImageFolder
+from pipeline.data.multimnist import MultiMNIST
+from pipeline.data.smallnorb import SmallNORB
+from pipeline.data.stored import Stored
+from pipeline.data.synthetic import Synthetic
 
-# Data set name → number of classes.
 DATASETS = {
-    'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10, 'svhn_cropped': 10,
-    'smallnorb': 5, 'synthetic': None, 'multimnist': 10, 'affnist': 10,
-    'image_folder': None,
+    'mnist': Stored(10), 'fashion_mnist': Stored(10), 'cifar10': Stored(10),
+    'svhn_cropped': Stored(10), 'smallnorb': SmallNORB(),
+    'synthetic': Synthetic(), 'multimnist': MultiMNIST(),
+    'affnist': AffNIST(), 'image_folder': ImageFolder(),
 }
 DATA_SOURCES = ('tfds', 'idx')
-# Data sets built from the digits of another (MultiMNIST, affNIST training).
-DIGIT_BASES = ('mnist', 'fashion_mnist')
 SPLITS = ('train', 'validation', 'test')
-MULTIMNIST_SIZE = 36
-SMALLNORB_CROP = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +107,7 @@ class DataSpec:
   def idle_fields(self):
     """The fields this data set does not read (the synthetic set's size and
     shape, for a real one): not worth telling runs apart by."""
-    if self.dataset == 'synthetic':
+    if DATASETS[self.dataset].synthetic:
       return ()
     return ('synthetic_shape', 'synthetic_classes', 'synthetic_size')
 
@@ -117,20 +119,7 @@ class DataSpec:
       settings.check(self)  # Each field's type, choices and range.
     except settings.SettingError as e:
       raise DataError(str(e)) from None
-    digits = self.base_dataset if self.dataset in ('multimnist',
-                                                   'affnist') else self.dataset
-    if self.data_source == 'idx' and digits not in DIGIT_BASES:
-      raise DataError(f"data_source='idx' serves {DIGIT_BASES} (and the data "
-                      f'sets built on them), not {digits!r}.')
-    if self.data_source == 'idx' and not self.data_dir:
-      raise DataError("data_source='idx' needs data_dir: the directory with "
-                      'train-images-idx3-ubyte(.gz) and its siblings.')
-    if self.viewpoints != 'all' and self.dataset != 'smallnorb':
-      raise DataError(f'viewpoints={self.viewpoints!r} applies to smallnorb '
-                      'only.')
-    if self.dataset == 'image_folder' and not self.data_dir:
-      raise DataError('dataset=image_folder needs data_dir (--data_dir): the '
-                      'folder with one sub-folder of images per class.')
+    DATASETS[self.dataset].check_spec(self)
     if self.image_shape and (len(self.image_shape) != 3 or
                              min(self.image_shape) < 1 or
                              self.image_shape[2] not in (1, 3)):
@@ -142,21 +131,18 @@ class DataSpec:
 
 
 class DataSource:
-  """The splits of one data set, loaded once and kept in memory."""
+  """The splits of one data set, loaded once and kept in memory.
+
+  Attributes:
+    kind: the data set's `base.DataSet` (`DATASETS[spec.dataset]`).
+  """
 
   def __init__(self, spec):
     self.spec = spec
-    self.kind = spec.dataset if spec.dataset in (
-        'multimnist', 'affnist', 'smallnorb') else 'plain'
+    self.kind = DATASETS[spec.dataset]
     train = self._raw('train')
-    self.class_names = ()
-    if spec.dataset == 'image_folder':
-      self.class_names = self._folder()[2]
-      self.num_classes = len(self.class_names)
-    else:
-      self.num_classes = (spec.synthetic_classes
-                          if spec.dataset == 'synthetic'
-                          else DATASETS[spec.dataset])
+    self.class_names = self.kind.class_names(spec)
+    self.num_classes = self.kind.classes(spec)
     if not len(train):
       raise DataError(f'The train split of {self._where()} holds no examples.')
     test = self.split('test')
@@ -174,80 +160,23 @@ class DataSource:
     if spec.validation_size >= len(train):
       raise DataError(f'validation_size {spec.validation_size} must be less '
                       f'than the {len(train)} training examples.')
-    if self.kind == 'plain':
-      if test.images.shape[1:] != train.images.shape[1:]:
-        raise DataError(
-            f'The test images of {self._where("test")} are '
-            f'{test.images.shape[1:]} but the training images are '
-            f'{train.images.shape[1:]}; both splits must have one shape.')
-      if spec.shift_pixels >= min(train.images.shape[1:3]):
-        raise DataError(
-            f'shift_pixels {spec.shift_pixels} (--shift_pixels) can move a '
-            f'whole {train.images.shape[1]}x{train.images.shape[2]} image out '
-            'of view; use fewer pixels than its side (the paper: 2).')
-    if self.kind == 'affnist' and spec.affnist_dir:
-      test_shape = self.split('test').images.shape[1:3]
-      if test_shape[0] > spec.canvas_size or test_shape[1] > spec.canvas_size:
-        raise DataError(
-            f'The affNIST test images in {spec.affnist_dir} are {test_shape} '
-            f'but canvas_size is {spec.canvas_size}; set --canvas_size to '
-            'their size.')
-    sizes = {'train': len(train) - spec.validation_size,
-             'test': len(self.split('test'))}
+    self.kind.check_splits(spec, train, test, self._where)
+    sizes = {'train': len(train) - spec.validation_size, 'test': len(test)}
     if spec.validation_size:
       sizes['validation'] = spec.validation_size
     self.info = DatasetInfo(
-        name=spec.dataset, image_shape=self._output_shape(train.images.shape),
+        name=spec.dataset,
+        image_shape=self.kind.output_shape(spec, train.images.shape[1:]),
         num_classes=self.num_classes, split_sizes=sizes,
-        num_targets=2 if self.kind == 'multimnist' else 1,
-        class_names=self.class_names)
+        num_targets=self.kind.num_targets, class_names=self.class_names)
 
   def _where(self, split='train'):
     """The data set and where the split comes from, for messages."""
-    spec = self.spec
-    if spec.dataset == 'affnist' and split == 'test' and spec.affnist_dir:
-      return f'affnist ({spec.affnist_dir})'
-    if spec.dataset == 'image_folder' or (
-        spec.data_source == 'idx' and spec.dataset != 'synthetic'):
-      return f'{spec.dataset} ({os.path.expanduser(spec.data_dir)})'
-    return spec.dataset
-
-  def _output_shape(self, stored):
-    h, w, c = stored[1:]
-    if self.kind == 'multimnist':
-      return (MULTIMNIST_SIZE, MULTIMNIST_SIZE, c)
-    if self.kind == 'affnist':
-      return (self.spec.canvas_size, self.spec.canvas_size, c)
-    if self.kind == 'smallnorb':
-      return (SMALLNORB_CROP, SMALLNORB_CROP, c)
-    return (h, w, c)
-
-  @functools.lru_cache(maxsize=None)
-  def _folder(self):
-    return image_folder.load_image_folder(
-        self.spec.data_dir, self.spec.image_shape, self.spec.test_fraction)
+    return self.kind.where(self.spec, split)
 
   @functools.lru_cache(maxsize=None)
   def _raw(self, split):
-    spec = self.spec
-    if spec.dataset == 'image_folder':
-      return self._folder()[0 if split == 'train' else 1]
-    if spec.dataset == 'synthetic':
-      n = spec.synthetic_size[0 if split == 'train' else 1]
-      return synthetic.synthetic_split(
-          spec.synthetic_shape, spec.synthetic_classes, n,
-          seed=0 if split == 'train' else 1)
-    name = spec.dataset
-    if name in ('multimnist', 'affnist'):
-      if name == 'affnist' and split == 'test' and spec.affnist_dir:
-        return affnist.load_affnist_dir(spec.affnist_dir)
-      name = spec.base_dataset
-    if spec.data_source == 'idx':
-      return ArraySplit(*idx.load_idx_split(os.path.expanduser(spec.data_dir),
-                                            split))
-    return tfds_source.load_tfds_split(name, split, spec.data_dir,
-                                       download=spec.download,
-                                       viewpoints=spec.viewpoints)
+    return self.kind.load(self.spec, split)
 
   def split(self, name):
     """Returns the `ArraySplit` of 'train', 'validation' or 'test'."""

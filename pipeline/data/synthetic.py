@@ -7,7 +7,7 @@ for a model to learn in a few hundred steps, with no files and no network.
 
 import numpy as np
 
-from pipeline.data.base import ArraySplit, DataError
+from pipeline.data.base import ArraySplit, DataError, DataSet
 
 
 def _class_templates(shape, num_classes):
@@ -63,3 +63,18 @@ def synthetic_split(shape=(28, 28, 1), num_classes=10, size=1000, seed=0):
   images += rng.normal(0.0, 0.08, images.shape).astype(np.float32)
   images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
   return ArraySplit(images, labels)
+
+
+class Synthetic(DataSet):
+  """`synthetic_split` as a data set: `--synthetic_shape`,
+  `--synthetic_classes`, `--synthetic_size` (train, test); nothing read."""
+
+  synthetic = True
+
+  def classes(self, spec):
+    return spec.synthetic_classes
+
+  def load(self, spec, split):
+    n = spec.synthetic_size[0 if split == 'train' else 1]
+    return synthetic_split(spec.synthetic_shape, spec.synthetic_classes, n,
+                           seed=0 if split == 'train' else 1)
