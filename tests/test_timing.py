@@ -1,7 +1,6 @@
 """Tests of pipeline.perf.timing (figures are checked for shape, never for speed)."""
 
 import pytest
-import tensorflow as tf
 
 from pipeline.core import trainer as trainer_lib
 from pipeline.perf import timing
