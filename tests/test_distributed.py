@@ -1,5 +1,6 @@
-"""Multi-process tests: MultiWorkerMirroredStrategy on localhost, and resume
-across fresh processes ending with the weights of a straight run."""
+"""Multi-process tests: MultiWorkerMirroredStrategy on localhost (training,
+and a resume), and resume across fresh processes on 1-3 replicas, each
+ending with the weights of a straight run."""
 
 import json
 import os
@@ -101,6 +102,43 @@ def test_resume_in_fresh_process_matches_straight_run(tmp_path, replicas):
   train(tmp_path / 'straight', 6)
   train(tmp_path / 'resumed', 3)
   assert 'Resumed from' in train(tmp_path / 'resumed', 6)
+  straight, resumed = _weights(tmp_path / 'straight'), _weights(
+      tmp_path / 'resumed')
+  assert straight.keys() == resumed.keys() and len(straight) > 5
+  for key in straight:
+    np.testing.assert_allclose(straight[key], resumed[key], atol=1e-6,
+                               err_msg=key)
+
+
+def _train_workers(model_dir, steps, extra=()):
+  """Trains on 2 worker processes on localhost; returns the chief's log."""
+  ports = _free_ports(2)
+  cluster = {'worker': [f'localhost:{p}' for p in ports]}
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({'cluster': cluster,
+                            'task': {'type': 'worker', 'index': index}})
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'pipeline.train', *TINY,
+         '--strategy=multi_worker', f'--train_steps={steps}', *extra,
+         f'--model_dir={model_dir}', '--export_dir='],
+        cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  return outputs[0]
+
+
+def test_multi_worker_resume_matches_straight_run(tmp_path):
+  # One input pipeline a worker, one replica each: the resume skips
+  # `step` batches of each worker's shard, so a run stopped at step 3 and
+  # resumed to 6 ends with the weights of 6 straight steps.
+  extra = ['--deterministic', '--eval_every=100', '--checkpoint_every=3',
+           '--synthetic_size=128,48']
+  _train_workers(tmp_path / 'straight', 6, extra)
+  _train_workers(tmp_path / 'resumed', 3, extra)
+  assert 'Resumed from' in _train_workers(tmp_path / 'resumed', 6, extra)
   straight, resumed = _weights(tmp_path / 'straight'), _weights(
       tmp_path / 'resumed')
   assert straight.keys() == resumed.keys() and len(straight) > 5
