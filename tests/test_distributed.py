@@ -37,24 +37,32 @@ def _env(**extra):
   return env
 
 
-def test_two_worker_multi_worker_mirrored(tmp_path):
+def _train_workers(model_dir, steps, extra=(), export_dir=''):
+  """Trains on 2 worker processes on localhost; returns their logs,
+  the chief's first."""
   ports = _free_ports(2)
   cluster = {'worker': [f'localhost:{p}' for p in ports]}
-  model_dir, export_dir = tmp_path / 'run', tmp_path / 'exports'
   procs = []
   for index in range(2):
     tf_config = json.dumps({'cluster': cluster,
                             'task': {'type': 'worker', 'index': index}})
     procs.append(subprocess.Popen(
         [sys.executable, '-m', 'pipeline.train', *TINY,
-         '--strategy=multi_worker', '--train_steps=4', '--eval_every=4',
-         '--checkpoint_every=4', f'--model_dir={model_dir}',
-         f'--export_dir={export_dir}'],
+         '--strategy=multi_worker', f'--train_steps={steps}', *extra,
+         f'--model_dir={model_dir}', f'--export_dir={export_dir}'],
         cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True))
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
+  return outputs
+
+
+def test_two_worker_multi_worker_mirrored(tmp_path):
+  model_dir, export_dir = tmp_path / 'run', tmp_path / 'exports'
+  outputs = _train_workers(model_dir, 4, ['--eval_every=4',
+                                          '--checkpoint_every=4'],
+                           export_dir=export_dir)
   # Both workers trained in sync; only the chief (worker 0) wrote summaries,
   # metrics and the export.
   assert 'step 4/4' in outputs[0] and 'step 4/4' in outputs[1]
@@ -73,6 +81,14 @@ def _weights(model_dir):
   return {k: reader.get_tensor(k)
           for k in reader.get_variable_to_shape_map()
           if k.startswith('model/')}
+
+
+def _assert_same_weights(straight_dir, resumed_dir):
+  straight, resumed = _weights(straight_dir), _weights(resumed_dir)
+  assert straight.keys() == resumed.keys() and len(straight) > 5
+  for key in straight:
+    np.testing.assert_allclose(straight[key], resumed[key], atol=1e-6,
+                               err_msg=key)
 
 
 @pytest.mark.parametrize('replicas', [1, 2, 3])
@@ -102,32 +118,7 @@ def test_resume_in_fresh_process_matches_straight_run(tmp_path, replicas):
   train(tmp_path / 'straight', 6)
   train(tmp_path / 'resumed', 3)
   assert 'Resumed from' in train(tmp_path / 'resumed', 6)
-  straight, resumed = _weights(tmp_path / 'straight'), _weights(
-      tmp_path / 'resumed')
-  assert straight.keys() == resumed.keys() and len(straight) > 5
-  for key in straight:
-    np.testing.assert_allclose(straight[key], resumed[key], atol=1e-6,
-                               err_msg=key)
-
-
-def _train_workers(model_dir, steps, extra=()):
-  """Trains on 2 worker processes on localhost; returns the chief's log."""
-  ports = _free_ports(2)
-  cluster = {'worker': [f'localhost:{p}' for p in ports]}
-  procs = []
-  for index in range(2):
-    tf_config = json.dumps({'cluster': cluster,
-                            'task': {'type': 'worker', 'index': index}})
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'pipeline.train', *TINY,
-         '--strategy=multi_worker', f'--train_steps={steps}', *extra,
-         f'--model_dir={model_dir}', '--export_dir='],
-        cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-4000:]
-  return outputs[0]
+  _assert_same_weights(tmp_path / 'straight', tmp_path / 'resumed')
 
 
 def test_multi_worker_resume_matches_straight_run(tmp_path):
@@ -138,13 +129,8 @@ def test_multi_worker_resume_matches_straight_run(tmp_path):
            '--synthetic_size=128,48']
   _train_workers(tmp_path / 'straight', 6, extra)
   _train_workers(tmp_path / 'resumed', 3, extra)
-  assert 'Resumed from' in _train_workers(tmp_path / 'resumed', 6, extra)
-  straight, resumed = _weights(tmp_path / 'straight'), _weights(
-      tmp_path / 'resumed')
-  assert straight.keys() == resumed.keys() and len(straight) > 5
-  for key in straight:
-    np.testing.assert_allclose(straight[key], resumed[key], atol=1e-6,
-                               err_msg=key)
+  assert 'Resumed from' in _train_workers(tmp_path / 'resumed', 6, extra)[0]
+  _assert_same_weights(tmp_path / 'straight', tmp_path / 'resumed')
 
 
 if __name__ == '__main__':
