@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from pipeline.perf import device_check
 from pipeline.perf import hardware
@@ -33,14 +34,19 @@ def test_native_precisions(features, gpus, expected):
   assert device_check.native_precisions(features, gpus) == expected
 
 
-def test_the_command_checks_this_machine_and_writes_json(tmp_path):
+def _check(tmp_path):
+  """Runs the command quickly; returns its report and its console output."""
   out = tmp_path / 'check.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'pipeline.perf.device_check', *QUICK,
        f'--output={out}'], cwd=REPO, env=ENV, capture_output=True,
       text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-  report = json.loads(out.read_text())
+  return json.loads(out.read_text()), proc
+
+
+def test_the_command_checks_this_machine_and_writes_json(tmp_path):
+  report, proc = _check(tmp_path)
   assert report['ok'] is True
   precisions = device_check.native_precisions()
   assert report['precisions'] == precisions
@@ -62,6 +68,18 @@ def test_the_command_checks_this_machine_and_writes_json(tmp_path):
               'peak_device_memory_mb'):
     assert bench[key] > 0, key
   assert 'replica(s)' in report['device_line']
+
+
+
+@pytest.mark.skipif(not tf.config.list_physical_devices('GPU'),
+                    reason='needs a GPU: none is visible to TensorFlow here')
+def test_on_a_gpu_machine_the_report_names_each_gpu(tmp_path):
+  report, _ = _check(tmp_path)
+  assert report['cuda_build'] is True and report['cuda_version']
+  assert report['gpus'] and all(
+      gpu['name'] and gpu['compute_capability'] for gpu in report['gpus'])
+  assert 'GPU(s) visible' in report['device_line']
+  assert all(check['ok'] for check in report['checks'].values())
 
 
 _FAILING = '''
