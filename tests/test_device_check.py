@@ -35,7 +35,7 @@ def test_native_precisions(features, gpus, expected):
 
 
 def _check(tmp_path):
-  """Runs the command quickly; returns its report and its console output."""
+  """Runs the command quickly; returns its report and the finished process."""
   out = tmp_path / 'check.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'pipeline.perf.device_check', *QUICK,
@@ -68,7 +68,6 @@ def test_the_command_checks_this_machine_and_writes_json(tmp_path):
               'peak_device_memory_mb'):
     assert bench[key] > 0, key
   assert 'replica(s)' in report['device_line']
-
 
 
 @pytest.mark.skipif(not tf.config.list_physical_devices('GPU'),
