@@ -132,6 +132,33 @@ def test_primary_capsules_bfloat16_matches_float32():
                                err_msg=name)
 
 
+def test_primary_capsules_patch_grad_gradients_in_bfloat16():
+  # The kernel gradient as one bf16 matmul over patches (accumulating in
+  # float32) is as close to the float32 gradients as the direct form's.
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  images = tf.random.uniform([2, 20, 20, 16], seed=4)
+  plain = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2)
+  plain(images)
+  half = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2,
+                                dtype=keras.mixed_precision.Policy(
+                                    'mixed_bfloat16'))
+  half(images)
+  half.set_weights(plain.get_weights())
+
+  def grads(layer, name):
+    with tf.GradientTape() as tape:
+      tape.watch(images)
+      loss = tf.reduce_sum(tf.sin(layer.run(images, name)))
+    return [tf.cast(g, tf.float32).numpy() for g in
+            tape.gradient(loss, [images, layer.conv.kernel])]
+
+  want = grads(plain, 'direct')
+  for name in ('direct', 'patch_grad'):
+    for got, ref in zip(grads(half, name), want):
+      scale = np.abs(ref).max()
+      assert np.abs(got - ref).max() <= 0.02 * scale, name
+
+
 def test_class_capsules_formulations_match_the_reference():
   inputs = tf.random.normal([3, 20, 4], seed=5)
   layer = layers.ClassCapsules(num_classes=5, dim=6, jit_compile=True,
@@ -182,6 +209,10 @@ def test_primary_capsules_xla_runs_in_inference_only_when_compiled():
   # generic loops); on a GPU it is.
   assert 'xla' not in layer.formulations('train', 'CPU')
   assert 'xla' in layer.formulations('train', 'GPU')
+  # `patch_grad` changes only the backward pass: a training candidate only.
+  for device in ('CPU', 'GPU'):
+    assert 'patch_grad' in layer.formulations('train', device)
+    assert 'patch_grad' not in layer.formulations('infer', device)
   with pytest.raises(ValueError, match='formulation of'):
     layer.set_formulation('train', 'winograd')
 

@@ -20,13 +20,15 @@ class PrimaryCapsules(keras.layers.Layer):
   The convolution has `FORMULATIONS`, equal up to float rounding, whose
   speed depends on the hardware, the precision and the pass: `direct`
   (the strided convolution), `space_to_depth` (the same convolution as a
-  stride-1 one over space-to-depth blocks) and `xla` (the direct one
-  compiled by XLA; used in inference only while `compile_inference` is on).
+  stride-1 one over space-to-depth blocks), `patch_grad` (the direct one,
+  whose kernel gradient is one matmul over the input's patches; a training
+  candidate) and `xla` (the direct one compiled by XLA; used in inference
+  only while `compile_inference` is on).
   `set_formulation(mode, name)` picks one per mode; `pipeline.perf.autotune`
   does so by measurement on the machine that runs. The default is `direct`.
   """
 
-  FORMULATIONS = ('direct', 'space_to_depth', 'xla')
+  FORMULATIONS = ('direct', 'space_to_depth', 'patch_grad', 'xla')
 
   def __init__(self, channels=32, dim=8, kernel_size=9, strides=2, **kwargs):
     super().__init__(**kwargs)
@@ -50,9 +52,13 @@ class PrimaryCapsules(keras.layers.Layer):
     XLA's CPU backend has no oneDNN convolution backprop (its generic loops
     run a training step of the paper's layer tens of times slower; see
     docs/benchmark.md), so on a CPU `xla` is an inference candidate only.
+    `patch_grad` differs from `direct` only in its backward pass, so it is
+    a training candidate only.
     """
-    if mode == 'train' and device != 'GPU':
-      return ('direct', 'space_to_depth')
+    if mode == 'infer':
+      return ('direct', 'space_to_depth', 'xla')
+    if device != 'GPU':
+      return ('direct', 'space_to_depth', 'patch_grad')
     return self.FORMULATIONS
 
   def run(self, inputs, name):
@@ -95,6 +101,8 @@ class PrimaryCapsules(keras.layers.Layer):
       self.conv.build(inputs.shape)
     if name == 'space_to_depth':
       return self._space_to_depth_conv(inputs)
+    if name == 'patch_grad':
+      return self._patch_grad_conv(inputs)
     if name == 'xla':
       return self._compiled(inputs)
     return self._direct_conv(inputs)
@@ -103,6 +111,31 @@ class PrimaryCapsules(keras.layers.Layer):
     dtype = dtype or self.compute_dtype
     x = tf.nn.conv2d(tf.cast(inputs, dtype), tf.cast(self.conv.kernel, dtype),
                      self.strides, 'VALID')
+    return tf.nn.bias_add(x, tf.cast(self.conv.bias, dtype))
+
+  def _patch_grad_conv(self, inputs):
+    """The direct convolution, with the kernel's gradient computed as one
+    matmul: the input's k x k patches at the stride (`[batch * h * w,
+    k * k * C]`) transposed times the output's gradient. The input's
+    gradient is the direct form's. Which backward is faster is measured
+    (`pipeline.perf.autotune`).
+    """
+    k, s = self.kernel_size, self.strides
+    dtype = self.compute_dtype
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+      def grad(dy):
+        dx = tf.nn.conv2d_transpose(dy, kernel, tf.shape(x), s, 'VALID')
+        patches = tf.image.extract_patches(x, [1, k, k, 1], [1, s, s, 1],
+                                           [1, 1, 1, 1], 'VALID')
+        c_in, c_out = kernel.shape[2], kernel.shape[3]
+        dk = tf.matmul(tf.reshape(patches, [-1, k * k * c_in]),
+                       tf.reshape(dy, [-1, c_out]), transpose_a=True)
+        return dx, tf.reshape(dk, kernel.shape)
+      return tf.nn.conv2d(x, kernel, s, 'VALID'), grad
+
+    x = conv(tf.cast(inputs, dtype), tf.cast(self.conv.kernel, dtype))
     return tf.nn.bias_add(x, tf.cast(self.conv.bias, dtype))
 
   def _space_to_depth_conv(self, inputs):
