@@ -132,11 +132,13 @@ def test_primary_capsules_bfloat16_matches_float32():
                                err_msg=name)
 
 
-def test_primary_capsules_patch_grad_gradients_in_bfloat16():
-  # The kernel gradient as one bf16 matmul over patches (accumulating in
-  # float32) is as close to the float32 gradients as the direct form's.
+def test_primary_capsules_bfloat16_gradients_match_float32():
+  # In bf16 every training formulation's gradients (input, kernel, bias)
+  # are as close to float32 as the direct form's. Over 100 x 6 x 6
+  # positions, a bias gradient summed in bf16 (TF's BiasAddGrad) is 0.1
+  # off: the probe rejected space_to_depth and patch_grad for it.
   import tf_keras as keras  # pylint: disable=g-import-not-at-top
-  images = tf.random.uniform([2, 20, 20, 16], seed=4)
+  images = tf.random.uniform([100, 20, 20, 8], seed=4)
   plain = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2)
   plain(images)
   half = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2,
@@ -144,19 +146,21 @@ def test_primary_capsules_patch_grad_gradients_in_bfloat16():
                                     'mixed_bfloat16'))
   half(images)
   half.set_weights(plain.get_weights())
+  cotangent = tf.random.normal([100, 6 * 6 * 4, 8], seed=5)
 
   def grads(layer, name):
     with tf.GradientTape() as tape:
       tape.watch(images)
-      loss = tf.reduce_sum(tf.sin(layer.run(images, name)))
-    return [tf.cast(g, tf.float32).numpy() for g in
-            tape.gradient(loss, [images, layer.conv.kernel])]
+      loss = tf.reduce_sum(layer.run(images, name) * cotangent)
+    return [tf.cast(g, tf.float32).numpy() for g in tape.gradient(
+        loss, [images, layer.conv.kernel, layer.conv.bias])]
 
   want = grads(plain, 'direct')
-  for name in ('direct', 'patch_grad'):
-    for got, ref in zip(grads(half, name), want):
-      scale = np.abs(ref).max()
-      assert np.abs(got - ref).max() <= 0.02 * scale, name
+  for name in half.formulations('train'):
+    for source, got, ref in zip(('input', 'kernel', 'bias'),
+                                grads(half, name), want):
+      error = np.abs(got - ref).max() / np.abs(ref).max()
+      assert error <= 0.02, (name, source, error)
 
 
 def test_class_capsules_formulations_match_the_reference():
