@@ -112,16 +112,24 @@ def test_primary_capsules_formulations_equal_the_strided_conv(shape, kernel,
                                err_msg=name)
 
 
-def test_primary_capsules_bfloat16_matches_float32():
+def _float32_and_bfloat16_primary(images):
+  """Two PrimaryCapsules built on `images` with the same weights: one in
+  float32, one in mixed bfloat16."""
   import tf_keras as keras  # pylint: disable=g-import-not-at-top
-  images = tf.random.uniform([2, 20, 20, 16], seed=4)
   plain = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2)
-  expected = plain(images)
+  plain(images)
   half = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2,
                                 dtype=keras.mixed_precision.Policy(
                                     'mixed_bfloat16'))
   half(images)
   half.set_weights(plain.get_weights())
+  return plain, half
+
+
+def test_primary_capsules_bfloat16_matches_float32():
+  images = tf.random.uniform([2, 20, 20, 16], seed=4)
+  plain, half = _float32_and_bfloat16_primary(images)
+  expected = plain(images)
   for name in ('direct', 'space_to_depth'):
     half.set_formulation('train', name)
     got = half(images, training=True)
@@ -137,15 +145,8 @@ def test_primary_capsules_bfloat16_gradients_match_float32():
   # are as close to float32 as the direct form's. Over 100 x 6 x 6
   # positions, a bias gradient summed in bf16 (TF's BiasAddGrad) is 0.1
   # off: the probe rejected space_to_depth and patch_grad for it.
-  import tf_keras as keras  # pylint: disable=g-import-not-at-top
   images = tf.random.uniform([100, 20, 20, 8], seed=4)
-  plain = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2)
-  plain(images)
-  half = layers.PrimaryCapsules(channels=4, dim=8, kernel_size=9, strides=2,
-                                dtype=keras.mixed_precision.Policy(
-                                    'mixed_bfloat16'))
-  half(images)
-  half.set_weights(plain.get_weights())
+  plain, half = _float32_and_bfloat16_primary(images)
   cotangent = tf.random.normal([100, 6 * 6 * 4, 8], seed=5)
 
   def grads(layer, name):
