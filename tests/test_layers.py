@@ -214,10 +214,12 @@ def test_primary_capsules_xla_runs_in_inference_only_when_compiled():
   # generic loops); on a GPU it is.
   assert 'xla' not in layer.formulations('train', 'CPU')
   assert 'xla' in layer.formulations('train', 'GPU')
-  # `patch_grad` changes only the backward pass: a training candidate only.
+  # `patch_grad` changes only the backward pass, and `patch_matmul` keeps
+  # k*k copies of the input for it: training candidates only.
   for device in ('CPU', 'GPU'):
-    assert 'patch_grad' in layer.formulations('train', device)
-    assert 'patch_grad' not in layer.formulations('infer', device)
+    for name in ('patch_grad', 'patch_matmul'):
+      assert name in layer.formulations('train', device)
+      assert name not in layer.formulations('infer', device)
   with pytest.raises(ValueError, match='formulation of'):
     layer.set_formulation('train', 'winograd')
 

@@ -21,14 +21,17 @@ class PrimaryCapsules(keras.layers.Layer):
   speed depends on the hardware, the precision and the pass: `direct`
   (the strided convolution), `space_to_depth` (the same convolution as a
   stride-1 one over space-to-depth blocks), `patch_grad` (the direct one,
-  whose kernel gradient is one matmul over the input's patches; a training
-  candidate) and `xla` (the direct one compiled by XLA; used in inference
-  only while `compile_inference` is on).
+  whose kernel gradient is matmuls over the input's space-to-depth blocks;
+  a training candidate), `patch_matmul` (one matmul over the input's k x k
+  patches, which the kernel gradient reuses; a training candidate) and
+  `xla` (the direct one compiled by XLA; used in inference only while
+  `compile_inference` is on).
   `set_formulation(mode, name)` picks one per mode; `pipeline.perf.autotune`
   does so by measurement on the machine that runs. The default is `direct`.
   """
 
-  FORMULATIONS = ('direct', 'space_to_depth', 'patch_grad', 'xla')
+  FORMULATIONS = ('direct', 'space_to_depth', 'patch_grad', 'patch_matmul',
+                  'xla')
 
   def __init__(self, channels=32, dim=8, kernel_size=9, strides=2, **kwargs):
     super().__init__(**kwargs)
@@ -52,13 +55,14 @@ class PrimaryCapsules(keras.layers.Layer):
     XLA's CPU backend has no oneDNN convolution backprop (its generic loops
     run a training step of the paper's layer tens of times slower; see
     docs/benchmark.md), so on a CPU `xla` is an inference candidate only.
-    `patch_grad` differs from `direct` only in its backward pass, so it is
-    a training candidate only.
+    `patch_grad` differs from `direct` only in its backward pass, and
+    `patch_matmul` keeps the input's patches for its backward pass (k*k
+    times the input's memory), so both are training candidates only.
     """
     if mode == 'infer':
       return ('direct', 'space_to_depth', 'xla')
     if device != 'GPU':
-      return ('direct', 'space_to_depth', 'patch_grad')
+      return ('direct', 'space_to_depth', 'patch_grad', 'patch_matmul')
     return self.FORMULATIONS
 
   def run(self, inputs, name):
@@ -103,6 +107,8 @@ class PrimaryCapsules(keras.layers.Layer):
       return self._space_to_depth_conv(inputs)
     if name == 'patch_grad':
       return self._patch_grad_conv(inputs)
+    if name == 'patch_matmul':
+      return self._patch_matmul_conv(inputs)
     if name == 'xla':
       return self._compiled(inputs)
     return self._direct_conv(inputs)
@@ -114,28 +120,77 @@ class PrimaryCapsules(keras.layers.Layer):
     return self._add_bias(x)
 
   def _patch_grad_conv(self, inputs):
-    """The direct convolution, with the kernel's gradient computed as one
-    matmul: the input's k x k patches at the stride (`[batch * h * w,
-    k * k * C]`) transposed times the output's gradient. The input's
-    gradient is the direct form's. Which backward is faster is measured
-    (`pipeline.perf.autotune`).
+    """The direct convolution, with the kernel's gradient computed as
+    matmuls over the input's space-to-depth blocks (`_kernel_gradient`).
+    The input's gradient is the direct form's. Which backward is faster is
+    measured (`pipeline.perf.autotune`).
     """
-    k, s = self.kernel_size, self.strides
-    dtype = self.compute_dtype
+    s = self.strides
 
     @tf.custom_gradient
     def conv(x, kernel):
       def grad(dy):
         dx = tf.nn.conv2d_transpose(dy, kernel, tf.shape(x), s, 'VALID')
-        patches = tf.image.extract_patches(x, [1, k, k, 1], [1, s, s, 1],
-                                           [1, 1, 1, 1], 'VALID')
-        c_in, c_out = kernel.shape[2], kernel.shape[3]
-        dk = tf.matmul(tf.reshape(patches, [-1, k * k * c_in]),
-                       tf.reshape(dy, [-1, c_out]), transpose_a=True)
-        return dx, tf.reshape(dk, kernel.shape)
+        return dx, self._kernel_gradient(x, dy)
       return tf.nn.conv2d(x, kernel, s, 'VALID'), grad
 
-    x = conv(tf.cast(inputs, dtype), tf.cast(self.conv.kernel, dtype))
+    x = conv(tf.cast(inputs, self.compute_dtype),
+             tf.cast(self.conv.kernel, self.compute_dtype))
+    return self._add_bias(x)
+
+  def _kernel_gradient(self, x, dy):
+    """The gradient of the strided convolution's kernel: `[k, k, C, O]`.
+
+    Space-to-depth by the stride s splits the k x k kernel into ceil(k/s)^2
+    blocks of s x s offsets; the gradient of each block is one matmul, the
+    input's `[batch * h * w, s*s*C]` block at that offset transposed times
+    the output's gradient `[batch * h * w, O]`. That is the kernel
+    gradient's arithmetic as a few large matmuls, with no k*k copy of the
+    input.
+    """
+    s, k = self.strides, self.kernel_size
+    c_in, c_out = int(x.shape[-1]), int(dy.shape[-1])
+    out_h, out_w = int(dy.shape[1]), int(dy.shape[2])
+    pad_h, pad_w = -int(x.shape[1]) % s, -int(x.shape[2]) % s
+    if pad_h or pad_w:
+      x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+    blocks = tf.nn.space_to_depth(x, s)
+    k_s = -(-k // s)
+    dy = tf.reshape(dy, [-1, c_out])
+    grads = [tf.matmul(tf.reshape(blocks[:, a:a + out_h, b:b + out_w],
+                                  [-1, s * s * c_in]), dy, transpose_a=True)
+             for a in range(k_s) for b in range(k_s)]
+    # [ky, kx, dy, dx, c, o] → [ky, dy, kx, dx, c, o]: a block's channels
+    # are its pixels in (dy, dx, c) order.
+    grad = tf.reshape(tf.stack(grads), [k_s, k_s, s, s, c_in, c_out])
+    grad = tf.transpose(grad, [0, 2, 1, 3, 4, 5])
+    return tf.reshape(grad, [k_s * s, k_s * s, c_in, c_out])[:k, :k]
+
+  def _patch_matmul_conv(self, inputs):
+    """The convolution as one matmul: the input's k x k patches at the
+    stride (`[batch * h * w, k * k * C]`) times the kernel. The kernel's
+    gradient is the same patches transposed times the output's gradient;
+    the input's gradient is the direct form's.
+    """
+    k, s = self.kernel_size, self.strides
+    c_in, c_out = self.conv.kernel.shape[2], self.conv.kernel.shape[3]
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+      patches = tf.image.extract_patches(x, [1, k, k, 1], [1, s, s, 1],
+                                         [1, 1, 1, 1], 'VALID')
+      out_h, out_w = patches.shape[1], patches.shape[2]
+      patches = tf.reshape(patches, [-1, k * k * c_in])
+      y = tf.matmul(patches, tf.reshape(kernel, [-1, c_out]))
+
+      def grad(dy):
+        dx = tf.nn.conv2d_transpose(dy, kernel, tf.shape(x), s, 'VALID')
+        dk = tf.matmul(patches, tf.reshape(dy, [-1, c_out]), transpose_a=True)
+        return dx, tf.reshape(dk, kernel.shape)
+      return tf.reshape(y, [-1, out_h, out_w, c_out]), grad
+
+    x = conv(tf.cast(inputs, self.compute_dtype),
+             tf.cast(self.conv.kernel, self.compute_dtype))
     return self._add_bias(x)
 
   def _add_bias(self, x):
