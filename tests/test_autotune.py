@@ -167,6 +167,19 @@ def test_tune_on_a_capsnet_sets_correct_formulations(tmp_path):
     assert getattr(model, 'primary' if part.startswith('primary') else
                    'class_capsules').formulation(mode) == entry['choice']
     assert not entry['rejected'], entry
+  # Inference without XLA (an export's signatures) runs the fastest
+  # candidate that does not compile; it is recorded and in the summary.
+  for part, layer in (('primary_capsules', model.primary),
+                      ('class_capsules', model.class_capsules)):
+    entry = record['parts'][f'{part}/infer']
+    plain = entry['plain_choice']
+    assert not layer.compiles(plain)
+    assert entry['seconds'][plain] == min(
+        t for n, t in entry['seconds'].items() if not layer.compiles(n))
+    assert autotune.summary(record)[f'{part}/infer/plain'] == plain
+  model.compile_inference(False)
+  plain = model(images, training=False)['lengths']
+  assert float(tf.reduce_max(tf.abs(plain - want))) < 1e-5
   model.compile_inference(True)
   got = model(images, training=False)['lengths']
   assert float(tf.reduce_max(tf.abs(got - want))) < 1e-5

@@ -292,10 +292,13 @@ def test_length_matches_the_norm_and_has_finite_gradients_at_zero():
   np.testing.assert_array_equal(grad[1], [0.0, 0.0])
 
 
+@pytest.mark.parametrize('layout', ['caps_major', 'class_major'])
 @pytest.mark.parametrize('iterations,stop', [(1, False), (3, False),
                                              (3, True)])
-def test_caps_major_routing_equals_dynamic_routing(iterations, stop):
-  # The input-capsule-major layout computes the same v, c and gradients.
+def test_other_layouts_route_as_dynamic_routing(iterations, stop, layout):
+  # The input-capsule-major and class-major layouts compute the same v, c
+  # and gradients.
+  routing = getattr(capsule_ops, f'dynamic_routing_{layout}')
   u = tf.random.normal([3, 7, 4], seed=11)
   kernel = tf.random.normal([7, 5, 4, 6], stddev=0.3, seed=12)
   bias = tf.random.normal([5, 6], stddev=0.1, seed=13)
@@ -304,8 +307,8 @@ def test_caps_major_routing_equals_dynamic_routing(iterations, stop):
     v, c = capsule_ops.dynamic_routing(
         tf.einsum('bid,iodk->biok', u, kernel), iterations,
         stop_inner_gradients=stop, bias=bias)
-    v2, c2 = capsule_ops.dynamic_routing_caps_major(
-        u, kernel, iterations, stop_inner_gradients=stop, bias=bias)
+    v2, c2 = routing(u, kernel, iterations, stop_inner_gradients=stop,
+                     bias=bias)
     loss, loss2 = (tf.reduce_sum(tf.sin(x)) for x in (v, v2))
   assert v2.shape == (3, 5, 6) and c2.shape == (3, 7, 5)
   np.testing.assert_allclose(v2.numpy(), v.numpy(), atol=1e-6)

@@ -172,7 +172,8 @@ def test_class_capsules_formulations_match_the_reference():
   layer.bias.assign(tf.random.normal([5, 6], stddev=0.1, seed=1))
   want_v, want_c = layer.reference(inputs)
   assert set(layer.formulations('train')) == {
-      'batch_major', 'caps_major', 'batch_major+xla', 'caps_major+xla'}
+      f'{layout}{xla}' for layout in ('batch_major', 'caps_major',
+                                      'class_major') for xla in ('', '+xla')}
   for name in layer.formulations('infer'):
     with tf.GradientTape() as tape:
       v, c = layer.run(inputs, name)
@@ -191,7 +192,8 @@ def test_class_capsules_formulations_match_the_reference():
 
 def test_class_capsules_without_jit_compile_offers_no_xla():
   layer = layers.ClassCapsules(num_classes=3, dim=4)
-  assert layer.formulations('train') == ('batch_major', 'caps_major')
+  assert layer.formulations('train') == ('batch_major', 'caps_major',
+                                         'class_major')
   assert layer.formulation('train') == 'batch_major'
   with pytest.raises(ValueError, match="formulation of .*'caps_major'.*"
                      "got 'train', 'caps_major\\+xla'"):
@@ -222,6 +224,47 @@ def test_primary_capsules_xla_runs_in_inference_only_when_compiled():
       assert name not in layer.formulations('infer', device)
   with pytest.raises(ValueError, match='formulation of'):
     layer.set_formulation('train', 'winograd')
+
+
+@pytest.mark.parametrize('compiled,plain,other', [
+    ('xla', 'space_to_depth', 'direct'),
+    ('batch_major+xla', 'class_major', 'batch_major')])
+def test_inference_without_xla_runs_the_plain_formulation_chosen(
+    compiled, plain, other, monkeypatch):
+  # An export (compile_inference off) runs the plain formulation autotune
+  # chose for inference; unset, the inference one without its XLA.
+  if compiled == 'xla':
+    layer = layers.PrimaryCapsules(channels=4, dim=4, kernel_size=5,
+                                   strides=2)
+    inputs = tf.random.normal([2, 14, 14, 8], seed=8)
+  else:
+    layer = layers.ClassCapsules(num_classes=3, dim=4, jit_compile=True)
+    inputs = tf.random.normal([2, 6, 4], seed=8)
+  layer(inputs)
+  ran = []
+  real_run = layer.run
+  monkeypatch.setattr(layer, 'run',
+                      lambda x, name: ran.append(name) or real_run(x, name))
+  layer.set_formulation('infer', compiled)
+  layer(inputs, training=False)
+  assert ran.pop() == other
+  layer.set_plain_formulation(plain)
+  layer(inputs, training=False)
+  assert ran.pop() == plain
+  layer.compile_inference = True
+  layer(inputs, training=False)
+  assert ran.pop() == compiled
+  layer(inputs, training=True)
+  assert ran.pop() == layer.formulation('train')
+  # A new inference choice forgets the old plain one.
+  layer.compile_inference = False
+  layer.set_formulation('infer', compiled)
+  layer(inputs, training=False)
+  assert ran.pop() == other
+  with pytest.raises(ValueError, match='without XLA'):
+    layer.set_plain_formulation(compiled)
+  with pytest.raises(ValueError, match='without XLA'):
+    layer.set_plain_formulation('winograd')
 
 
 def test_capsnet_compile_inference_reaches_the_capsule_layers():

@@ -74,20 +74,27 @@ def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients,
                   layout='batch_major'):
   """Runs Procedure 1 with the iterations unrolled in the graph.
 
-  `u_hat` is `[batch, in_caps, out_caps, dim]` (`layout='batch_major'`) or
-  `[in_caps, batch, out_caps, dim]` (`'caps_major'`); the coupling comes
-  back in the same order of its first two axes. `u_hat` may be 16-bit:
-  then the weighted sums and agreements read it in 16 bits and come back as
-  float32 (the dot products accumulate in float32), and the logits,
-  softmax, squash and outputs stay float32.
+  `u_hat` is `[batch, in_caps, out_caps, dim]` (`layout='batch_major'`),
+  `[in_caps, batch, out_caps, dim]` (`'caps_major'`) or `[batch, out_caps,
+  in_caps, dim]` (`'class_major'`: the weighted sums and agreements are
+  batched matmuls over (batch, class) with no transpose of u_hat); the
+  coupling comes back `[batch, in_caps, out_caps]` for `class_major`, else
+  in the order of u_hat's first two axes. `u_hat` may be 16-bit: then the
+  weighted sums and agreements read it in 16 bits and come back as float32
+  (the dot products accumulate in float32), and the logits, softmax, squash
+  and outputs stay float32.
   """
   f32 = tf.float32
   low = u_hat.dtype
-  caps_axis = 1 if layout == 'batch_major' else 0
+  class_major = layout == 'class_major'
+  caps_axis = {'batch_major': 1, 'caps_major': 0, 'class_major': 2}[layout]
+  out_axis = 1 if class_major else 2
   # Einsum letters of u_hat's first two axes: b(atch) and i(nput capsule).
   bi = 'bi' if layout == 'batch_major' else 'ib'
-  lead = tf.shape(u_hat)[:2]
-  out_caps = tf.shape(u_hat)[2]
+  shape = tf.shape(u_hat)
+  out_caps = shape[out_axis]
+  # The logits' shape: u_hat's without its last axis.
+  lead = shape[:3]
   # Inner iterations may route on a gradient-stopped copy; the last one always
   # uses u_hat itself, so the loss reaches the transforms either way.
   u_inner = tf.stop_gradient(u_hat) if stop_inner_gradients else u_hat
@@ -100,19 +107,29 @@ def _routing_body(u_hat, bias, num_iterations, stop_inner_gradients,
       # c_ij = 1 / out_caps. Written out, not as a softmax of zeros, which
       # XLA would constant-fold into a [batch, in, out] constant.
       share = 1.0 / tf.cast(out_caps, f32)
-      coupling = tf.fill(tf.concat([lead, [out_caps]], 0), share)
+      coupling = tf.fill(lead, share)
       s = tf.reduce_sum(tf.cast(u, f32), axis=caps_axis) * share + bias
     else:
       # Coupling coefficients: softmax over the parent (class) capsules, so
       # each child distributes its output among parents (sum over j is 1).
-      coupling = tf.nn.softmax(logits, axis=2)
-      s = tf.cast(tf.einsum(f'{bi}o,{bi}od->bod', tf.cast(coupling, low), u),
-                  f32) + bias
+      coupling = tf.nn.softmax(logits, axis=out_axis)
+      if class_major:
+        # [b, o, 1, in] x [b, o, in, d] -> [b, o, d].
+        s = tf.squeeze(tf.matmul(tf.cast(coupling, low)[:, :, None], u), 2)
+      else:
+        s = tf.einsum(f'{bi}o,{bi}od->bod', tf.cast(coupling, low), u)
+      s = tf.cast(s, f32) + bias
     v = squash(s, axis=-1)
     if not last:
-      agreement = tf.cast(tf.einsum(f'{bi}od,bod->{bi}o', u,
-                                    tf.cast(v, low)), f32)
+      if class_major:
+        # [b, o, in, d] x [b, o, d, 1] -> [b, o, in].
+        agreement = tf.squeeze(tf.matmul(u, tf.cast(v, low)[..., None]), -1)
+      else:
+        agreement = tf.einsum(f'{bi}od,bod->{bi}o', u, tf.cast(v, low))
+      agreement = tf.cast(agreement, f32)
       logits = agreement if logits is None else logits + agreement
+  if class_major:
+    coupling = tf.transpose(coupling, [0, 2, 1])
   return v, coupling
 
 
@@ -201,6 +218,40 @@ def dynamic_routing_caps_major(u, kernel, num_iterations=3,
   v = tf.ensure_shape(v, [u.shape[0], out_caps, out_dim])
   coupling = tf.ensure_shape(tf.transpose(coupling, [1, 0, 2]),
                              [u.shape[0], in_caps, out_caps])
+  return v, coupling
+
+
+def dynamic_routing_class_major(u, kernel, num_iterations=3,
+                                stop_inner_gradients=False, bias=None):
+  """u_hat = W_ij u_i and `dynamic_routing` over it, with u_hat laid out
+  class-major.
+
+  The same function as `dynamic_routing(einsum('bid,iodk->biok', u,
+  kernel), ...)`, computed on u_hat `[batch, out_caps, in_caps, out_dim]`:
+  its transforms are one batched matmul over the input capsules (then one
+  transpose), and every weighted sum and agreement of the routing is a
+  batched matmul over (batch, class), with no transpose of u_hat. Which
+  layout is faster depends on the machine and the pass
+  (`pipeline.perf.autotune` measures it).
+
+  Args and returns: as `dynamic_routing_caps_major`.
+  """
+  if int(num_iterations) < 1:
+    raise ValueError(f'num_iterations must be >= 1, got {num_iterations}.')
+  u = tf.convert_to_tensor(u)
+  in_caps, out_caps, in_dim, out_dim = kernel.shape
+  batch = tf.shape(u)[0]
+  weights = tf.reshape(tf.transpose(kernel, [0, 2, 1, 3]),
+                       [in_caps, in_dim, out_caps * out_dim])
+  u_hat = tf.matmul(tf.transpose(u, [1, 0, 2]), weights)
+  u_hat = tf.transpose(tf.reshape(u_hat, [in_caps, batch, out_caps, out_dim]),
+                       [1, 2, 0, 3])
+  if bias is None:
+    bias = tf.zeros([out_caps, out_dim], tf.float32)
+  v, coupling = _routing_body(u_hat, bias, int(num_iterations),
+                              stop_inner_gradients, layout='class_major')
+  v = tf.ensure_shape(v, [u.shape[0], out_caps, out_dim])
+  coupling = tf.ensure_shape(coupling, [u.shape[0], in_caps, out_caps])
   return v, coupling
 
 

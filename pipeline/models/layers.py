@@ -46,6 +46,7 @@ class PrimaryCapsules(keras.layers.Layer):
     # run an XLA formulation (exported signatures stay plain TF ops).
     self.compile_inference = False
     self._formulation = {mode: 'direct' for mode in MODES}
+    self._plain_infer = None
     self._compiled = tf.function(self._direct_conv, jit_compile=True)
 
   def formulations(self, mode, device='CPU'):
@@ -90,11 +91,32 @@ class PrimaryCapsules(keras.layers.Layer):
                        f'formulation of {self.FORMULATIONS}, got {mode!r}, '
                        f'{name!r}.')
     self._formulation[mode] = name
+    if mode == 'infer':
+      self._plain_infer = None
+
+  def compiles(self, name):
+    """Whether formulation `name` runs compiled by XLA."""
+    return name == 'xla'
+
+  def set_plain_formulation(self, name):
+    """Makes inference that may not compile (`compile_inference` off: an
+    export's signatures) run `name`, until the next `set_formulation` of
+    'infer'. Unset, it runs the inference formulation, or `direct` in its
+    place when that one compiles.
+
+    Raises:
+      ValueError: for a formulation that compiles or does not infer.
+    """
+    if self.compiles(name) or name not in self.formulations('infer', 'GPU'):
+      raise ValueError(f'PrimaryCapsules infers without XLA in one of '
+                       f'{self.formulations("infer")} but \'xla\', got '
+                       f'{name!r}.')
+    self._plain_infer = name
 
   def call(self, inputs, training=None):
     name = self._formulation['train' if training else 'infer']
-    if name == 'xla' and not training and not self.compile_inference:
-      name = 'direct'
+    if not training and not self.compile_inference:
+      name = self._plain_infer or ('direct' if self.compiles(name) else name)
     # Squash (and everything after it up to the decoder) runs in float32.
     return self.run(inputs, name)
 
@@ -270,9 +292,11 @@ class ClassCapsules(keras.layers.Layer):
 
   The layer has formulations, equal up to float rounding, named
   `<layout>[+xla][/float32]`: the layout of u_hat, `batch_major`
-  `[batch, in_caps, classes, dim]` (an einsum) or `caps_major`
+  `[batch, in_caps, classes, dim]` (an einsum), `caps_major`
   `[in_caps, batch, classes * dim]` (one batched matmul over the input
-  capsules); `+xla` compiles u_hat and the routing passes with XLA (in
+  capsules) or `class_major` `[batch, classes, in_caps, dim]` (the same
+  matmul, transposed once, so that the routing's sums and agreements are
+  batched matmuls); `+xla` compiles u_hat and the routing passes with XLA (in
   inference only while `compile_inference` is on, so exported signatures
   hold plain TF ops); `/float32` (inference only) routes in float32
   whatever `routing_dtype`. `set_formulation(mode, name)` picks one per
@@ -283,7 +307,7 @@ class ClassCapsules(keras.layers.Layer):
   c [batch, in_caps, classes])`.
   """
 
-  LAYOUTS = ('batch_major', 'caps_major')
+  LAYOUTS = ('batch_major', 'caps_major', 'class_major')
 
   def __init__(self, num_classes=10, dim=16, routing_iterations=3,
                stop_inner_gradients=False, use_bias=False, jit_compile=False,
@@ -301,6 +325,7 @@ class ClassCapsules(keras.layers.Layer):
     self.jit_compile = jit_compile
     default = 'batch_major+xla' if jit_compile else 'batch_major'
     self._formulation = {mode: default for mode in MODES}
+    self._plain_infer = None
     # One XLA function per (layout, dtype), made at its first use; kept
     # out of Keras' tracking (a cache, not state to checkpoint or export).
     object.__setattr__(self, '_compiled', {})
@@ -335,6 +360,27 @@ class ClassCapsules(keras.layers.Layer):
           f'of {self.formulations(mode if mode in MODES else "train")}, got '
           f'{mode!r}, {name!r}.')
     self._formulation[mode] = name
+    if mode == 'infer':
+      self._plain_infer = None
+
+  def compiles(self, name):
+    """Whether formulation `name` runs compiled by XLA."""
+    return '+xla' in name
+
+  def set_plain_formulation(self, name):
+    """Makes inference that may not compile (`compile_inference` off: an
+    export's signatures) run `name`, until the next `set_formulation` of
+    'infer'. Unset, it runs the inference formulation without its `+xla`.
+
+    Raises:
+      ValueError: for a formulation that compiles or does not infer.
+    """
+    if self.compiles(name) or name not in self.formulations('infer', 'GPU'):
+      raise ValueError(
+          f'ClassCapsules infers without XLA in one of '
+          f'{tuple(n for n in self.formulations("infer") if "+xla" not in n)}'
+          f', got {name!r}.')
+    self._plain_infer = name
 
   def build(self, input_shape):
     in_caps, in_dim = int(input_shape[-2]), int(input_shape[-1])
@@ -353,10 +399,13 @@ class ClassCapsules(keras.layers.Layer):
     u = tf.cast(inputs, dtype)
     kernel = tf.cast(self.kernel, dtype)
     bias = None if self.bias is None else tf.cast(self.bias, tf.float32)
-    if layout == 'caps_major':
-      return capsule_ops.dynamic_routing_caps_major(
-          u, kernel, self.routing_iterations,
-          stop_inner_gradients=self.stop_inner_gradients, bias=bias)
+    if layout in ('caps_major', 'class_major'):
+      routing = (capsule_ops.dynamic_routing_caps_major
+                 if layout == 'caps_major' else
+                 capsule_ops.dynamic_routing_class_major)
+      return routing(u, kernel, self.routing_iterations,
+                     stop_inner_gradients=self.stop_inner_gradients,
+                     bias=bias)
     u_hat = tf.einsum('bid,iodk->biok', u, kernel)
     return capsule_ops.dynamic_routing(
         u_hat, self.routing_iterations,
@@ -382,8 +431,8 @@ class ClassCapsules(keras.layers.Layer):
 
   def call(self, inputs, training=None):
     name = self._formulation['train' if training else 'infer']
-    if '+xla' in name and not training and not self.compile_inference:
-      name = name.replace('+xla', '')
+    if not training and not self.compile_inference:
+      name = self._plain_infer or name.replace('+xla', '')
     return self.run(inputs, name)
 
   def get_config(self):

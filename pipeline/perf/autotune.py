@@ -280,6 +280,10 @@ def tune(model, batches, policy='cached', cache_path=None, repeats=3):
           entry.update(result, source='probe')
           fresh[key] = result
         layer.set_formulation(mode, entry['choice'])
+        plain = _plain_choice(layer, mode, entry)
+        if plain:
+          entry['plain_choice'] = plain
+          layer.set_plain_formulation(plain)
       record['parts'][f'{part}/{mode}'] = entry
       _log(part, mode, entry)
   record['probe_seconds'] = time.perf_counter() - start
@@ -288,16 +292,38 @@ def tune(model, batches, policy='cached', cache_path=None, repeats=3):
   return record
 
 
+def _plain_choice(layer, mode, entry):
+  """For inference with XLA-compiled candidates: the fastest timed
+  candidate that does not compile, which inference runs where it may not
+  compile (an export's signatures hold plain TF ops); else None."""
+  if mode != 'infer' or not hasattr(layer, 'compiles'):
+    return None
+  seconds = entry.get('seconds') or {}
+  plain = {name: t for name, t in seconds.items()
+           if name in entry['candidates'] and not layer.compiles(name)}
+  if len(plain) == len(seconds) or not plain:
+    return None
+  return min(plain, key=plain.get)
+
+
 def _log(part, mode, entry):
   timings = ', '.join(f'{k} {1000 * v:.1f} ms'
                       for k, v in sorted(entry.get('seconds', {}).items(),
                                          key=lambda kv: kv[1]))
   rejected = entry.get('rejected') or {}
-  logging.info('Autotune %s/%s: %s (%s%s%s)', part, mode, entry['choice'],
-               entry['source'], f'; {timings}' if timings else '',
+  plain = (f', {entry["plain_choice"]} without XLA'
+           if entry.get('plain_choice') else '')
+  logging.info('Autotune %s/%s: %s%s (%s%s%s)', part, mode, entry['choice'],
+               plain, entry['source'], f'; {timings}' if timings else '',
                f'; rejected {", ".join(rejected)}' if rejected else '')
 
 
 def summary(record):
-  """`part/mode -> choice` of a `tune` record, for a log line or a JSON."""
-  return {k: v['choice'] for k, v in record['parts'].items()}
+  """`part/mode -> choice` of a `tune` record, for a log line or a JSON
+  (with `part/mode/plain -> plain_choice` where inference has one)."""
+  out = {}
+  for key, entry in record['parts'].items():
+    out[key] = entry['choice']
+    if entry.get('plain_choice'):
+      out[f'{key}/plain'] = entry['plain_choice']
+  return out
