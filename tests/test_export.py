@@ -1,6 +1,8 @@
 """Tests of pipeline.export: versions, atomic writes, and a fresh-process load."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.core import trainer as trainer_lib
+from pipeline.perf import autotune
 from pipeline.serving import image_headers
 from pipeline.serving import publish
 from pipeline.serving import restore
@@ -75,6 +78,35 @@ def test_export_loads_in_fresh_process_and_agrees(trained, tmp_path):
       capture_output=True, text=True, cwd=str(tmp_path), env=env,
       timeout=300)
   assert 'LOADED OK' in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_restored_model_infers_plainly_as_its_run_chose(trained, tmp_path):
+  # An export from a checkpoint runs, without XLA, the formulations the
+  # run's probe chose for that (`plain_choice` in its autotune.json); a
+  # choice the model does not take is skipped; no record keeps defaults.
+  _, model_dir = trained
+  run = tmp_path / 'run'
+  shutil.copytree(model_dir, run)
+  record = {'parts': {
+      'class_capsules/infer': {'choice': 'batch_major+xla',
+                               'plain_choice': 'class_major'},
+      'primary_capsules/infer': {'choice': 'xla',
+                                 'plain_choice': 'winograd'},
+      'class_capsules/train': {'choice': 'caps_major',
+                               'plain_choice': 'caps_major'}}}
+  (run / autotune.RECORD_FILE).write_text(json.dumps(record))
+  model, _ = restore.load_checkpointed_model(str(run))
+  assert model.class_capsules._plain_infer == 'class_major'
+  assert model.primary._plain_infer is None
+  assert model.class_capsules.formulation('train') == 'batch_major+xla'
+  want = restore.load_checkpointed_model(str(model_dir))[0]
+  images = tf.random.uniform([3, 20, 20, 1], seed=2)
+  np.testing.assert_allclose(model(images, training=False)['lengths'],
+                             want(images, training=False)['lengths'],
+                             atol=1e-5)
+  (run / autotune.RECORD_FILE).unlink()
+  model, _ = restore.load_checkpointed_model(str(run))
+  assert model.class_capsules._plain_infer is None
 
 
 def test_versions_increment_and_no_temporary_left(trained, tmp_path):

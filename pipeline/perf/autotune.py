@@ -318,6 +318,37 @@ def _log(part, mode, entry):
                f'; rejected {", ".join(rejected)}' if rejected else '')
 
 
+def apply_plain_choices(model, record, image_shape):
+  """Sets on `model` (rebuilt from a run's checkpoint, for an export) the
+  formulations its run's probe chose for inference without XLA.
+
+  Every formulation is plain TF ops that compute the same function, so an
+  export stays portable whichever runs; the run's probe is the best guess
+  of the fastest. A choice this model does not take is skipped, logged.
+
+  Returns:
+    `part -> formulation` applied.
+  """
+  wanted = {key.split('/')[0]: entry['plain_choice']
+            for key, entry in (record.get('parts') or {}).items()
+            if key.endswith('/infer') and entry.get('plain_choice')}
+  if not wanted:
+    return {}
+  parts = model.tunable_parts(tf.zeros([1, *image_shape]))
+  applied = {}
+  for part, name in sorted(wanted.items()):
+    layer = parts.get(part, (None, None))[0]
+    try:
+      layer.set_plain_formulation(name)
+    except (AttributeError, ValueError) as e:
+      logging.warning('The run chose %s for %s inference without XLA, which '
+                      'this model does not take (%s); keeping its default.',
+                      name, part, e)
+      continue
+    applied[part] = name
+  return applied
+
+
 def summary(record):
   """`part/mode -> choice` of a `tune` record, for a log line or a JSON
   (with `part/mode/plain -> plain_choice` where inference has one)."""

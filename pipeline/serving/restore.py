@@ -2,6 +2,7 @@
 (for export and evaluation): every variable from the checkpoint, or a
 refusal that names the checkpoint's run."""
 
+import json
 import os
 
 from absl import logging
@@ -10,6 +11,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline.core import run_guard
 from pipeline.models import registry
+from pipeline.perf import autotune
 
 
 def _owner(checkpoint):
@@ -53,6 +55,7 @@ def load_checkpointed_model(model_dir, checkpoint=None):
           f'a path like {model_dir}/checkpoints/ckpt-N, or leave the '
           'checkpoint out for the latest.')
     _restore(model, checkpoint, model_dir, config.model.name)
+    _apply_recorded_formulations(model, model_dir, info)
     return model, info
   # The latest checkpoint of a run that is still training can be rotated
   # away while it is read: then the newest one is taken instead.
@@ -68,6 +71,7 @@ def load_checkpointed_model(model_dir, checkpoint=None):
           'checkpoint path.')
     try:
       _restore(model, checkpoint, model_dir, config.model.name)
+      _apply_recorded_formulations(model, model_dir, info)
       return model, info
     except ValueError:
       if tf.io.gfile.exists(checkpoint + '.index'):
@@ -76,6 +80,25 @@ def load_checkpointed_model(model_dir, checkpoint=None):
                    'training); taking the newest one.', checkpoint)
   raise ValueError(f'The checkpoints of {directory} kept being replaced '
                    'while they were read; pass one as --checkpoint.')
+
+
+def _apply_recorded_formulations(model, model_dir, info):
+  """Inference without XLA runs what the run's probe chose for it
+  (`autotune.json`); a run without the record keeps the defaults."""
+  path = os.path.join(model_dir, autotune.RECORD_FILE)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except FileNotFoundError:
+    return
+  except (OSError, ValueError) as e:
+    logging.warning('%s cannot be read (%s); inference keeps the default '
+                    'formulations.', path, e)
+    return
+  applied = autotune.apply_plain_choices(model, record, info['image_shape'])
+  if applied:
+    logging.info('Inference without XLA runs the formulations %s chose: %s.',
+                 path, ', '.join(f'{k} {v}' for k, v in applied.items()))
 
 
 def _restore(model, checkpoint, model_dir, model_name):
