@@ -311,8 +311,9 @@ def _log(part, mode, entry):
                       for k, v in sorted(entry.get('seconds', {}).items(),
                                          key=lambda kv: kv[1]))
   rejected = entry.get('rejected') or {}
-  plain = (f', {entry["plain_choice"]} without XLA'
-           if entry.get('plain_choice') else '')
+  plain = entry.get('plain_choice')
+  plain = (f', {plain} without XLA'
+           if plain and plain != entry['choice'] else '')
   logging.info('Autotune %s/%s: %s%s (%s%s%s)', part, mode, entry['choice'],
                plain, entry['source'], f'; {timings}' if timings else '',
                f'; rejected {", ".join(rejected)}' if rejected else '')
@@ -351,10 +352,11 @@ def apply_plain_choices(model, record, image_shape):
 
 def summary(record):
   """`part/mode -> choice` of a `tune` record, for a log line or a JSON
-  (with `part/mode/plain -> plain_choice` where inference has one)."""
+  (with `part/mode/plain -> plain_choice` where inference without XLA runs
+  another)."""
   out = {}
   for key, entry in record['parts'].items():
     out[key] = entry['choice']
-    if entry.get('plain_choice'):
+    if entry.get('plain_choice') not in (None, entry['choice']):
       out[f'{key}/plain'] = entry['plain_choice']
   return out
