@@ -106,6 +106,46 @@ def test_a_second_ctrl_c_inside_a_long_call_stops_at_once():
   assert 'the call ended' not in out
 
 
+# A child whose main thread is where Python cannot raise: in a __del__
+# (as in a weakref callback of the garbage collector), where an exception
+# is printed as "Exception ignored" and swallowed.
+_IN_DEL = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pipeline.core import preemption
+
+class Slow:
+  def __del__(self):
+    time.sleep(2)
+
+with preemption.PreemptionWatcher():
+  print('ready', flush=True)
+  for _ in range(60):
+    Slow()
+print('the loop ended', flush=True)
+"""
+
+
+def test_a_second_ctrl_c_that_python_swallows_still_stops_at_once():
+  proc = subprocess.Popen([sys.executable, '-c', _IN_DEL, REPO],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'ready'
+    time.sleep(0.5)  # Inside a __del__.
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert proc.returncode == 130, err[-2000:]
+  assert preemption.INTERRUPTED in err
+  assert 'Traceback' not in err and 'the loop ended' not in out
+
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

@@ -47,8 +47,8 @@ class PreemptionWatcher:
     self._signals = signals
     self._previous = {}
     self._handled = 0          # calls of the Python-level handler
-    self._interrupted = False  # the main thread raised KeyboardInterrupt
     self._watching = False
+    self._previous_hook = None
     self._pipe = None
     self._previous_fd = None
     self._thread = None
@@ -79,8 +79,17 @@ class PreemptionWatcher:
       if first:
         self._say(name, signum)
     if self._handled > 1 and signum == signal.SIGINT:
-      self._interrupted = True
+      # Where Python cannot raise (a weakref callback, a __del__), the
+      # exception is swallowed: then the watcher ends the process.
       raise KeyboardInterrupt
+
+  def _unraisable(self, unraisable):
+    """Hides the KeyboardInterrupt of a second Ctrl-C that Python could
+    not raise where the main thread was (the watcher ends the process
+    within HARD_STOP_SECONDS); anything else goes to the previous hook."""
+    if self._watching and unraisable.exc_type is KeyboardInterrupt:
+      return
+    self._previous_hook(unraisable)
 
   def _watch(self, read_fd):
     """The watcher thread: every signal as it arrives (see the class). It
@@ -103,15 +112,17 @@ class PreemptionWatcher:
             self.requested = name
           self._say(name, signum)
         elif signum == signal.SIGINT:
-          self._stop_now_unless_interrupted()
+          self._stop_unless_unwound()
 
-  def _stop_now_unless_interrupted(self):
+  def _stop_unless_unwound(self):
+    """Ends the process unless the main thread's KeyboardInterrupt leaves
+    the watched block within HARD_STOP_SECONDS."""
     deadline = time.monotonic() + HARD_STOP_SECONDS
     while time.monotonic() < deadline:
-      if self._interrupted or not self._watching:
+      if not self._watching:
         return
       time.sleep(0.02)
-    if self._watching and not self._interrupted:
+    if self._watching:
       print(INTERRUPTED, file=sys.stderr, flush=True)
       os._exit(130)  # pylint: disable=protected-access
 
@@ -127,6 +138,8 @@ class PreemptionWatcher:
       self._previous_fd = signal.set_wakeup_fd(write_fd,
                                                warn_on_full_buffer=False)
       self._pipe = (read_fd, write_fd)
+      self._previous_hook = sys.unraisablehook
+      sys.unraisablehook = self._unraisable
       self._watching = True
       self._thread = threading.Thread(target=self._watch, args=(read_fd,),
                                       daemon=True, name='preemption-watcher')
@@ -139,6 +152,7 @@ class PreemptionWatcher:
     self._previous = {}
     if self._pipe is not None:
       self._watching = False
+      sys.unraisablehook = self._previous_hook
       signal.set_wakeup_fd(self._previous_fd)
       read_fd, write_fd = self._pipe
       os.close(write_fd)  # The thread's read returns b'' and it ends.
