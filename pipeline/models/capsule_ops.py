@@ -178,6 +178,17 @@ def dynamic_routing(u_hat, num_iterations=3, stop_inner_gradients=False,
   return v, c
 
 
+def _caps_major_predictions(u, kernel):
+  """u_hat = W_ij u_i as `[in_caps, batch, out_caps, out_dim]`: one batched
+  matmul over the input capsules of `u` `[batch, in_caps, in_dim]` and
+  `kernel` `[in_caps, out_caps, in_dim, out_dim]`."""
+  in_caps, out_caps, in_dim, out_dim = kernel.shape
+  weights = tf.reshape(tf.transpose(kernel, [0, 2, 1, 3]),
+                       [in_caps, in_dim, out_caps * out_dim])
+  u_hat = tf.matmul(tf.transpose(u, [1, 0, 2]), weights)
+  return tf.reshape(u_hat, [in_caps, tf.shape(u)[0], out_caps, out_dim])
+
+
 def dynamic_routing_caps_major(u, kernel, num_iterations=3,
                                stop_inner_gradients=False, bias=None):
   """u_hat = W_ij u_i and `dynamic_routing` over it, with u_hat laid out
@@ -203,16 +214,11 @@ def dynamic_routing_caps_major(u, kernel, num_iterations=3,
   """
   if int(num_iterations) < 1:
     raise ValueError(f'num_iterations must be >= 1, got {num_iterations}.')
-  f32 = tf.float32
   u = tf.convert_to_tensor(u)
-  in_caps, out_caps, in_dim, out_dim = kernel.shape
-  batch = tf.shape(u)[0]
-  weights = tf.reshape(tf.transpose(kernel, [0, 2, 1, 3]),
-                       [in_caps, in_dim, out_caps * out_dim])
-  u_hat = tf.matmul(tf.transpose(u, [1, 0, 2]), weights)
-  u_hat = tf.reshape(u_hat, [in_caps, batch, out_caps, out_dim])
+  in_caps, out_caps, _, out_dim = kernel.shape
+  u_hat = _caps_major_predictions(u, kernel)
   if bias is None:
-    bias = tf.zeros([out_caps, out_dim], f32)
+    bias = tf.zeros([out_caps, out_dim], tf.float32)
   v, coupling = _routing_body(u_hat, bias, int(num_iterations),
                               stop_inner_gradients, layout='caps_major')
   v = tf.ensure_shape(v, [u.shape[0], out_caps, out_dim])
@@ -239,13 +245,8 @@ def dynamic_routing_class_major(u, kernel, num_iterations=3,
   if int(num_iterations) < 1:
     raise ValueError(f'num_iterations must be >= 1, got {num_iterations}.')
   u = tf.convert_to_tensor(u)
-  in_caps, out_caps, in_dim, out_dim = kernel.shape
-  batch = tf.shape(u)[0]
-  weights = tf.reshape(tf.transpose(kernel, [0, 2, 1, 3]),
-                       [in_caps, in_dim, out_caps * out_dim])
-  u_hat = tf.matmul(tf.transpose(u, [1, 0, 2]), weights)
-  u_hat = tf.transpose(tf.reshape(u_hat, [in_caps, batch, out_caps, out_dim]),
-                       [1, 2, 0, 3])
+  in_caps, out_caps, _, out_dim = kernel.shape
+  u_hat = tf.transpose(_caps_major_predictions(u, kernel), [1, 2, 0, 3])
   if bias is None:
     bias = tf.zeros([out_caps, out_dim], tf.float32)
   v, coupling = _routing_body(u_hat, bias, int(num_iterations),
