@@ -238,6 +238,23 @@ def test_mixed_float16_uses_loss_scaling(tmp_path):
   assert trainer.step == 2
 
 
+def test_a_resume_counts_the_time_of_the_evaluation_after_its_checkpoint(
+    tmp_path):
+  # The last step's evaluation runs after its checkpoint is saved: a slow
+  # one (as here, written longer) must not make a resumed run's times in
+  # metrics.json go back.
+  run_trainer(trainer_lib.Trainer(tiny_config(tmp_path, train_steps=2)))
+  path = tmp_path / 'metrics.json'
+  metrics = json.loads(path.read_text())
+  metrics['history'][-1]['wall_seconds'] += 1000.0
+  path.write_text(json.dumps(metrics))
+  results = run_trainer(trainer_lib.Trainer(tiny_config(tmp_path,
+                                                        train_steps=4)))
+  walls = [h['wall_seconds'] for h in json.loads(path.read_text())['history']]
+  assert walls == sorted(walls) and walls[-1] == results['wall_seconds']
+  assert walls[-1] > 1000.0
+
+
 def test_wall_time_is_checkpointed_and_counted_across_resumes(tmp_path):
   first = trainer_lib.Trainer(tiny_config(tmp_path, train_steps=2))
   run_trainer(first)

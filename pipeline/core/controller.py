@@ -133,7 +133,7 @@ class Controller:
         seed=cfg.runtime.seed, deterministic=True)))
     step = start_step = trainer.step
     self._start_time = time.time()
-    self._restored_wall = float(trainer.wall_seconds.numpy())
+    self._restored_wall = self._wall_at(step)
     if trainer.chief:
       summaries.write_hparams(self.work_dir, run_files.hparams(cfg),
                               os.path.basename(os.path.abspath(self.work_dir)))
@@ -232,6 +232,19 @@ class Controller:
 
   def _wall(self):
     return self._restored_wall + time.time() - self._start_time
+
+  def _wall_at(self, step):
+    """The wall seconds the run had spent at `step`: its checkpoint's, or
+    the evaluation's at that step where it is later (an evaluation runs
+    after the step's checkpoint is saved), so the times in metrics.json
+    never go back on a resume."""
+    wall = float(self.trainer.wall_seconds.numpy())
+    for entry in self.metrics_file.history():
+      if (isinstance(entry, dict) and
+          isinstance(entry.get('step'), int) and entry['step'] <= step and
+          isinstance(entry.get('wall_seconds'), (int, float))):
+        wall = max(wall, float(entry['wall_seconds']))
+    return wall
 
   def _save(self, step):
     self.checkpoints.save(step, self._wall())
