@@ -376,10 +376,10 @@ class ClassCapsules(keras.layers.Layer):
       ValueError: for a formulation that compiles or does not infer.
     """
     if self.compiles(name) or name not in self.formulations('infer', 'GPU'):
-      raise ValueError(
-          f'ClassCapsules infers without XLA in one of '
-          f'{tuple(n for n in self.formulations("infer") if "+xla" not in n)}'
-          f', got {name!r}.')
+      plain = tuple(n for n in self.formulations('infer')
+                    if not self.compiles(n))
+      raise ValueError(f'ClassCapsules infers without XLA in one of {plain}, '
+                       f'got {name!r}.')
     self._plain_infer = name
 
   def build(self, input_shape):
