@@ -271,20 +271,35 @@ def resolve_precision(requested, model_dir):
   is one (a resumed run never changes precision), else what this machine's
   hardware computes fast (`hardware.auto_precision`). An explicit 16-bit
   precision that is emulated here is kept, with a one-line warning.
+
+  Raises:
+    ValueError: the oneDNN ISA cap in the environment is not one it knows,
+      or it leaves no 16-bit kernels for the 16-bit precision asked for
+      (or resumed).
   """
+  hardware.isa_cap()  # A bad cap fails here, whatever the precision.
   if requested != hardware.AUTO:
+    _check_not_blocked(requested)
     warning = hardware.emulation_warning(requested)
     if warning:
       logging.warning('%s', warning)
     return requested
   saved = config_lib.saved_precision(model_dir) if model_dir else None
   if saved:
+    _check_not_blocked(saved, f'--precision=auto ({saved}, as the run in '
+                       f'{model_dir} resolved at its start)')
     logging.info('--precision=auto: %s, as the run in %s resolved at its '
                  'start.', saved, model_dir)
     return saved
   precision, reason = hardware.auto_precision()
   logging.info('--precision=auto: %s (%s).', precision, reason)
   return precision
+
+
+def _check_not_blocked(precision, asked=None):
+  blocked = hardware.cap_blocks_16bit(precision, asked=asked)
+  if blocked:
+    raise ValueError(blocked)
 
 
 def data_spec_from_flags(f=None):

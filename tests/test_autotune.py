@@ -9,6 +9,7 @@ import tf_keras as keras
 
 from pipeline.models import capsnet
 from pipeline.perf import autotune
+from pipeline.perf import hardware
 
 
 class Doubler(keras.layers.Layer):
@@ -147,6 +148,24 @@ def test_the_cache_key_names_the_machine_the_shapes_and_the_dtype():
                                    'train', ('a', 'b'))
   half = Doubler(name='d', dtype='mixed_bfloat16')
   assert key != autotune.cache_key(machine, half, x, 'train', ('a', 'b'))
+
+
+def test_an_isa_cap_changes_the_machine_key(monkeypatch):
+  monkeypatch.setattr(hardware, '_cpuinfo', lambda: [
+      'flags\t\t: avx2 fma avx512f avx512_bf16'])
+  monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+  monkeypatch.delenv('DNNL_MAX_CPU_ISA', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=true')
+  native = autotune.machine_key()
+  assert 'avx512_bf16' in native['cpu_features']
+  assert 'xla_cpu_max_isa' not in native
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  onednn_capped = autotune.machine_key()
+  assert onednn_capped['cpu_features'] == ['avx2', 'fma']
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_max_isa=avx2')
+  both = autotune.machine_key()
+  assert both == dict(onednn_capped, xla_cpu_max_isa='AVX2')
+  assert '(ONEDNN_MAX_CPU_ISA=AVX2, xla_cpu_max_isa=AVX2)' in hardware.machine()
 
 
 def test_tune_on_a_capsnet_sets_correct_formulations(tmp_path):

@@ -236,6 +236,51 @@ def test_explicit_emulated_precision_runs_with_a_warning(monkeypatch,
   assert not warnings
 
 
+def test_an_isa_cap_oneDNN_does_not_know_is_a_flag_error(monkeypatch,
+                                                         tmp_path):
+  # The entry points turn config_from_flags' ValueError into a usage error.
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX3')
+  for precision in ('auto', 'mixed_bfloat16', 'float32'):
+    with flagsaver.flagsaver(precision=precision, model_dir=str(tmp_path)):
+      with pytest.raises(ValueError, match='ONEDNN_MAX_CPU_ISA=AVX3 is not '
+                         'an ISA oneDNN knows'):
+        pipeline_flags.config_from_flags()
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  with flagsaver.flagsaver(precision='auto', model_dir=str(tmp_path)):
+    assert pipeline_flags.config_from_flags().model.precision == 'float32'
+
+
+def test_16_bit_math_under_a_cap_that_has_none_is_a_flag_error(monkeypatch,
+                                                                tmp_path):
+  from pipeline.perf import hardware  # pylint: disable=g-import-not-at-top
+  # An AVX-512 BF16 CPU capped to AVX2: oneDNN would abort on a bf16 op.
+  monkeypatch.setattr(hardware, '_cpuinfo', lambda: [
+      'flags\t\t: avx2 fma avx512f avx512_vnni avx512_bf16'])
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  new_run = str(tmp_path / 'new')
+  with flagsaver.flagsaver(precision='mixed_bfloat16', model_dir=new_run):
+    with pytest.raises(ValueError, match=r'^--precision=mixed_bfloat16 cannot '
+                       'run under ONEDNN_MAX_CPU_ISA=AVX2 on this AVX-512 CPU'):
+      pipeline_flags.config_from_flags()
+  with flagsaver.flagsaver(precision='auto', model_dir=new_run):
+    assert pipeline_flags.config_from_flags().model.precision == 'float32'
+  # A bf16 run resumed under the cap: auto keeps bf16, which cannot run.
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / config_lib.CONFIG_FILE).write_text(config_lib.TrainConfig(
+      model=config_lib.model_spec(precision='mixed_bfloat16'),
+      model_dir=str(run)).to_json())
+  with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
+    with pytest.raises(ValueError, match=r'^--precision=auto \(mixed_bfloat16, '
+                       f'as the run in {run} resolved at its start\) cannot '
+                       'run under ONEDNN_MAX_CPU_ISA=AVX2'):
+      pipeline_flags.config_from_flags()
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX512_CORE')
+  with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
+    assert (pipeline_flags.config_from_flags().model.precision ==
+            'mixed_bfloat16')
+
+
 def test_autotune_flag_reaches_the_config_and_is_free_on_resume():
   with flagsaver.flagsaver(autotune='probe'):
     cfg = pipeline_flags.config_from_flags()

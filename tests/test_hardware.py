@@ -64,6 +64,82 @@ def test_this_machine_is_described():
   assert precision in ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 
+ZEN5_FLAGS = ('flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni '
+              'avx512_bf16 avx512vl\n')
+
+
+@pytest.mark.parametrize('environ,expected', [
+    ({}, ['avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16']),
+    ({'ONEDNN_MAX_CPU_ISA': 'ALL'},
+     ['avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16']),
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX2'}, ['avx2', 'fma']),
+    ({'ONEDNN_MAX_CPU_ISA': 'avx2_vnni'}, ['avx2', 'fma']),
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX'}, []),
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE'}, ['avx2', 'fma', 'avx512f']),
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE_VNNI'},
+     ['avx2', 'fma', 'avx512f', 'avx512_vnni']),
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE_BF16'},
+     ['avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16']),
+    # A cap above what the CPU has adds nothing.
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE_AMX'},
+     ['avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16']),
+    # The older name works; the newer one wins where both are set.
+    ({'DNNL_MAX_CPU_ISA': 'AVX2'}, ['avx2', 'fma']),
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE', 'DNNL_MAX_CPU_ISA': 'AVX2'},
+     ['avx2', 'fma', 'avx512f']),
+])
+def test_an_isa_cap_hides_the_features_above_it(monkeypatch, environ,
+                                                 expected):
+  monkeypatch.setattr(hardware, '_cpuinfo', lambda: ZEN5_FLAGS.splitlines())
+  assert hardware.cpu_features(environ) == expected
+
+
+def test_under_an_avx2_cap_auto_picks_float32_and_bf16_warns(monkeypatch):
+  monkeypatch.setattr(hardware, '_cpuinfo', lambda: ZEN5_FLAGS.splitlines())
+  assert hardware.auto_precision(devices=[])[0] == 'mixed_bfloat16'
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  precision, reason = hardware.auto_precision(devices=[])
+  assert precision == 'float32' and 'emulated' in reason
+  assert hardware.emulation_warning('mixed_bfloat16', devices=[])
+  assert '(ONEDNN_MAX_CPU_ISA=AVX2)' in hardware.machine()
+
+
+def test_an_isa_cap_oneDNN_does_not_know_is_an_error_that_lists_the_known():
+  with pytest.raises(ValueError, match=r'ONEDNN_MAX_CPU_ISA=AVX3 is not an '
+                     r'ISA oneDNN knows; use one of SSE41, AVX, AVX2,.*ALL'):
+    hardware.cpu_features({'ONEDNN_MAX_CPU_ISA': 'AVX3'})
+  assert hardware.isa_cap({'ONEDNN_MAX_CPU_ISA': ' '}) is None
+  assert hardware.isa_cap({'DNNL_MAX_CPU_ISA': 'default'}) is None
+
+
+AVX2_FLAGS = 'flags\t\t: fpu sse4_2 avx avx2 fma\n'
+
+
+@pytest.mark.parametrize('flags,environ,precision,blocked', [
+    (ZEN5_FLAGS, {'ONEDNN_MAX_CPU_ISA': 'AVX2'}, 'mixed_bfloat16', True),
+    (ZEN5_FLAGS, {'DNNL_MAX_CPU_ISA': 'AVX'}, 'mixed_float16', True),
+    (ZEN5_FLAGS, {'ONEDNN_MAX_CPU_ISA': 'AVX2'}, 'float32', False),
+    # At AVX512_CORE oneDNN still has (emulated) 16-bit kernels.
+    (ZEN5_FLAGS, {'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE'}, 'mixed_bfloat16',
+     False),
+    (ZEN5_FLAGS, {}, 'mixed_bfloat16', False),
+    # On a real AVX2-only CPU TensorFlow's own kernels emulate 16 bits.
+    (AVX2_FLAGS, {'ONEDNN_MAX_CPU_ISA': 'AVX2'}, 'mixed_bfloat16', False),
+])
+def test_a_cap_below_avx512_blocks_16_bit_math_on_an_avx512_cpu(
+    monkeypatch, flags, environ, precision, blocked):
+  monkeypatch.setattr(hardware, '_cpuinfo', lambda: flags.splitlines())
+  message = hardware.cap_blocks_16bit(precision, environ)
+  assert bool(message) == blocked
+  if blocked:
+    variable, value = next(iter(environ.items()))
+    assert message.startswith(f'--precision={precision} cannot run under '
+                              f'{variable}={value} ')
+    assert 'Use --precision=float32' in message and '\n' not in message
+    assert hardware.cap_blocks_16bit(precision, environ, asked='X').startswith(
+        'X cannot run under')
+
+
 class _FakeStrategy:
   num_replicas_in_sync = 2
 

@@ -1,6 +1,7 @@
 """Tests of pipeline.perf.timing (figures are checked for shape, never for speed)."""
 
 import pytest
+import tensorflow as tf
 
 from pipeline.core import trainer as trainer_lib
 from pipeline.perf import timing
@@ -22,6 +23,23 @@ def test_layer_timings_cover_every_part(tmp_path):
 def test_unknown_measurement(tmp_path):
   with pytest.raises(ValueError, match='--what takes'):
     timing.run_benchmarks(tiny_config(tmp_path), ['disk'])
+
+
+def test_matmul_peak_skips_a_16_bit_type_an_isa_cap_blocks(monkeypatch):
+  from pipeline.perf import hardware  # pylint: disable=g-import-not-at-top
+  figures = timing.bench_matmul(repeats=1, n=32, chain=2)
+  assert figures['matmul_gflops'] > 0 and figures['matmul_bf16_gflops'] > 0
+  assert not any(k.endswith('_skipped') for k in figures)
+  if tf.config.list_physical_devices('GPU'):
+    pytest.skip('A GPU runs the 16-bit matmuls whatever the CPU cap.')
+  monkeypatch.setattr(hardware, '_cpuinfo', lambda: [
+      'flags\t\t: avx2 fma avx512f avx512_bf16'])
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  figures = timing.bench_matmul(repeats=1, n=32, chain=2)
+  assert figures['matmul_gflops'] > 0
+  assert 'matmul_bf16_gflops' not in figures
+  assert figures['matmul_bf16_gflops_skipped'].startswith(
+      'a bfloat16 matmul cannot run under ONEDNN_MAX_CPU_ISA=AVX2')
 
 
 def test_print_table(capsys):

@@ -60,10 +60,14 @@ def device_kind():
 
 def machine_key():
   """What makes a choice valid only on this machine: the CPU and its
-  features, the GPUs and their compute capability, TensorFlow's version."""
-  return {'cpu': hardware.cpu_model(), 'cpu_features': hardware.cpu_features(),
-          'gpus': [[g.name, g.compute_capability] for g in hardware.gpus()],
-          'tensorflow': tf.__version__}
+  features (as an ISA cap leaves them), XLA's own ISA cap where one is set,
+  the GPUs and their compute capability, TensorFlow's version."""
+  key = {'cpu': hardware.cpu_model(), 'cpu_features': hardware.cpu_features(),
+         'gpus': [[g.name, g.compute_capability] for g in hardware.gpus()],
+         'tensorflow': tf.__version__}
+  if hardware.xla_isa_cap():
+    key['xla_cpu_max_isa'] = hardware.xla_isa_cap()
+  return key
 
 
 def _layer_key(layer, inputs, mode, candidates):

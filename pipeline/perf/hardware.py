@@ -11,6 +11,15 @@ constant measured on another machine.
   * mixed_float16 (with loss scaling) on GPUs of compute capability 7.x;
   * float32 elsewhere (bf16 on a CPU without those instructions is emulated,
     several times slower than float32).
+
+A cap on the instruction sets oneDNN may use (`ONEDNN_MAX_CPU_ISA`, or the
+older `DNNL_MAX_CPU_ISA`) hides the features above it: `ONEDNN_MAX_CPU_ISA=AVX2`
+on an AVX-512 BF16 CPU makes the pipeline pick, probe and cache as it would on
+an AVX2-only one (XLA's `--xla_cpu_max_isa` in `XLA_FLAGS` caps its code the
+same way). That is how a choice for another CPU is checked on this one.
+A cap below AVX512_CORE on a CPU with AVX-512 cannot run 16-bit math at all
+(`cap_blocks_16bit`): TensorFlow sends bfloat16 ops to oneDNN because the CPU
+has AVX-512, and the capped oneDNN has no 16-bit kernels for them.
 """
 
 import dataclasses
@@ -32,6 +41,99 @@ NATIVE_16BIT_CPU = {'bfloat16': ('avx512_bf16', 'amx_bf16'),
                     'float16': ('avx512_fp16', 'amx_fp16')}
 
 
+# oneDNN's ISA cap names, each with the CPU_FEATURES it leaves usable (a cap
+# allows its own instructions and every older set).
+_ISA_CAPS = (
+    (('SSE41', 'AVX'), ()),
+    (('AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2'), ('avx2', 'fma')),
+    (('AVX512_CORE',), ('avx512f',)),
+    (('AVX512_CORE_VNNI',), ('avx512_vnni',)),
+    (('AVX512_CORE_BF16',), ('avx512_bf16',)),
+    (('AVX512_CORE_FP16', 'AVX10_1_512'), ('avx512_fp16',)),
+    (('AVX512_CORE_AMX', 'AVX10_1_512_AMX'), ('amx_tile', 'amx_bf16')),
+    (('AVX512_CORE_AMX_FP16', 'AVX10_1_512_AMX_FP16'), ('amx_fp16',)),
+)
+ISA_CAP_VARIABLES = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')
+
+
+def isa_cap(environ=None):
+  """The oneDNN ISA cap in force, as `(variable, value)`, or None.
+
+  `ALL` and `DEFAULT` are no cap. A value oneDNN does not know raises
+  ValueError naming the known ones (oneDNN itself would ignore it silently,
+  and the run would measure a machine other than the one asked for).
+  """
+  environ = os.environ if environ is None else environ
+  for variable in ISA_CAP_VARIABLES:
+    value = environ.get(variable, '').strip()
+    if not value:
+      continue
+    if value.upper() in ('ALL', 'DEFAULT'):
+      return None
+    if not any(value.upper() in names for names, _ in _ISA_CAPS):
+      known = [n for names, _ in _ISA_CAPS for n in names] + ['ALL']
+      raise ValueError(f'{variable}={value} is not an ISA oneDNN knows; use '
+                       f'one of {", ".join(known)}, or unset it.')
+    return variable, value.upper()
+  return None
+
+
+def xla_isa_cap(environ=None):
+  """XLA's own cap on the CPU code it emits (`--xla_cpu_max_isa=...` in
+  `XLA_FLAGS`), upper-cased, or None."""
+  environ = os.environ if environ is None else environ
+  value = None
+  for flag in environ.get('XLA_FLAGS', '').split():
+    if flag.startswith('--xla_cpu_max_isa='):
+      value = flag.split('=', 1)[1].strip().upper() or None
+  return value
+
+
+def _allowed_by_cap(cap):
+  """The CPU_FEATURES a cap value leaves usable."""
+  allowed = set()
+  for names, features in _ISA_CAPS:
+    allowed.update(features)
+    if cap in names:
+      return allowed
+  return set(CPU_FEATURES)
+
+
+def cap_blocks_16bit(precision, environ=None, asked=None):
+  """Why `precision` cannot run under the ISA cap in force, or None.
+
+  TensorFlow routes bfloat16 and float16 ops to oneDNN from the CPU's own
+  features (AVX-512 here); oneDNN capped below AVX512_CORE has no 16-bit
+  kernel for them and aborts the process. On a real AVX2-only CPU the same
+  ops run, emulated, in TensorFlow's own kernels.
+
+  Args:
+    precision: the concrete precision.
+    environ: the environment (default `os.environ`).
+    asked: how the message names what was asked for (default
+      `--precision=<precision>`).
+
+  Returns:
+    None for float32, with no cap, or where the cap leaves AVX-512; else one
+    line naming the cap and the ways out.
+  """
+  if precision == 'float32':
+    return None
+  cap = isa_cap(environ)
+  if cap is None or 'avx512f' in _allowed_by_cap(cap[1]):
+    return None
+  if 'avx512f' not in _cpu_flags():
+    return None
+  variable, value = cap
+  asked = asked or f'--precision={precision}'
+  return (f'{asked} cannot run under {variable}={value} on '
+          'this AVX-512 CPU: TensorFlow sends its 16-bit ops to oneDNN, '
+          'which has no 16-bit kernels below AVX512_CORE and would abort '
+          'the process. Use --precision=float32 (what auto picks under this '
+          f'cap), or set {variable}=AVX512_CORE (16-bit emulated) or unset '
+          'it.')
+
+
 def _cpuinfo():
   try:
     with open('/proc/cpuinfo') as f:
@@ -47,13 +149,21 @@ def cpu_model() -> str:
   return names[0] if names else (platform.processor() or platform.machine())
 
 
-def cpu_features():
-  """Which of CPU_FEATURES this CPU has (empty where /proc/cpuinfo is not)."""
-  flags = set()
+def _cpu_flags():
+  """The CPU's own flags (`/proc/cpuinfo`), whatever the ISA cap."""
   for line in _cpuinfo():
     if line.startswith('flags'):
-      flags = set(line.split(':', 1)[1].split())
-      break
+      return set(line.split(':', 1)[1].split())
+  return set()
+
+
+def cpu_features(environ=None):
+  """Which of CPU_FEATURES this CPU has (empty where /proc/cpuinfo is not),
+  without those an ISA cap (`isa_cap`) puts out of oneDNN's reach."""
+  flags = _cpu_flags()
+  cap = isa_cap(environ)
+  if cap:
+    flags &= _allowed_by_cap(cap[1])
   return [f for f in CPU_FEATURES if f in flags]
 
 
@@ -136,7 +246,14 @@ def machine() -> str:
     accel = f'{len(visible)} GPU(s): {", ".join(names)}'
   else:
     accel = 'no GPU'
-  return f'{cpu_model()}, {os.cpu_count()} cores, {accel}'
+  caps = []
+  cap = isa_cap()
+  if cap:
+    caps.append(f'{cap[0]}={cap[1]}')
+  if xla_isa_cap():
+    caps.append(f'xla_cpu_max_isa={xla_isa_cap()}')
+  capped = f' ({", ".join(caps)})' if caps else ''
+  return f'{cpu_model()}{capped}, {os.cpu_count()} cores, {accel}'
 
 
 def _lowest_capability(devices):

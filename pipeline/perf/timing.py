@@ -163,7 +163,9 @@ def bench_serving(trainer, batch, repeats, in_memory=None, trace=None):
 
 def bench_matmul(repeats, n=2048, chain=8):
   """The matmul peak (GFLOP/s) in float32 and bfloat16, and in float16 on a
-  GPU (on a CPU float16 is emulated).
+  GPU (on a CPU float16 is emulated). A 16-bit peak an ISA cap makes
+  impossible (`hardware.cap_blocks_16bit`) is skipped, with why in
+  `<name>_skipped`.
 
   Each timed call runs `chain` dependent `n x n` matmuls in one function,
   so the call's dispatch (which dominates a single matmul on a GPU) is a
@@ -174,6 +176,13 @@ def bench_matmul(repeats, n=2048, chain=8):
     dtypes.append(('matmul_fp16_gflops', tf.float16))
   results = {'matmul_size': n, 'matmul_chain': chain}
   for name, dtype in dtypes:
+    blocked = (not tf.config.list_physical_devices('GPU') and
+               hardware.cap_blocks_16bit(
+                   'float32' if dtype == tf.float32 else f'mixed_{dtype.name}',
+                   asked=f'a {dtype.name} matmul'))
+    if blocked:
+      results[f'{name}_skipped'] = blocked
+      continue
     a = tf.cast(tf.random.uniform([n, n], seed=1), dtype)
     # Zero-mean entries of variance 1/(3n): the chain neither grows nor
     # vanishes into denormals.
