@@ -273,11 +273,14 @@ def resolve_precision(requested, model_dir):
   precision that is emulated here is kept, with a one-line warning.
 
   Raises:
-    ValueError: the oneDNN ISA cap in the environment is not one it knows,
+    ValueError: an ISA cap in the environment (oneDNN's, XLA's) is not one
+      it knows,
       or it leaves no 16-bit kernels for the 16-bit precision asked for
       (or resumed).
   """
-  hardware.isa_cap()  # A bad cap fails here, whatever the precision.
+  # A bad cap fails here, whatever the precision.
+  hardware.isa_cap()
+  hardware.xla_isa_cap()
   if requested != hardware.AUTO:
     _check_not_blocked(requested)
     warning = hardware.emulation_warning(requested)

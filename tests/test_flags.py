@@ -248,6 +248,11 @@ def test_an_isa_cap_oneDNN_does_not_know_is_a_flag_error(monkeypatch,
   monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
   with flagsaver.flagsaver(precision='auto', model_dir=str(tmp_path)):
     assert pipeline_flags.config_from_flags().model.precision == 'float32'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_max_isa=AVX3')
+  with flagsaver.flagsaver(precision='float32', model_dir=str(tmp_path)):
+    with pytest.raises(ValueError, match='--xla_cpu_max_isa=AVX3 in XLA_FLAGS '
+                       'is not an ISA XLA knows'):
+      pipeline_flags.config_from_flags()
 
 
 def test_16_bit_math_under_a_cap_that_has_none_is_a_flag_error(monkeypatch,

@@ -112,6 +112,17 @@ def test_an_isa_cap_oneDNN_does_not_know_is_an_error_that_lists_the_known():
   assert hardware.isa_cap({'DNNL_MAX_CPU_ISA': 'default'}) is None
 
 
+def test_xla_isa_cap_is_read_from_xla_flags_and_checked():
+  assert hardware.xla_isa_cap({}) is None
+  assert hardware.xla_isa_cap({'XLA_FLAGS': '--xla_cpu_max_isa=avx2'}) == 'AVX2'
+  assert hardware.xla_isa_cap({'XLA_FLAGS': (
+      '--xla_cpu_max_isa=AVX512 --xla_dump_to=/tmp/x '
+      '--xla_cpu_max_isa=AVX')}) == 'AVX'
+  with pytest.raises(ValueError, match=r'--xla_cpu_max_isa=AVX3 in XLA_FLAGS '
+                     r'is not an ISA XLA knows; use one of SSE4_2, AVX, AVX2'):
+    hardware.xla_isa_cap({'XLA_FLAGS': '--xla_cpu_max_isa=avx3'})
+
+
 AVX2_FLAGS = 'flags\t\t: fpu sse4_2 avx avx2 fma\n'
 
 

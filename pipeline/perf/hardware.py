@@ -15,8 +15,11 @@ constant measured on another machine.
 A cap on the instruction sets oneDNN may use (`ONEDNN_MAX_CPU_ISA`, or the
 older `DNNL_MAX_CPU_ISA`) hides the features above it: `ONEDNN_MAX_CPU_ISA=AVX2`
 on an AVX-512 BF16 CPU makes the pipeline pick, probe and cache as it would on
-an AVX2-only one (XLA's `--xla_cpu_max_isa` in `XLA_FLAGS` caps its code the
-same way). That is how a choice for another CPU is checked on this one.
+an AVX2-only one; XLA's `--xla_cpu_max_isa` in `XLA_FLAGS` caps the code XLA
+emits the same way (and joins the probe's cache key). That is how a choice for
+another CPU is checked on this one; it is not that CPU (TensorFlow's own
+kernels, and libraries XLA calls, still see AVX-512, and the caches and
+memory are this machine's).
 A cap below AVX512_CORE on a CPU with AVX-512 cannot run 16-bit math at all
 (`cap_blocks_16bit`): TensorFlow sends bfloat16 ops to oneDNN because the CPU
 has AVX-512, and the capped oneDNN has no 16-bit kernels for them.
@@ -78,14 +81,27 @@ def isa_cap(environ=None):
   return None
 
 
+# The values XLA's --xla_cpu_max_isa takes (it ignores others silently).
+XLA_ISA_CAPS = ('SSE4_2', 'AVX', 'AVX2', 'AVX512', 'AVX512_VNNI',
+                'AVX512_BF16', 'AMX', 'AMX_FP16')
+
+
 def xla_isa_cap(environ=None):
   """XLA's own cap on the CPU code it emits (`--xla_cpu_max_isa=...` in
-  `XLA_FLAGS`), upper-cased, or None."""
+  `XLA_FLAGS`; the last one given wins), upper-cased, or None.
+
+  Raises:
+    ValueError: a value XLA does not know (it would ignore it silently).
+  """
   environ = os.environ if environ is None else environ
   value = None
   for flag in environ.get('XLA_FLAGS', '').split():
     if flag.startswith('--xla_cpu_max_isa='):
       value = flag.split('=', 1)[1].strip().upper() or None
+  if value and value not in XLA_ISA_CAPS:
+    raise ValueError(f'--xla_cpu_max_isa={value} in XLA_FLAGS is not an ISA '
+                     f'XLA knows; use one of {", ".join(XLA_ISA_CAPS)}, or '
+                     'remove it.')
   return value
 
 
