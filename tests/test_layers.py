@@ -222,8 +222,36 @@ def test_primary_capsules_xla_runs_in_inference_only_when_compiled():
     for name in ('patch_grad', 'patch_matmul'):
       assert name in layer.formulations('train', device)
       assert name not in layer.formulations('infer', device)
+  # `fft` is plain TF ops, forward and backward: a candidate of both.
+  for device in ('CPU', 'GPU'):
+    for mode in ('train', 'infer'):
+      assert 'fft' in layer.formulations(mode, device)
   with pytest.raises(ValueError, match='formulation of'):
     layer.set_formulation('train', 'winograd')
+
+
+@pytest.mark.parametrize('h,w,k,s', [(20, 20, 9, 2), (21, 19, 9, 2),
+                                     (20, 20, 8, 3), (9, 9, 9, 3)])
+def test_fft_conv_matrices_are_the_dft_and_its_strided_inverse(h, w, k, s):
+  # Against numpy's FFT: the taps' matrix is the real 2-D FFT of the kernel
+  # zero-padded to H x W, and the inverse takes a real signal's half
+  # spectrum back to the signal at the stride's VALID output positions.
+  (t_re, t_im), (i_re, i_im), (out_h, out_w) = layers._fft_conv_matrices(
+      h, w, k, s)
+  rng = np.random.default_rng(0)
+  taps = rng.normal(size=(k, k))
+  padded = np.zeros((h, w))
+  padded[:k, :k] = taps
+  want = np.fft.rfft2(padded).reshape(-1)
+  got = t_re.numpy() @ taps.reshape(-1) + 1j * (t_im.numpy() @
+                                                 taps.reshape(-1))
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  signal = rng.normal(size=(h, w))
+  spectrum = np.fft.rfft2(signal).reshape(-1, 1)
+  back = i_re.numpy() @ spectrum.real + i_im.numpy() @ spectrum.imag
+  assert (out_h, out_w) == ((h - k) // s + 1, (w - k) // s + 1)
+  np.testing.assert_allclose(back.reshape(out_h, out_w),
+                             signal[:h - k + 1:s, :w - k + 1:s], atol=1e-4)
 
 
 @pytest.mark.parametrize('compiled,plain,other', [

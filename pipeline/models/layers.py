@@ -1,5 +1,6 @@
 """Capsule layers of CapsNet: PrimaryCapsules, ClassCapsules, Decoder."""
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -23,7 +24,9 @@ class PrimaryCapsules(keras.layers.Layer):
   stride-1 one over space-to-depth blocks), `patch_grad` (the direct one,
   whose kernel gradient is matmuls over the input's space-to-depth blocks;
   a training candidate), `patch_matmul` (one matmul over the input's k x k
-  patches, which the kernel gradient reuses; a training candidate) and
+  patches, which the kernel gradient reuses; a training candidate), `fft`
+  (the convolution theorem: a product per frequency, about a third of the
+  direct form's multiply-adds for the paper's 9 x 9 kernel on 20 x 20) and
   `xla` (the direct one compiled by XLA; used in inference only while
   `compile_inference` is on).
   `set_formulation(mode, name)` picks one per mode; `pipeline.perf.autotune`
@@ -31,7 +34,7 @@ class PrimaryCapsules(keras.layers.Layer):
   """
 
   FORMULATIONS = ('direct', 'space_to_depth', 'patch_grad', 'patch_matmul',
-                  'xla')
+                  'fft', 'xla')
 
   def __init__(self, channels=32, dim=8, kernel_size=9, strides=2, **kwargs):
     super().__init__(**kwargs)
@@ -61,9 +64,9 @@ class PrimaryCapsules(keras.layers.Layer):
     times the input's memory), so both are training candidates only.
     """
     if mode == 'infer':
-      return ('direct', 'space_to_depth', 'xla')
+      return ('direct', 'space_to_depth', 'fft', 'xla')
     if device != 'GPU':
-      return ('direct', 'space_to_depth', 'patch_grad', 'patch_matmul')
+      return ('direct', 'space_to_depth', 'patch_grad', 'patch_matmul', 'fft')
     return self.FORMULATIONS
 
   def run(self, inputs, name):
@@ -131,6 +134,8 @@ class PrimaryCapsules(keras.layers.Layer):
       return self._patch_grad_conv(inputs)
     if name == 'patch_matmul':
       return self._patch_matmul_conv(inputs)
+    if name == 'fft':
+      return self._fft_conv(inputs)
     if name == 'xla':
       return self._compiled(inputs)
     return self._direct_conv(inputs)
@@ -215,6 +220,46 @@ class PrimaryCapsules(keras.layers.Layer):
              tf.cast(self.conv.kernel, self.compute_dtype))
     return self._add_bias(x)
 
+  def _fft_conv(self, inputs):
+    """The strided convolution by the convolution theorem.
+
+    A VALID correlation of an H x W image with a k x k kernel is, at every
+    output position, the circular correlation of size H x W (no position
+    wraps around). So: the input's real 2-D FFT over its H x (W/2+1)
+    frequencies F (`[F, batch, C]`); the kernel's DFT at those frequencies
+    as one matmul of the k*k taps (`[F, C, O]`, no FFT of a padded
+    kernel); per frequency the product X conj(K) as two real batched
+    matmuls; and the inverse DFT taken at the strided output positions
+    only, as one more matmul. For the paper's layer that is 11.5 GFLOP
+    against the direct form's 38 per batch of 100, and its gradient is the
+    same matmuls transposed.
+
+    The transforms run in float32 (TF's FFTs take no 16-bit input); the
+    per-frequency matmuls run in the layer's compute dtype.
+    """
+    dtype = self.compute_dtype
+    k, s = self.kernel_size, self.strides
+    h, w, c_in = (int(d) for d in inputs.shape[1:])
+    c_out = int(self.conv.kernel.shape[3])
+    taps, inverse, (out_h, out_w) = _fft_conv_matrices(h, w, k, s)
+    f = h * (w // 2 + 1)
+    x = tf.signal.rfft2d(tf.transpose(tf.cast(inputs, tf.float32),
+                                      [0, 3, 1, 2]))     # [B, C, H, W/2+1]
+    x = tf.reshape(tf.transpose(x, [2, 3, 0, 1]), [f, -1, c_in])
+    # Real parts over imaginary parts on the batch axis: [F, 2B, C].
+    x = tf.cast(tf.concat([tf.math.real(x), tf.math.imag(x)], 1), dtype)
+    kernel = tf.reshape(tf.cast(self.conv.kernel, tf.float32), [k * k, -1])
+    k_re, k_im = (tf.cast(tf.reshape(tf.matmul(m, kernel), [f, c_in, c_out]),
+                          dtype) for m in taps)
+    x_re_k_re, x_im_k_re = tf.split(tf.matmul(x, k_re), 2, 1)
+    x_re_k_im, x_im_k_im = tf.split(tf.matmul(x, k_im), 2, 1)
+    # Y = X conj(K); the inverse DFT of Y at the output positions.
+    y_re = tf.reshape(tf.cast(x_re_k_re + x_im_k_im, tf.float32), [f, -1])
+    y_im = tf.reshape(tf.cast(x_im_k_re - x_re_k_im, tf.float32), [f, -1])
+    y = tf.matmul(inverse[0], y_re) + tf.matmul(inverse[1], y_im)
+    y = tf.transpose(tf.reshape(y, [out_h, out_w, -1, c_out]), [2, 0, 1, 3])
+    return self._add_bias(tf.cast(y, dtype))
+
   def _add_bias(self, x):
     """`x` plus the bias, whose gradient is summed in float32.
 
@@ -274,6 +319,39 @@ class PrimaryCapsules(keras.layers.Layer):
     config.update(channels=self.channels, dim=self.dim,
                   kernel_size=self.kernel_size, strides=self.strides)
     return config
+
+
+def _fft_conv_matrices(h, w, k, s):
+  """The constant matrices of `PrimaryCapsules._fft_conv`.
+
+  Returns:
+    `(taps, inverse, (out_h, out_w))`: `taps`, the real and imaginary
+    parts of the DFT of k x k taps at the H x (W/2+1) frequencies of a real
+    H x W FFT, `[F, k*k]` each; `inverse`, the two matrices that take a
+    spectrum's real and imaginary parts `[F, n]` to the real H x W signal
+    at the stride's VALID output positions, `[out_h * out_w, F]` each.
+  """
+  half = w // 2 + 1
+  u = np.arange(h)[:, None, None, None]
+  v = np.arange(half)[None, :, None, None]
+  a = np.arange(k)[None, None, :, None]
+  b = np.arange(k)[None, None, None, :]
+  theta = 2 * np.pi * (u * a / h + v * b / w)
+  taps = (np.cos(theta).reshape(h * half, k * k),
+          -np.sin(theta).reshape(h * half, k * k))
+  out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
+  p = s * np.arange(out_h)[:, None, None, None]
+  q = s * np.arange(out_w)[None, :, None, None]
+  u = np.arange(h)[None, None, :, None]
+  v = np.arange(half)[None, None, None, :]
+  # A half spectrum stands for its mirror too: every frequency but 0 and
+  # (for even W) W/2 counts twice.
+  weight = np.where((v == 0) | ((w % 2 == 0) & (v == w // 2)), 1.0, 2.0)
+  phi = 2 * np.pi * (u * p / h + v * q / w)
+  inverse = ((weight * np.cos(phi) / (h * w)).reshape(out_h * out_w, -1),
+             (-weight * np.sin(phi) / (h * w)).reshape(out_h * out_w, -1))
+  as_tensors = lambda ms: tuple(tf.constant(m, tf.float32) for m in ms)
+  return as_tensors(taps), as_tensors(inverse), (out_h, out_w)
 
 
 # What u_hat and the routing passes may be computed in.
