@@ -227,8 +227,8 @@ class PrimaryCapsules(keras.layers.Layer):
     output position, the circular correlation of size H x W (no position
     wraps around). So: the input's real 2-D FFT over its H x (W/2+1)
     frequencies F (`[F, batch, C]`); the kernel's DFT at those frequencies
-    as one matmul of the k*k taps (`[F, C, O]`, no FFT of a padded
-    kernel); per frequency the product X conj(K) as two real batched
+    as matmuls over its taps, one axis at a time (`[F, C, O]`, no FFT of a
+    padded kernel); per frequency the product X conj(K) as two real batched
     matmuls; and the inverse DFT taken at the strided output positions
     only, as one more matmul. For the paper's layer that is 11.5 GFLOP
     against the direct form's 38 per batch of 100, and its gradient is the
@@ -248,9 +248,9 @@ class PrimaryCapsules(keras.layers.Layer):
     x = tf.reshape(tf.transpose(x, [2, 3, 0, 1]), [f, -1, c_in])
     # Real parts over imaginary parts on the batch axis: [F, 2B, C].
     x = tf.cast(tf.concat([tf.math.real(x), tf.math.imag(x)], 1), dtype)
-    kernel = tf.reshape(tf.cast(self.conv.kernel, tf.float32), [k * k, -1])
-    k_re, k_im = (tf.cast(tf.reshape(tf.matmul(m, kernel), [f, c_in, c_out]),
-                          dtype) for m in taps)
+    k_re, k_im = (tf.cast(tf.reshape(part, [f, c_in, c_out]), dtype)
+                  for part in _taps_spectrum(tf.cast(self.conv.kernel,
+                                                     tf.float32), taps))
     x_re_k_re, x_im_k_re = tf.split(tf.matmul(x, k_re), 2, 1)
     x_re_k_im, x_im_k_im = tf.split(tf.matmul(x, k_im), 2, 1)
     # Y = X conj(K); the inverse DFT of Y at the output positions.
@@ -325,20 +325,20 @@ def _fft_conv_matrices(h, w, k, s):
   """The constant matrices of `PrimaryCapsules._fft_conv`.
 
   Returns:
-    `(taps, inverse, (out_h, out_w))`: `taps`, the real and imaginary
-    parts of the DFT of k x k taps at the H x (W/2+1) frequencies of a real
-    H x W FFT, `[F, k*k]` each; `inverse`, the two matrices that take a
-    spectrum's real and imaginary parts `[F, n]` to the real H x W signal
-    at the stride's VALID output positions, `[out_h * out_w, F]` each.
+    `(taps, inverse, (out_h, out_w))`: `taps`, what `_taps_spectrum` takes
+    the DFT of k x k taps with at the H x (W/2+1) frequencies of a real
+    H x W FFT: the row DFT's real and imaginary parts `[W/2+1, k]`, and the
+    column DFT of a complex input stacked as two real matrices `[H, 2k]`;
+    `inverse`, the two matrices that take a spectrum's real and imaginary
+    parts `[F, n]` to the real H x W signal at the stride's VALID output
+    positions, `[out_h * out_w, F]` each.
   """
   half = w // 2 + 1
-  u = np.arange(h)[:, None, None, None]
-  v = np.arange(half)[None, :, None, None]
-  a = np.arange(k)[None, None, :, None]
-  b = np.arange(k)[None, None, None, :]
-  theta = 2 * np.pi * (u * a / h + v * b / w)
-  taps = (np.cos(theta).reshape(h * half, k * k),
-          -np.sin(theta).reshape(h * half, k * k))
+  phase_w = 2 * np.pi * np.outer(np.arange(half), np.arange(k)) / w
+  phase_h = 2 * np.pi * np.outer(np.arange(h), np.arange(k)) / h
+  cos_h, sin_h = np.cos(phase_h), -np.sin(phase_h)
+  taps = (np.cos(phase_w), -np.sin(phase_w),
+          np.concatenate([cos_h, -sin_h], 1), np.concatenate([sin_h, cos_h], 1))
   out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
   p = s * np.arange(out_h)[:, None, None, None]
   q = s * np.arange(out_w)[None, :, None, None]
@@ -352,6 +352,24 @@ def _fft_conv_matrices(h, w, k, s):
              (-weight * np.sin(phi) / (h * w)).reshape(out_h * out_w, -1))
   as_tensors = lambda ms: tuple(tf.constant(m, tf.float32) for m in ms)
   return as_tensors(taps), as_tensors(inverse), (out_h, out_w)
+
+
+def _taps_spectrum(kernel, taps):
+  """The DFT of a `[k, k, ...]` kernel's taps at a real FFT's frequencies,
+  as `(real, imaginary)` `[F, n]` (n the kernel's trailing sizes' product).
+
+  Along the width first (`[k, W/2+1, n]`, one small matmul per tap row),
+  then along the height over the complex result: about a fifth of the
+  arithmetic of one matmul over all k*k taps.
+  """
+  row_re, row_im, col_re, col_im = taps
+  k = int(kernel.shape[0])
+  kernel = tf.reshape(kernel, [k, k, -1])
+  rows = tf.concat([tf.matmul(row_re, kernel), tf.matmul(row_im, kernel)], 0)
+  rows = tf.reshape(rows, [2 * k, -1])  # [re; im] of [k, W/2+1 * n]
+  n = int(kernel.shape[2])
+  return (tf.reshape(tf.matmul(col_re, rows), [-1, n]),
+          tf.reshape(tf.matmul(col_im, rows), [-1, n]))
 
 
 # What u_hat and the routing passes may be computed in.
