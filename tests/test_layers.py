@@ -230,6 +230,25 @@ def test_primary_capsules_xla_runs_in_inference_only_when_compiled():
     layer.set_formulation('train', 'winograd')
 
 
+def test_fft_in_float16_does_not_overflow_on_large_activations():
+  # A frequency sums the whole 20 x 20 map: activations of ~150 (whose
+  # direct convolution float16 holds) pass float16's 65,504 there, so
+  # under a float16 policy the per-frequency products run in float32.
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  images = 300.0 * tf.random.uniform([2, 20, 20, 256], seed=6)
+  plain = layers.PrimaryCapsules(channels=4, dim=8)
+  plain(images)
+  half = layers.PrimaryCapsules(channels=4, dim=8, dtype=keras.mixed_precision
+                                .Policy('mixed_float16'))
+  half(images)
+  half.set_weights(plain.get_weights())
+  want = plain.convolve(images, 'direct').numpy()
+  direct = tf.cast(half.convolve(images, 'direct'), tf.float32).numpy()
+  got = tf.cast(half.convolve(images, 'fft'), tf.float32).numpy()
+  assert np.isfinite(direct).all() and np.isfinite(got).all()
+  np.testing.assert_allclose(got, want, atol=0.01 * np.abs(want).max())
+
+
 @pytest.mark.parametrize('h,w,k,s', [(20, 20, 9, 2), (21, 19, 9, 2),
                                      (20, 20, 8, 3), (9, 9, 9, 3)])
 def test_fft_conv_matrices_are_the_dft_and_its_strided_inverse(h, w, k, s):

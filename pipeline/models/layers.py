@@ -235,9 +235,12 @@ class PrimaryCapsules(keras.layers.Layer):
     same matmuls transposed.
 
     The transforms run in float32 (TF's FFTs take no 16-bit input); the
-    per-frequency matmuls run in the layer's compute dtype.
+    per-frequency matmuls in bfloat16 under a bfloat16 policy, else in
+    float32: a frequency sums a whole row of the input, past float16's
+    range (65,504) on real activations.
     """
     dtype = self.compute_dtype
+    matmul_dtype = tf.bfloat16 if dtype == 'bfloat16' else tf.float32
     k, s = self.kernel_size, self.strides
     h, w, c_in = (int(d) for d in inputs.shape[1:])
     c_out = int(self.conv.kernel.shape[3])
@@ -247,8 +250,9 @@ class PrimaryCapsules(keras.layers.Layer):
                                       [0, 3, 1, 2]))     # [B, C, H, W/2+1]
     x = tf.reshape(tf.transpose(x, [2, 3, 0, 1]), [f, -1, c_in])
     # Real parts over imaginary parts on the batch axis: [F, 2B, C].
-    x = tf.cast(tf.concat([tf.math.real(x), tf.math.imag(x)], 1), dtype)
-    k_re, k_im = (tf.cast(tf.reshape(part, [f, c_in, c_out]), dtype)
+    x = tf.cast(tf.concat([tf.math.real(x), tf.math.imag(x)], 1),
+                matmul_dtype)
+    k_re, k_im = (tf.cast(tf.reshape(part, [f, c_in, c_out]), matmul_dtype)
                   for part in _taps_spectrum(tf.cast(self.conv.kernel,
                                                      tf.float32), taps))
     x_re_k_re, x_im_k_re = tf.split(tf.matmul(x, k_re), 2, 1)
