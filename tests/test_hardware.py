@@ -100,6 +100,7 @@ def test_under_an_avx2_cap_auto_picks_float32_and_bf16_warns(monkeypatch):
   monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
   precision, reason = hardware.auto_precision(devices=[])
   assert precision == 'float32' and 'emulated' in reason
+  assert 'under ONEDNN_MAX_CPU_ISA=AVX2' in reason
   assert hardware.emulation_warning('mixed_bfloat16', devices=[])
   assert '(ONEDNN_MAX_CPU_ISA=AVX2)' in hardware.machine()
 

@@ -249,29 +249,6 @@ def test_fft_in_float16_does_not_overflow_on_large_activations():
   np.testing.assert_allclose(got, want, atol=0.01 * np.abs(want).max())
 
 
-@pytest.mark.parametrize('h,w,k,s', [(20, 20, 9, 2), (21, 19, 9, 2),
-                                     (20, 20, 8, 3), (9, 9, 9, 3)])
-def test_fft_conv_matrices_are_the_dft_and_its_strided_inverse(h, w, k, s):
-  # Against numpy's FFT: the taps' spectrum is the real 2-D FFT of the
-  # kernel zero-padded to H x W, and the inverse takes a real signal's half
-  # spectrum back to the signal at the stride's VALID output positions.
-  taps, (i_re, i_im), (out_h, out_w) = layers._fft_conv_matrices(h, w, k, s)
-  rng = np.random.default_rng(0)
-  kernel = rng.normal(size=(k, k, 3))
-  padded = np.zeros((h, w, 3))
-  padded[:k, :k] = kernel
-  want = np.fft.rfft2(padded, axes=(0, 1)).reshape(-1, 3)
-  got_re, got_im = layers._taps_spectrum(tf.constant(kernel, tf.float32),
-                                         taps)
-  np.testing.assert_allclose(got_re.numpy() + 1j * got_im.numpy(), want,
-                             atol=1e-4)
-  signal = rng.normal(size=(h, w))
-  spectrum = np.fft.rfft2(signal).reshape(-1, 1)
-  back = i_re.numpy() @ spectrum.real + i_im.numpy() @ spectrum.imag
-  assert (out_h, out_w) == ((h - k) // s + 1, (w - k) // s + 1)
-  np.testing.assert_allclose(back.reshape(out_h, out_w),
-                             signal[:h - k + 1:s, :w - k + 1:s], atol=1e-4)
-
 
 @pytest.mark.parametrize('compiled,plain,other', [
     ('xla', 'space_to_depth', 'direct'),

@@ -302,12 +302,15 @@ def auto_precision(features=None, devices=None):
     if low >= (7, 0):
       return 'mixed_float16', f'{shown} (7.x: native float16, no bfloat16)'
     return 'float32', f'{shown} (< 7.0: no fast 16-bit matmuls)'
+  features_given = features
   features = cpu_features() if features is None else list(features)
   native = [f for f in NATIVE_16BIT_CPU['bfloat16'] if f in features]
   if native:
     return 'mixed_bfloat16', (f'this CPU has {", ".join(native)} (native '
                               'bfloat16 matmuls)')
-  return 'float32', ('this CPU has neither avx512_bf16 nor amx_bf16 '
+  cap = isa_cap() if features_given is None else None
+  where = f' under {cap[0]}={cap[1]}' if cap else ''
+  return 'float32', (f'this CPU has neither avx512_bf16 nor amx_bf16{where} '
                      '(bfloat16 would be emulated)')
 
 
