@@ -274,9 +274,8 @@ def resolve_precision(requested, model_dir):
 
   Raises:
     ValueError: an ISA cap in the environment (oneDNN's, XLA's) is not one
-      it knows,
-      or it leaves no 16-bit kernels for the 16-bit precision asked for
-      (or resumed).
+      it knows, or it leaves no 16-bit kernels for the 16-bit precision
+      asked for (or resumed).
   """
   # A bad cap fails here, whatever the precision.
   hardware.isa_cap()
