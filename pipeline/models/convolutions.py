@@ -190,7 +190,7 @@ def taps_spectrum(kernel, taps):
   as `(real, imaginary)` `[F, n]` (n the kernel's trailing sizes' product).
 
   Along the width first (`[k, W/2+1, n]`, one small matmul per tap row),
-  then along the height over the complex result: about a fifth of the
+  then along the height over the complex result: about a quarter of the
   arithmetic of one matmul over all k*k taps.
   """
   row_re, row_im, col_re, col_im = taps
