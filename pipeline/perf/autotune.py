@@ -65,8 +65,9 @@ def machine_key():
   key = {'cpu': hardware.cpu_model(), 'cpu_features': hardware.cpu_features(),
          'gpus': [[g.name, g.compute_capability] for g in hardware.gpus()],
          'tensorflow': tf.__version__}
-  if hardware.xla_isa_cap():
-    key['xla_cpu_max_isa'] = hardware.xla_isa_cap()
+  xla_cap = hardware.xla_isa_cap()
+  if xla_cap:
+    key['xla_cpu_max_isa'] = xla_cap
   return key
 
 

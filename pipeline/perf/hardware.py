@@ -266,8 +266,9 @@ def machine() -> str:
   cap = isa_cap()
   if cap:
     caps.append(f'{cap[0]}={cap[1]}')
-  if xla_isa_cap():
-    caps.append(f'xla_cpu_max_isa={xla_isa_cap()}')
+  xla_cap = xla_isa_cap()
+  if xla_cap:
+    caps.append(f'xla_cpu_max_isa={xla_cap}')
   capped = f' ({", ".join(caps)})' if caps else ''
   return f'{cpu_model()}{capped}, {os.cpu_count()} cores, {accel}'
 
@@ -302,13 +303,12 @@ def auto_precision(features=None, devices=None):
     if low >= (7, 0):
       return 'mixed_float16', f'{shown} (7.x: native float16, no bfloat16)'
     return 'float32', f'{shown} (< 7.0: no fast 16-bit matmuls)'
-  features_given = features
+  cap = isa_cap() if features is None else None
   features = cpu_features() if features is None else list(features)
   native = [f for f in NATIVE_16BIT_CPU['bfloat16'] if f in features]
   if native:
     return 'mixed_bfloat16', (f'this CPU has {", ".join(native)} (native '
                               'bfloat16 matmuls)')
-  cap = isa_cap() if features_given is None else None
   where = f' under {cap[0]}={cap[1]}' if cap else ''
   return 'float32', (f'this CPU has neither avx512_bf16 nor amx_bf16{where} '
                      '(bfloat16 would be emulated)')

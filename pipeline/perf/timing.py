@@ -171,15 +171,14 @@ def bench_matmul(repeats, n=2048, chain=8):
   so the call's dispatch (which dominates a single matmul on a GPU) is a
   small part of it; the chain's factor is scaled so values stay near 1.
   """
+  on_gpu = bool(tf.config.list_physical_devices('GPU'))
   dtypes = [('matmul_gflops', tf.float32), ('matmul_bf16_gflops', tf.bfloat16)]
-  if tf.config.list_physical_devices('GPU'):
+  if on_gpu:
     dtypes.append(('matmul_fp16_gflops', tf.float16))
   results = {'matmul_size': n, 'matmul_chain': chain}
   for name, dtype in dtypes:
-    blocked = (not tf.config.list_physical_devices('GPU') and
-               hardware.cap_blocks_16bit(
-                   'float32' if dtype == tf.float32 else f'mixed_{dtype.name}',
-                   asked=f'a {dtype.name} matmul'))
+    blocked = dtype != tf.float32 and not on_gpu and hardware.cap_blocks_16bit(
+        f'mixed_{dtype.name}', asked=f'a {dtype.name} matmul')
     if blocked:
       results[f'{name}_skipped'] = blocked
       continue
