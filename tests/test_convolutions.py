@@ -37,22 +37,39 @@ def test_each_formulation_is_the_strided_conv_with_its_gradients(name, shape,
 @pytest.mark.parametrize('h,w,k,s', [(20, 20, 9, 2), (21, 19, 9, 2),
                                      (20, 20, 8, 3), (9, 9, 9, 3)])
 def test_fft_conv_matrices_are_the_dft_and_its_strided_inverse(h, w, k, s):
-  # Against numpy's FFT: the taps' spectrum is the real 2-D FFT of the
-  # kernel zero-padded to H x W, and the inverse takes a real signal's half
-  # spectrum back to the signal at the stride's VALID output positions.
-  taps, (i_re, i_im), (out_h, out_w) = convolutions.fft_matrices(h, w, k, s)
+  # Against numpy's FFT, in the three parts of Gauss's product (X = a + ib
+  # times conj(K) = c + iD): the input's parts a+b, a, b of its real 2-D
+  # FFT; the kernel's c, D-c, c+D of the real 2-D FFT of the kernel
+  # zero-padded to H x W; and the inverse takes the products k1, k2, k3 of
+  # a spectrum (real part k1 - k3, imaginary part k1 + k2) back to the
+  # real signal at the stride's VALID output positions.
+  m = convolutions.fft_matrices(h, w, k, s)
+  half = w // 2 + 1
   rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, h, w, 3))
+  spectrum = np.fft.rfft2(images, axes=(1, 2)).transpose(1, 2, 0, 3)
+  a, b = spectrum.real, spectrum.imag  # [H, W/2+1, B, C]
+  got = convolutions.real_dft2(tf.constant(images, tf.float32), m.analysis)
+  got = got.numpy().reshape(h, 3, half, 2, 3)
+  for part, want in enumerate((a + b, a, b)):
+    np.testing.assert_allclose(got[:, part], want, atol=1e-4)
+
   kernel = rng.normal(size=(k, k, 3))
   padded = np.zeros((h, w, 3))
   padded[:k, :k] = kernel
-  want = np.fft.rfft2(padded, axes=(0, 1)).reshape(-1, 3)
-  got_re, got_im = convolutions.taps_spectrum(
-      tf.constant(kernel, tf.float32), taps)
-  np.testing.assert_allclose(got_re.numpy() + 1j * got_im.numpy(), want,
-                             atol=1e-4)
+  spectrum = np.fft.rfft2(padded, axes=(0, 1))  # [H, W/2+1, n]
+  c, d_conj = spectrum.real, -spectrum.imag
+  got = convolutions.taps_spectrum(tf.constant(kernel, tf.float32), m.taps)
+  got = got.numpy().reshape(h, 3, half, 3)
+  for part, want in enumerate((c, d_conj - c, c + d_conj)):
+    np.testing.assert_allclose(got[:, part], want, atol=1e-4)
+
   signal = rng.normal(size=(h, w))
-  spectrum = np.fft.rfft2(signal).reshape(-1, 1)
-  back = i_re.numpy() @ spectrum.real + i_im.numpy() @ spectrum.imag
+  spectrum = np.fft.rfft2(signal)
+  k1 = rng.normal(size=spectrum.shape)
+  products = np.stack([k1, spectrum.imag - k1, k1 - spectrum.real], 1)
+  back = m.inverse.numpy() @ products.reshape(-1)
+  out_h, out_w = m.out_shape
   assert (out_h, out_w) == ((h - k) // s + 1, (w - k) // s + 1)
   np.testing.assert_allclose(back.reshape(out_h, out_w),
                              signal[:h - k + 1:s, :w - k + 1:s], atol=1e-4)

@@ -8,6 +8,8 @@ returns `[batch, (H - k) // s + 1, (W - k) // s + 1, O]` in it, without a
 bias.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -108,68 +110,119 @@ def patch_matmul_conv(x, kernel, s):
   return conv(x, kernel)
 
 
-def fft_conv(x, kernel, s, matmul_dtype=tf.float32):
-  """The strided convolution by the convolution theorem, in float32.
+def fft_conv(x, kernel, s, dtype=tf.float32):
+  """The strided convolution by the convolution theorem.
 
   A VALID correlation of an H x W image with a k x k kernel is, at every
   output position, the circular correlation of size H x W (no position
-  wraps around). So: the input's real 2-D FFT over its H x (W/2+1)
-  frequencies F (`[F, batch, C]`); the kernel's DFT at those frequencies
-  as matmuls over its taps, one axis at a time (`[F, C, O]`, no FFT of a
-  padded kernel); per frequency the product X conj(K) as two real batched
-  matmuls, in `matmul_dtype`; and the inverse DFT taken at the strided
-  output positions only, as one more matmul. For the paper's
-  PrimaryCapsules that is 11.5 GFLOP against the direct form's 38 per
-  batch of 100, and its gradient is the same matmuls transposed (TF's own
-  gradients of `rfft2d` and `matmul`).
+  wraps around), whose DFT at each frequency is X conj(K): the input's
+  DFT times the kernel's conjugate DFT. So, at the H x (W/2+1)
+  frequencies F of a real signal:
+
+  - the input's DFT (`real_dft2`) and the kernel's (`taps_spectrum`), each
+    as two small matmuls with constant matrices (`fft_matrices`);
+  - per frequency the complex product over channels in three real
+    products, not four (Gauss's: with X = a + ib and conj(K) = c + iD,
+    `(a+b) c`, `a (D-c)` and `b (c+D)`), as one batched matmul
+    `[3F, B, C] x [3F, C, O]`;
+  - the inverse DFT of the sum taken only at the strided output positions,
+    the three products' recombination folded into its matrix: one matmul
+    `[out_h * out_w, 3F] x [3F, B * O]`.
+
+  Every matmul runs in `dtype` (summing in float32 inside, as TF's 16-bit
+  matmuls do on CPUs and GPUs); its constant matrices are rounded to it.
+
+  For the paper's PrimaryCapsules that is 8.7 GFLOP of products and 3.5
+  of transforms per batch of 100, against the direct form's 38. The
+  gradient is TF's own (of matmuls and transposes only). Every transform
+  is a matmul, not TF's `rfft2d`: at 20 x 20 a DFT as two small matmuls
+  costs little more arithmetic than an FFT, and `rfft2d`'s gradient
+  (`irfft2d` and the re-layouts around it) took three times as long on
+  the CPUs measured (docs/benchmark.md).
 
   Args:
-    x: `[batch, H, W, C]` float32 (TF's FFTs take no 16-bit input).
-    kernel: `[k, k, C, O]` float32.
+    x: `[batch, H, W, C]`.
+    kernel: `[k, k, C, O]`.
     s: the stride.
-    matmul_dtype: the dtype of the per-frequency products. Not float16: a
-      frequency sums the whole map, past float16's range (65,504) where
-      the direct convolution is not.
+    dtype: float32 or bfloat16; the output's too. Not float16: a frequency
+      sums the whole map, past float16's range (65,504) where the direct
+      convolution is not.
   """
   k = int(kernel.shape[0])
   h, w, c_in = (int(d) for d in x.shape[1:])
   c_out = int(kernel.shape[3])
-  taps, inverse, (out_h, out_w) = fft_matrices(h, w, k, s)
-  f = h * (w // 2 + 1)
-  x = tf.signal.rfft2d(tf.transpose(x, [0, 3, 1, 2]))  # [B, C, H, W/2+1]
-  x = tf.reshape(tf.transpose(x, [2, 3, 0, 1]), [f, -1, c_in])
-  # Real parts over imaginary parts on the batch axis: [F, 2B, C].
-  x = tf.cast(tf.concat([tf.math.real(x), tf.math.imag(x)], 1), matmul_dtype)
-  k_re, k_im = (tf.cast(tf.reshape(part, [f, c_in, c_out]), matmul_dtype)
-                for part in taps_spectrum(kernel, taps))
-  x_re_k_re, x_im_k_re = tf.split(tf.matmul(x, k_re), 2, 1)
-  x_re_k_im, x_im_k_im = tf.split(tf.matmul(x, k_im), 2, 1)
-  # Y = X conj(K); the inverse DFT of Y at the output positions.
-  y_re = tf.reshape(tf.cast(x_re_k_re + x_im_k_im, tf.float32), [f, -1])
-  y_im = tf.reshape(tf.cast(x_im_k_re - x_re_k_im, tf.float32), [f, -1])
-  y = tf.matmul(inverse[0], y_re) + tf.matmul(inverse[1], y_im)
+  m = fft_matrices(h, w, k, s, dtype)
+  x = real_dft2(tf.cast(x, dtype), m.analysis)  # [3F, B, C]
+  kernel = taps_spectrum(tf.cast(kernel, dtype), m.taps)
+  y = _products(x, tf.reshape(kernel, [-1, c_in, c_out]))  # [3F, B, O]
+  y = tf.matmul(m.inverse, tf.reshape(y, [3 * h * (w // 2 + 1), -1]))
+  out_h, out_w = m.out_shape
   return tf.transpose(tf.reshape(y, [out_h, out_w, -1, c_out]), [2, 0, 1, 3])
 
 
-def fft_matrices(h, w, k, s):
+@tf.custom_gradient
+def _products(x, kernel):
+  """`tf.matmul(x, kernel)` of `[n, m, k] x [n, k, o]`, whose kernel
+  gradient multiplies a transposed copy of `x`: TF's own gradient
+  (`matmul(x, dy, transpose_a=True)`) ran 2-3x slower in float32 on the
+  CPUs measured at `fft_conv`'s shapes (docs/benchmark.md)."""
+  def grad(dy):
+    return (tf.matmul(dy, kernel, transpose_b=True),
+            tf.matmul(tf.transpose(x, [0, 2, 1]), dy))
+  return tf.matmul(x, kernel), grad
+
+
+class FourierMatrices(NamedTuple):
   """The constant matrices of `fft_conv`.
 
-  Returns:
-    `(taps, inverse, (out_h, out_w))`: `taps`, what `taps_spectrum` takes
-    the DFT of k x k taps with at the H x (W/2+1) frequencies of a real
-    H x W FFT: the row DFT's real and imaginary parts `[W/2+1, k]`, and the
-    column DFT of a complex input stacked as two real matrices `[H, 2k]`;
-    `inverse`, the two matrices that take a spectrum's real and imaginary
-    parts `[F, n]` to the real H x W signal at the stride's VALID output
-    positions, `[out_h * out_w, F]` each.
+  The three parts of a spectrum X conj(K) (X = a + ib, conj(K) = c + iD)
+  are Gauss's: input a+b with kernel c, a with D-c, b with c+D. Spectra
+  are laid out `[3F, ...]` with F = H x (W/2+1) frequencies, in the order
+  (frequency u over the height, part, frequency v over the width).
+
+  analysis: what `real_dft2` takes the input's parts with: over the
+    height, `[H * 2, H]` (rows: frequency u, then the cosine and the sine
+    part); then over the width and those two parts, `[3 * (W/2+1), 2W]`
+    (rows: part a+b, a, b; then frequency v).
+  taps: what `taps_spectrum` takes the kernel's parts with: the row DFT's
+    real and imaginary parts `[W/2+1, k]`, then over the height of that
+    complex result `[H * 3, 2k]` (rows: frequency u, then part c, D-c,
+    c+D).
+  inverse: `[out_h * out_w, 3F]`, taking the three products to the real
+    H x W signal at the stride's VALID output positions.
+  out_shape: `(out_h, out_w)`.
   """
+  analysis: tuple
+  taps: tuple
+  inverse: tf.Tensor
+  out_shape: tuple
+
+
+def fft_matrices(h, w, k, s, dtype=tf.float32):
+  """The constant matrices of `fft_conv` for an H x W input, a k x k
+  kernel and stride s, in `dtype`: a `FourierMatrices`."""
   half = w // 2 + 1
+  # e^{-i theta} = a + ib over the height, e^{-i phi} = c + id over the
+  # width, for each frequency (row) and position (column).
+  theta = 2 * np.pi * np.outer(np.arange(h), np.arange(h)) / h
+  phi = 2 * np.pi * np.outer(np.arange(half), np.arange(w)) / w
+  a, b, c, d = np.cos(theta), -np.sin(theta), np.cos(phi), -np.sin(phi)
+  over_h = np.stack([a, b], 1).reshape(2 * h, h)
+  # (A + iB)(c + id): real part Ac - Bd, imaginary part Ad + Bc.
+  real, imag = np.concatenate([c, -d], 1), np.concatenate([d, c], 1)
+  over_w = np.concatenate([real + imag, real, imag], 0)
+
+  # The kernel's DFT: over its tap columns (as in `taps_spectrum`), then
+  # over its rows; its conjugate's parts c and D (= -imaginary) then
+  # Gauss's c, D - c, c + D.
   phase_w = 2 * np.pi * np.outer(np.arange(half), np.arange(k)) / w
   phase_h = 2 * np.pi * np.outer(np.arange(h), np.arange(k)) / h
-  cos_h, sin_h = np.cos(phase_h), -np.sin(phase_h)
-  taps = (np.cos(phase_w), -np.sin(phase_w),
-          np.concatenate([cos_h, -sin_h], 1),
-          np.concatenate([sin_h, cos_h], 1))
+  cos_h, sin_h = np.cos(phase_h), np.sin(phase_h)
+  col_re = np.concatenate([cos_h, sin_h], 1)
+  col_im = np.concatenate([-sin_h, cos_h], 1)
+  col = np.stack([col_re, -col_im - col_re, col_re - col_im], 1)
+  taps = (np.cos(phase_w), -np.sin(phase_w), col.reshape(3 * h, 2 * k))
+
   out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
   p = s * np.arange(out_h)[:, None, None, None]
   q = s * np.arange(out_w)[None, :, None, None]
@@ -178,26 +231,43 @@ def fft_matrices(h, w, k, s):
   # A half spectrum stands for its mirror too: every frequency but 0 and
   # (for even W) W/2 counts twice.
   weight = np.where((v == 0) | ((w % 2 == 0) & (v == w // 2)), 1.0, 2.0)
-  phi = 2 * np.pi * (u * p / h + v * q / w)
-  inverse = ((weight * np.cos(phi) / (h * w)).reshape(out_h * out_w, -1),
-             (-weight * np.sin(phi) / (h * w)).reshape(out_h * out_w, -1))
-  as_tensors = lambda ms: tuple(tf.constant(m, tf.float32) for m in ms)
-  return as_tensors(taps), as_tensors(inverse), (out_h, out_w)
+  angle = 2 * np.pi * (u * p / h + v * q / w)
+  inv_re = weight * np.cos(angle) / (h * w)  # [out_h, out_w, H, W/2+1]
+  inv_im = -weight * np.sin(angle) / (h * w)
+  # Real part k1 - k3, imaginary part k1 + k2 of the products k1, k2, k3.
+  inverse = np.stack([inv_re + inv_im, inv_im, -inv_re], 3)
+  as_tensors = lambda ms: tuple(tf.constant(m, dtype) for m in ms)
+  return FourierMatrices(
+      as_tensors((over_h, over_w)), as_tensors(taps),
+      tf.constant(inverse.reshape(out_h * out_w, -1), dtype), (out_h, out_w))
+
+
+def real_dft2(x, analysis):
+  """The input's three spectrum parts for `fft_conv`: `[3F, B, C]` from
+  `x` `[B, H, W, C]` (order in `FourierMatrices`). Two matmuls: over the
+  height (one `[2H, H] x [H, W*B*C]`), then per height frequency over the
+  width and the cosine and sine parts (H of `[3(W/2+1), 2W] x [2W, B*C]`).
+  `analysis` is `fft_matrices(...).analysis`."""
+  over_h, over_w = analysis
+  h, w, c = (int(d) for d in x.shape[1:])
+  x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [h, -1])  # [H, W*B*C]
+  x = tf.reshape(tf.matmul(over_h, x), [h, 2 * w, -1])  # [u, (a|b, x), n]
+  x = tf.matmul(over_w, x)  # [u, (part, v), B*C]
+  return tf.reshape(x, [3 * h * (w // 2 + 1), -1, c])
 
 
 def taps_spectrum(kernel, taps):
-  """The DFT of a `[k, k, ...]` kernel's taps at a real FFT's frequencies,
-  as `(real, imaginary)` `[F, n]` (n the kernel's trailing sizes' product).
+  """The three parts of a `[k, k, ...]` kernel's conjugate DFT for
+  `fft_conv`: `[3F, n]` (n the kernel's trailing sizes' product; order in
+  `FourierMatrices`).
 
   Along the width first (`[k, W/2+1, n]`, one small matmul per tap row),
-  then along the height over the complex result: about a quarter of the
-  arithmetic of one matmul over all k*k taps.
+  then along the height over the complex result, one matmul: about a
+  quarter of the arithmetic of one matmul over all k*k taps.
   """
-  row_re, row_im, col_re, col_im = taps
+  row_re, row_im, col = taps
   k = int(kernel.shape[0])
   kernel = tf.reshape(kernel, [k, k, -1])
   rows = tf.concat([tf.matmul(row_re, kernel), tf.matmul(row_im, kernel)], 0)
   rows = tf.reshape(rows, [2 * k, -1])  # [re; im] of [k, W/2+1 * n]
-  n = int(kernel.shape[2])
-  return (tf.reshape(tf.matmul(col_re, rows), [-1, n]),
-          tf.reshape(tf.matmul(col_im, rows), [-1, n]))
+  return tf.reshape(tf.matmul(col, rows), [-1, int(kernel.shape[2])])

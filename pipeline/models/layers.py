@@ -149,14 +149,12 @@ class PrimaryCapsules(keras.layers.Layer):
     return self._add_bias(x)
 
   def _fft_conv(self, inputs):
-    # The transforms run in float32 (TF's FFTs take no 16-bit input); the
-    # per-frequency products in bfloat16 under a bfloat16 policy, else in
-    # float32: a frequency sums the whole map, past float16's range.
-    dtype = self.compute_dtype
-    y = convolutions.fft_conv(
-        *self._operands(inputs, tf.float32), self.strides,
-        tf.bfloat16 if dtype == 'bfloat16' else tf.float32)
-    return self._add_bias(tf.cast(y, dtype))
+    # In bfloat16 under a bfloat16 policy, else in float32: a frequency
+    # sums the whole map, past float16's range.
+    dtype = tf.bfloat16 if self.compute_dtype == 'bfloat16' else tf.float32
+    y = convolutions.fft_conv(*self._operands(inputs, dtype), self.strides,
+                              dtype)
+    return self._add_bias(tf.cast(y, self.compute_dtype))
 
   def _operands(self, inputs, dtype=None):
     """The input and the kernel in `dtype` (default: the compute dtype)."""
