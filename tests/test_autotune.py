@@ -76,6 +76,19 @@ def test_probe_rejects_a_wrong_formulation_and_keeps_the_fastest():
     assert result['errors']['plain'] < 1e-5
 
 
+def test_probe_runs_the_reference_formulation_once():
+  model = Model()
+  model.layer.reference_formulation = lambda: 'plain'
+  model.layer.reference = lambda x: model.layer.run(x, 'plain')
+  result = autotune.probe(model.layer, tf.random.normal([8, 4], seed=1),
+                          'infer', ('plain', 'slow'))
+  # Traced once as the reference (and once for its output shapes), never
+  # again as a candidate; still timed and choosable.
+  assert model.layer.runs.count('plain') == 2
+  assert 'plain' in result['seconds'] and result['errors']['plain'] == 0.0
+  assert set(result['first_call_seconds']) == {'reference', 'slow'}
+
+
 def test_every_formulation_wrong_is_an_error():
   model = Model()
   with pytest.raises(RuntimeError, match='Every formulation of doubler was '

@@ -126,6 +126,17 @@ def _float32_and_bfloat16_primary(images):
   return plain, half
 
 
+def test_primary_capsules_reference_formulation_is_direct_in_float32_only():
+  # The probe takes `direct`'s value from the reference's run: it must be
+  # the very same computation, and there is none such in 16 bits.
+  images = tf.random.uniform([2, 20, 20, 16], seed=4)
+  plain, half = _float32_and_bfloat16_primary(images)
+  assert plain.reference_formulation() == 'direct'
+  np.testing.assert_array_equal(plain.run(images, 'direct').numpy(),
+                                plain.reference(images).numpy())
+  assert half.reference_formulation() is None
+
+
 def test_primary_capsules_bfloat16_matches_float32():
   images = tf.random.uniform([2, 20, 20, 16], seed=4)
   plain, half = _float32_and_bfloat16_primary(images)
@@ -171,10 +182,10 @@ def test_class_capsules_formulations_match_the_reference():
   layer(inputs)
   layer.bias.assign(tf.random.normal([5, 6], stddev=0.1, seed=1))
   want_v, want_c = layer.reference(inputs)
-  assert set(layer.formulations('train')) == {
+  assert set(layer.formulations('train', 'GPU')) == {
       f'{layout}{xla}' for layout in ('batch_major', 'caps_major',
                                       'class_major') for xla in ('', '+xla')}
-  for name in layer.formulations('infer'):
+  for name in layer.formulations('infer', 'GPU'):
     with tf.GradientTape() as tape:
       v, c = layer.run(inputs, name)
       loss = tf.reduce_sum(v * tf.range(6, dtype=tf.float32))
@@ -188,6 +199,24 @@ def test_class_capsules_formulations_match_the_reference():
     np.testing.assert_allclose(
         tape.gradient(loss, layer.kernel).numpy(),
         ref_tape.gradient(ref, layer.kernel).numpy(), atol=1e-5, err_msg=name)
+
+
+def test_class_capsules_on_a_cpu_probes_no_layout_that_never_won_there():
+  layer = layers.ClassCapsules(num_classes=3, dim=4, jit_compile=True)
+  assert layer.formulations('train', 'CPU') == (
+      'class_major', 'caps_major+xla', 'class_major+xla')
+  assert layer.formulations('infer', 'CPU') == (
+      'class_major', 'batch_major+xla', 'caps_major+xla', 'class_major+xla')
+  assert len(layer.formulations('train', 'GPU')) == 6
+  # Left out of the probe, not out of reach.
+  layer.set_formulation('train', 'batch_major')
+  assert layer.formulation('train') == 'batch_major'
+  half = layers.ClassCapsules(num_classes=3, dim=4, jit_compile=True,
+                              routing_dtype='bfloat16')
+  assert half.formulations('infer', 'CPU') == (
+      'class_major', 'batch_major+xla', 'caps_major+xla', 'class_major+xla',
+      'class_major/float32', 'batch_major+xla/float32',
+      'caps_major+xla/float32', 'class_major+xla/float32')
 
 
 def test_class_capsules_without_jit_compile_offers_no_xla():
@@ -321,7 +350,7 @@ def test_class_capsules_bfloat16_routing_near_float32():
                               routing_dtype='bfloat16')
   half(inputs)
   half.set_weights(full.get_weights())
-  for name in half.formulations('train'):
+  for name in half.formulations('train', 'GPU'):
     with tf.GradientTape() as tape:
       v, c = half.run(inputs, name)
       loss = tf.reduce_sum(v)

@@ -185,6 +185,11 @@ class PrimaryCapsules(keras.layers.Layer):
     yardstick every formulation is checked against)."""
     return self._squashed(self._direct_conv(inputs, tf.float32))
 
+  def reference_formulation(self):
+    """The formulation that computes `reference` itself: `direct` in
+    float32, none in 16 bits."""
+    return 'direct' if self.compute_dtype == 'float32' else None
+
   def get_config(self):
     config = super().get_config()
     config.update(channels=self.channels, dim=self.dim,
@@ -250,12 +255,24 @@ class ClassCapsules(keras.layers.Layer):
     self.compile_inference = False
 
   def formulations(self, mode, device='CPU'):
-    """The formulations `mode` ('train' or 'infer') may run (on any
-    `device`)."""
-    del device
+    """The formulations `mode` ('train' or 'infer') may run on `device`
+    ('CPU' or 'GPU'): every layout, with and without XLA.
+
+    On a CPU with XLA on, the probe leaves out those that never came within
+    1.5x of the fastest on any CPU measured (Intel Xeon with AMX, AMD Zen 4,
+    Zen 4 capped to AVX2, Zen 5; docs/benchmark.md): `batch_major` and
+    `caps_major` without XLA (2.1-7.3x), and in training `batch_major+xla`
+    (1.6-3.2x). `class_major` stays: the fastest layout without XLA, which
+    an export runs. `set_formulation` still takes them all.
+    """
     names = list(self.LAYOUTS)
     if self.jit_compile:
       names += [f'{layout}+xla' for layout in self.LAYOUTS]
+      if device != 'GPU':
+        slow = {'batch_major', 'caps_major'}
+        if mode == 'train':
+          slow.add('batch_major+xla')
+        names = [n for n in names if n not in slow]
     if mode == 'infer' and self.routing_dtype != 'float32':
       names += [f'{n}/float32' for n in names]
     return tuple(names)

@@ -187,8 +187,10 @@ def _quiet_retracing():
 def probe(layer, inputs, mode, candidates, repeats=3):
   """Times each candidate formulation of `layer` on `inputs` in `mode`.
 
-  Each runs once (compiling it) and is checked against `layer.reference`;
-  a candidate off by more than the tolerance, or that fails, is rejected.
+  Each runs once (compiling it) and is checked against `layer.reference`
+  (except the one `layer.reference_formulation()` names, if the layer has
+  that method: the reference itself, in the layer's dtype); a candidate
+  off by more than the tolerance, or that fails, is rejected.
   The rest are timed once, and those within `_SLOW` of the fastest
   `repeats` times in all (the median is kept).
 
@@ -196,29 +198,43 @@ def probe(layer, inputs, mode, candidates, repeats=3):
     A dict: `choice` (the fastest correct candidate), `seconds` (median
     seconds a call of each timed candidate), `rejected` (candidate ->
     reason), `errors` (candidate -> its distance from the reference, as a
-    fraction of the reference's magnitude), `probe_seconds`.
+    fraction of the reference's magnitude), `first_call_seconds` (the
+    reference and each candidate -> seconds of its first call, which
+    traces, compiles and runs it), `probe_seconds`.
 
   Raises:
     RuntimeError: when every candidate is rejected.
   """
   start = time.perf_counter()
   variables = layer.trainable_variables
-  shapes = [o.shape for o in _flat32(layer.reference(inputs))]
+  # The outputs' shapes from a trace, not a run.
+  shapes = [o.shape for o in tf.function(
+      lambda: _flat32(layer.reference(inputs))).get_concrete_function(
+      ).structured_outputs]
   rng = np.random.default_rng(0)
   cotangents = [tf.constant(rng.standard_normal(s.as_list()), tf.float32)
                 for s in shapes]
-  want = [t.numpy() for t in _pass_fn(layer.reference, inputs, variables,
-                                      mode, cotangents)()]
+  reference = _pass_fn(layer.reference, inputs, variables, mode, cotangents)
+  want = [t.numpy() for t in reference()]
+  first = {'reference': time.perf_counter() - start}
+  # A candidate that computes the reference itself is not compiled again.
+  same = getattr(layer, 'reference_formulation', lambda: None)()
   tolerance = _tolerance(layer)
   rejected, errors, fns, times = {}, {}, {}, {}
   for name in candidates:
-    fn = _pass_fn(lambda x, name=name: layer.run(x, name), inputs, variables,
-                  mode, cotangents)
-    try:
-      got = [t.numpy() for t in fn()]  # Compiles it, and checks it.
-    except (tf.errors.OpError, ValueError) as e:
-      rejected[name] = f'failed: {type(e).__name__}: {str(e)[:200]}'
-      continue
+    if name == same:
+      fn, got = reference, want
+    else:
+      fn = _pass_fn(lambda x, name=name: layer.run(x, name), inputs,
+                    variables, mode, cotangents)
+      called = time.perf_counter()
+      try:
+        got = [t.numpy() for t in fn()]  # Compiles it, and checks it.
+      except (tf.errors.OpError, ValueError) as e:
+        rejected[name] = f'failed: {type(e).__name__}: {str(e)[:200]}'
+        continue
+      finally:
+        first[name] = time.perf_counter() - called
     errors[name] = _error(got, want)
     if not errors[name] <= tolerance:
       rejected[name] = (f'off by {errors[name]:.3g} of the reference\'s '
@@ -238,6 +254,7 @@ def probe(layer, inputs, mode, candidates, repeats=3):
         '--autotune=off and report this machine.')
   return {'choice': min(seconds, key=seconds.get), 'seconds': seconds,
           'rejected': rejected, 'errors': errors,
+          'first_call_seconds': first,
           'probe_seconds': time.perf_counter() - start}
 
 
