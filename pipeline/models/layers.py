@@ -68,12 +68,16 @@ class PrimaryCapsules(keras.layers.Layer):
     docs/benchmark.md), so on a CPU `xla` is an inference candidate only.
     `patch_grad` differs from `direct` only in its backward pass, and
     `patch_matmul` keeps the input's patches for its backward pass (k*k
-    times the input's memory), so both are training candidates only.
+    times the input's memory), so both are training candidates only. On a
+    CPU `space_to_depth` is no training candidate either: it trained slower
+    than `direct` in every sitting on every CPU measured (1.04-1.6x; Intel
+    Xeon with AMX, AMD Zen 4, Zen 4 capped to AVX2, Zen 5;
+    docs/benchmark.md).
     """
     if mode == 'infer':
       return ('direct', 'space_to_depth', 'fft', 'xla')
     if device != 'GPU':
-      return ('direct', 'space_to_depth', 'patch_grad', 'patch_matmul', 'fft')
+      return ('direct', 'patch_grad', 'patch_matmul', 'fft')
     return self.FORMULATIONS
 
   def run(self, inputs, name):
