@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models import capsnet
+from pipeline.models import layers
 from pipeline.perf import autotune
 from pipeline.perf import hardware
 
@@ -161,6 +162,28 @@ def test_the_cache_key_names_the_machine_the_shapes_and_the_dtype():
                                    'train', ('a', 'b'))
   half = Doubler(name='d', dtype='mixed_bfloat16')
   assert key != autotune.cache_key(machine, half, x, 'train', ('a', 'b'))
+
+
+def test_the_cache_key_changes_with_the_formulations_code(tmp_path,
+                                                        monkeypatch):
+  # A choice timed on other code of the formulations (an edit to the
+  # package that defines the layer) is not reused.
+  package = tmp_path / 'formulas'
+  package.mkdir()
+  (package / 'layer.py').write_text(
+      'import tf_keras as keras\n\n'
+      'class Plain(keras.layers.Layer):\n  pass\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module('formulas.layer')
+  layer, x = module.Plain(), tf.ones([2, 4])
+  machine = autotune.machine_key()
+  key = autotune.cache_key(machine, layer, x, 'train', ('a', 'b'))
+  assert key == autotune.cache_key(machine, layer, x, 'train', ('a', 'b'))
+  (package / 'other.py').write_text('# a formulation changed\n')
+  autotune._source_digest.cache_clear()  # A new process reads it afresh.
+  assert key != autotune.cache_key(machine, layer, x, 'train', ('a', 'b'))
+  assert len(autotune.code_version(layers.PrimaryCapsules(4, 2, 3, 1))) == 16
 
 
 def test_an_isa_cap_changes_the_machine_key(monkeypatch):

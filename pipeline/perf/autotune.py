@@ -15,10 +15,14 @@ and probes otherwise; `probe` always measures (and refreshes the cache);
 """
 
 import contextlib
+import functools
+import glob
+import hashlib
 import json
 import logging as std_logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -71,17 +75,36 @@ def machine_key():
   return key
 
 
+@functools.lru_cache(maxsize=None)
+def _source_digest(directory):
+  digest = hashlib.sha256()
+  for path in sorted(glob.glob(os.path.join(directory, '*.py'))):
+    with open(path, 'rb') as f:
+      digest.update(os.path.basename(path).encode() + b'\0' + f.read())
+  return digest.hexdigest()[:16]
+
+
+def code_version(layer):
+  """A digest of the source of the package that defines `layer`'s class
+  (for CapsNet's layers, every module of `pipeline/models/`): a choice
+  timed on other code of the formulations is not reused."""
+  module = sys.modules[type(layer).__module__]
+  return _source_digest(os.path.dirname(os.path.abspath(module.__file__)))
+
+
 def _layer_key(layer, inputs, mode, candidates):
   config = {k: v for k, v in layer.get_config().items() if k != 'name'}
   return json.dumps({'layer': type(layer).__name__, 'config': config,
                      'input_shape': list(inputs.shape), 'mode': mode,
-                     'candidates': list(candidates)},
+                     'candidates': list(candidates),
+                     'code': code_version(layer)},
                     sort_keys=True, default=str)
 
 
 def cache_key(machine, layer, inputs, mode, candidates):
   """The cache entry's key: machine, layer (its config, dtype policy and
-  input shape), mode and the candidates compared."""
+  input shape), mode, the candidates compared and the code that defines
+  them (`code_version`)."""
   return json.dumps(machine, sort_keys=True, default=str) + '|' + _layer_key(
       layer, inputs, mode, candidates)
 
