@@ -134,11 +134,12 @@ def fft_conv(x, kernel, s, dtype=tf.float32):
 
   For the paper's PrimaryCapsules that is 8.7 GFLOP of products and 3.5
   of transforms per batch of 100, against the direct form's 38. The
-  gradient is TF's own (of matmuls and transposes only). Every transform
-  is a matmul, not TF's `rfft2d`: at 20 x 20 a DFT as two small matmuls
-  costs little more arithmetic than an FFT, and `rfft2d`'s gradient
-  (`irfft2d` and the re-layouts around it) took three times as long on
-  the CPUs measured (docs/benchmark.md).
+  gradient is of matmuls and transposes only (TF's own, but for the
+  products' kernel gradient: `_products`). Every transform is a matmul,
+  not TF's `rfft2d`: at 20 x 20 a DFT as two small matmuls costs little
+  more arithmetic than an FFT, and `rfft2d`'s gradient (`irfft2d` and the
+  re-layouts around it) took twice as long as the whole transform does as
+  matmuls, forward and backward, on the CPU measured (docs/benchmark.md).
 
   Args:
     x: `[batch, H, W, C]`.
@@ -164,8 +165,8 @@ def fft_conv(x, kernel, s, dtype=tf.float32):
 def _products(x, kernel):
   """`tf.matmul(x, kernel)` of `[n, m, k] x [n, k, o]`, whose kernel
   gradient multiplies a transposed copy of `x`: TF's own gradient
-  (`matmul(x, dy, transpose_a=True)`) ran 2-3x slower in float32 on the
-  CPUs measured at `fft_conv`'s shapes (docs/benchmark.md)."""
+  (`matmul(x, dy, transpose_a=True)`) ran 2-3x slower in float32 at
+  `fft_conv`'s shapes on the CPU measured (docs/benchmark.md)."""
   def grad(dy):
     return (tf.matmul(dy, kernel, transpose_b=True),
             tf.matmul(tf.transpose(x, [0, 2, 1]), dy))
