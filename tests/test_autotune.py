@@ -184,6 +184,9 @@ def test_the_cache_key_changes_with_the_formulations_code(tmp_path,
   autotune._source_digest.cache_clear()  # A new process reads it afresh.
   assert key != autotune.cache_key(machine, layer, x, 'train', ('a', 'b'))
   assert len(autotune.code_version(layers.PrimaryCapsules(4, 2, 3, 1))) == 16
+  # A layer class with no source file (defined in a notebook) still keys.
+  monkeypatch.delattr(module, '__file__')
+  assert autotune.code_version(layer) == 'no source file'
 
 
 def test_an_isa_cap_changes_the_machine_key(monkeypatch):

@@ -88,8 +88,10 @@ def code_version(layer):
   """A digest of the source of the package that defines `layer`'s class
   (for CapsNet's layers, every module of `pipeline/models/`): a choice
   timed on other code of the formulations is not reused."""
-  module = sys.modules[type(layer).__module__]
-  return _source_digest(os.path.dirname(os.path.abspath(module.__file__)))
+  path = getattr(sys.modules.get(type(layer).__module__), '__file__', None)
+  if not path:  # Defined where no file holds it (an interactive session).
+    return 'no source file'
+  return _source_digest(os.path.dirname(os.path.abspath(path)))
 
 
 def _layer_key(layer, inputs, mode, candidates):
