@@ -3,6 +3,7 @@ correct one is kept, choices are cached per machine and reused."""
 
 import json
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
@@ -95,6 +96,21 @@ def test_every_formulation_wrong_is_an_error():
   with pytest.raises(RuntimeError, match='Every formulation of doubler was '
                      'rejected.*--autotune=off'):
     autotune.probe(model.layer, tf.ones([2, 4]), 'infer', ('wrong',))
+
+
+def test_the_distance_is_relative_to_each_reference_tensor():
+  want = [np.array([1., -4.], np.float32), np.full([2, 2], 100., np.float32)]
+  distance = autotune._Distance(want)  # pylint: disable=protected-access
+  # Each tensor against its own largest magnitude; the worst one counts.
+  assert distance([want[0] + [0., 1.], want[1]]) == pytest.approx(0.25)
+  assert distance([want[0], want[1] + 1.]) == pytest.approx(0.01)
+  # Its scratch carries nothing from one candidate to the next.
+  assert distance([want[0], want[1]]) == 0.0
+  assert distance([np.array([1., np.nan], np.float32), want[1]]) == np.inf
+  assert distance([want[0], np.zeros([3, 2], np.float32)]) == np.inf
+  # A tensor that is all zeros in the reference: any difference is out.
+  assert autotune._Distance([np.zeros(3, np.float32)])(  # pylint: disable=protected-access
+      [np.full(3, 1e-3, np.float32)]) > 1.
 
 
 def test_tune_caches_and_reuses_the_choice(tmp_path):
