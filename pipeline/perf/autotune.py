@@ -156,7 +156,9 @@ def _flat32(structure):
 def _pass_fn(forward, inputs, variables, mode, cotangents):
   """A tf.function of one pass of `forward`: its outputs in inference; its
   outputs and the gradients of `sum(outputs * cotangents)` with respect to
-  the inputs and `variables` in training."""
+  the inputs and `variables` in training. Traced without autograph (its
+  source conversion was seconds of every probe): a formulation's Python
+  control flow may depend on shapes, dtypes and names, not on tensors."""
   if mode == 'infer':
     return tf.function(lambda: _flat32(forward(inputs)), autograph=False)
 
