@@ -86,6 +86,30 @@ def test_bad_reference_is_refused():
     curves.parse_reference('paper:0.25')
 
 
+def test_milestones_are_the_first_epoch_reaching_each_accuracy(tmp_path):
+  run = _run_dir(tmp_path / 'run', [
+      _entry(600, 0.9890, 1.0), _entry(1200, 0.9921, 2.0),
+      _entry(1800, 0.9950, 3.0), _entry(2400, 0.9940, 4.0),
+      # 9,965 of 10,000 right is 99.65% though 0.9965 is not exact.
+      _entry(3000, 9965 / 10000, 5.0), _entry(3600, 0.9960, 6.0)])
+  rows = curves.read_curve(str(run))
+  firsts = curves.milestones(rows, (99.0, 99.2, 99.5, 99.65, 99.7))
+  assert {k: v and v['step'] for k, v in firsts.items()} == {
+      99.0: 1200, 99.2: 1200, 99.5: 1800, 99.65: 3000, 99.7: None}
+  lines = curves.milestone_lines(rows, (99.0, 99.7))
+  assert lines[0] == '99.0%: first at epoch 2.00 (step 1,200, 0.00 h)'
+  assert lines[1] == '99.7%: not reached (best 99.65% at epoch 5.00)'
+  # The figure that counts is the last evaluation, not the best.
+  assert lines[2].startswith('final: 0.40% test error at epoch 6.00')
+
+
+@pytest.mark.parametrize('text', ['0', '101', 'ninety', ''])
+def test_bad_milestone_is_refused(text):
+  assert curves.parse_milestone('99.65') == 99.65
+  with pytest.raises(ValueError, match='accuracy in percent'):
+    curves.parse_milestone(text)
+
+
 def test_command(tmp_path):
   run = _run_dir(tmp_path / 'run', [_entry(600, 0.987, 700.0)])
   proc = subprocess.run(
@@ -94,6 +118,8 @@ def test_command(tmp_path):
       capture_output=True, text=True, cwd=REPO, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert '| 600 | 1.00 | 0.19 | test | 1.30 | 98.70% |' in proc.stdout
+  assert '99.0%: not reached (best 98.70% at epoch 1.00)' in proc.stdout
+  assert 'final: 1.30% test error at epoch 1.00' in proc.stdout
   bad = subprocess.run(
       [sys.executable, '-m', 'pipeline.research.curves', f'--model_dir={tmp_path}',
        f'--output_dir={tmp_path / "out"}'],

@@ -8,7 +8,10 @@ Writes into `--output_dir`:
                        hours of training wall time, split, error, accuracy
   error_vs_epoch.svg   error (%) against epochs of the training split
   error_vs_hours.svg   error (%) against hours of training wall time
-and prints the rows as a Markdown table. Needs no plotting package: the
+and prints the rows as a Markdown table, then the first epoch at which
+each `--milestone` accuracy was reached (by default 99.0, 99.2, 99.5 and
+99.65%, the epochs-to-accuracy columns of docs/mnist_best/), and the
+final error. Needs no plotting package: the
 SVG is written by hand. `--reference=VALUE:LABEL` draws a dashed line at
 an error of VALUE percent (the paper's figure, a goal).
 """
@@ -22,6 +25,7 @@ from absl import app
 from absl import flags
 
 CURVE_FILE = 'curve.json'
+MILESTONES = (99.0, 99.2, 99.5, 99.65)
 
 
 def read_curve(model_dir):
@@ -169,6 +173,57 @@ def write_curves(model_dir, output_dir, references=()):
   return rows
 
 
+def milestones(rows, accuracies=MILESTONES):
+  """For each accuracy in percent, the first row that reached it, or None.
+
+  Accuracies are compared in whole examples: 99.65% of 10,000 is reached
+  by 9,965 right, not missed by a rounding of 0.9965.
+  """
+  firsts = {}
+  for target in accuracies:
+    firsts[target] = next(
+        (r for r in rows
+         if round(100.0 * r['accuracy'], 6) >= round(target, 6)), None)
+  return firsts
+
+
+def _percent(value):
+  """99.0 → '99.0', 99.65 → '99.65'."""
+  text = f'{value:.2f}'.rstrip('0')
+  return text + '0' if text.endswith('.') else text
+
+
+def milestone_lines(rows, accuracies=MILESTONES):
+  """One line per milestone and one for the final error, as text."""
+  lines = []
+  for target, row in milestones(rows, accuracies).items():
+    if row is None:
+      best = max(rows, key=lambda r: r['accuracy'])
+      lines.append(f'{_percent(target)}%: not reached (best {100 * best["accuracy"]:.2f}% '
+                   f'at epoch {best["epoch"]:.2f})')
+    else:
+      lines.append(f'{_percent(target)}%: first at epoch {row["epoch"]:.2f} (step '
+                   f'{row["step"]:,}, {row["hours"]:.2f} h)')
+  if rows:
+    last = rows[-1]
+    lines.append(f'final: {last["error_percent"]:.2f}% {last["split"]} error '
+                 f'at epoch {last["epoch"]:.2f} (step {last["step"]:,}, '
+                 f'{last["hours"]:.2f} h)')
+  return lines
+
+
+def parse_milestone(text):
+  """'99.65' → 99.65, an accuracy in percent."""
+  try:
+    value = float(text)
+  except ValueError:
+    value = None
+  if value is None or not 0.0 < value <= 100.0:
+    raise ValueError(f'--milestone takes an accuracy in percent in (0, 100], '
+                     f'e.g. 99.5; got {text!r}.')
+  return value
+
+
 def markdown(rows):
   lines = ['| step | epoch | hours | split | error % | accuracy |',
            '| --- | --- | --- | --- | --- | --- |']
@@ -187,10 +242,12 @@ def main(argv):
     raise app.UsageError('--model_dir and --output_dir are both required.')
   try:
     references = [parse_reference(r) for r in f.reference]
+    targets = [parse_milestone(m) for m in f.milestone]
     rows = write_curves(f.model_dir, f.output_dir, references)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   print(markdown(rows))
+  print('\n'.join(milestone_lines(rows, targets)))
   print(f'Wrote {CURVE_FILE}, error_vs_epoch.svg and error_vs_hours.svg to '
         f'{f.output_dir}')
   return 0
@@ -201,4 +258,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('output_dir', None, 'Where the curves go.')
   flags.DEFINE_multi_string('reference', [], 'VALUE:LABEL: a dashed line at '
                             'an error of VALUE percent.')
+  flags.DEFINE_multi_string('milestone', [f'{m:g}' for m in MILESTONES],
+                            'An accuracy in percent: prints the first epoch '
+                            'that reached it.')
   sys.exit(app.run(main))
