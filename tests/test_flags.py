@@ -183,6 +183,33 @@ def test_every_shipped_flagfile_parses_into_a_config(path, monkeypatch):
     assert cfg.model.precision in config_lib.PRECISIONS
 
 
+@pytest.mark.parametrize('path', sorted(
+    os.path.relpath(p, REPO)
+    for p in glob.glob(os.path.join(REPO, 'docs', 'mnist_best', '*.flags'))))
+def test_the_recipe_search_flagfiles_parse_into_configs(path, monkeypatch):
+  # docs/mnist_best/ holds the commands of issue 27's runs: each must still
+  # re-run as written. The candidates score held-back training images, the
+  # full runs the test split.
+  monkeypatch.chdir(REPO)
+  with flagsaver.flagsaver():
+    FLAGS(['train', f'--flagfile={path}'])
+    cfg = pipeline_flags.config_from_flags()
+    assert cfg.model.params.routing_iterations == 3
+    # One evaluation an epoch of the images it trains on.
+    assert cfg.eval_every * cfg.batch_size == 60000 - cfg.data.validation_size
+    if os.path.basename(path).startswith('candidate'):
+      assert cfg.data.validation_size == 5000
+      assert cfg.eval_split == 'validation'
+    else:
+      assert cfg.data.validation_size == 0 and cfg.eval_split == 'test'
+    if path.endswith('full2.flags'):
+      # Candidate 8's schedule: x0.9 an epoch of 600 steps, 30 epochs.
+      assert cfg.optimizer.lr_schedule == 'exponential'
+      assert cfg.optimizer.lr_decay_rate == 0.9
+      assert cfg.optimizer.lr_decay_steps == 600
+      assert cfg.train_steps == 30 * 600
+
+
 @pytest.mark.parametrize('features,expected', [
     (['avx2'], 'float32'), (['avx2', 'amx_bf16'], 'mixed_bfloat16'),
     (['avx512_bf16'], 'mixed_bfloat16')])
