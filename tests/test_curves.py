@@ -101,6 +101,8 @@ def test_milestones_are_the_first_epoch_reaching_each_accuracy(tmp_path):
   assert lines[1] == '99.7%: not reached (best 99.65% at epoch 5.00)'
   # The figure that counts is the last evaluation, not the best.
   assert lines[2].startswith('final: 0.40% test error at epoch 6.00')
+  # A run without evaluations has nothing to say, and says nothing.
+  assert curves.milestone_lines([]) == []
 
 
 @pytest.mark.parametrize('text', ['0', '101', 'ninety', ''])

@@ -176,8 +176,9 @@ def write_curves(model_dir, output_dir, references=()):
 def milestones(rows, accuracies=MILESTONES):
   """For each accuracy in percent, the first row that reached it, or None.
 
-  Accuracies are compared in whole examples: 99.65% of 10,000 is reached
-  by 9,965 right, not missed by a rounding of 0.9965.
+  Both sides are rounded to 1e-6 percent first: 9,965 right of 10,000
+  reaches 99.65%, though 100 * (9965 / 10000) is 99.64999... in floating
+  point.
   """
   firsts = {}
   for target in accuracies:
@@ -194,21 +195,24 @@ def _percent(value):
 
 
 def milestone_lines(rows, accuracies=MILESTONES):
-  """One line per milestone and one for the final error, as text."""
+  """One line per milestone and one for the final error, as text (none
+  for a run without evaluations)."""
+  if not rows:
+    return []
   lines = []
+  best = max(rows, key=lambda r: r['accuracy'])
   for target, row in milestones(rows, accuracies).items():
     if row is None:
-      best = max(rows, key=lambda r: r['accuracy'])
-      lines.append(f'{_percent(target)}%: not reached (best {100 * best["accuracy"]:.2f}% '
-                   f'at epoch {best["epoch"]:.2f})')
+      lines.append(f'{_percent(target)}%: not reached (best '
+                   f'{100 * best["accuracy"]:.2f}% at epoch '
+                   f'{best["epoch"]:.2f})')
     else:
-      lines.append(f'{_percent(target)}%: first at epoch {row["epoch"]:.2f} (step '
-                   f'{row["step"]:,}, {row["hours"]:.2f} h)')
-  if rows:
-    last = rows[-1]
-    lines.append(f'final: {last["error_percent"]:.2f}% {last["split"]} error '
-                 f'at epoch {last["epoch"]:.2f} (step {last["step"]:,}, '
-                 f'{last["hours"]:.2f} h)')
+      lines.append(f'{_percent(target)}%: first at epoch {row["epoch"]:.2f} '
+                   f'(step {row["step"]:,}, {row["hours"]:.2f} h)')
+  last = rows[-1]
+  lines.append(f'final: {last["error_percent"]:.2f}% {last["split"]} error '
+               f'at epoch {last["epoch"]:.2f} (step {last["step"]:,}, '
+               f'{last["hours"]:.2f} h)')
   return lines
 
 
