@@ -8,8 +8,9 @@
 
 With --model_dir the run's own data set is used; data flags given change it
 (`--affnist_dir=DIR` alone scores an affNIST run on another test set).
-Writes accuracy, error rate, per-class accuracy and the confusion matrix as
-JSON (MultiMNIST: an example counts only when both digits are the top two).
+Writes accuracy, error rate, per-class accuracy, the confusion matrix and
+each wrong example (its index in the split, label and prediction) as JSON
+(MultiMNIST: an example counts only when both digits are the top two).
 --figures=DIR writes PNGs: inputs beside reconstructions, the paper's
 Figure 4 (each pose dimension perturbed from -0.25 to 0.25 and decoded),
 Figure 5 for two-object data (each object's reconstruction in red and green)
@@ -101,10 +102,12 @@ def evaluate(predictor, source, split, batch_size=500):
   """Runs the predictor over a whole split.
 
   Returns:
-    A dict: split, examples, accuracy, error_rate, per_class_accuracy, and
-    for single-label data the confusion_matrix (rows: true, columns:
-    predicted); for two-object data (MultiMNIST) accuracy counts an example
-    only when both labels are the two longest capsules.
+    A dict: split, examples, accuracy, error_rate, per_class_accuracy,
+    wrong (one [index in the split, label(s), prediction(s)] per wrong
+    example, in split order), and for single-label data the
+    confusion_matrix (rows: true, columns: predicted); for two-object data
+    (MultiMNIST) accuracy counts an example only when both labels are the
+    two longest capsules.
   """
   if tuple(source.info.image_shape) != predictor.image_shape:
     raise ValueError(
@@ -122,6 +125,7 @@ def evaluate(predictor, source, split, batch_size=500):
   class_hits = np.zeros(classes)
   class_counts = np.zeros(classes)
   confusion = np.zeros([classes, classes], np.int64)
+  wrong = []
   for batch in input_pipeline.make_dataset(source, split, batch_size, False,
                                            deterministic=True):
     labels = batch['label'].numpy()
@@ -129,7 +133,13 @@ def evaluate(predictor, source, split, batch_size=500):
     top = np.argsort(-lengths, axis=1)[:, :k]
     predicted = np.zeros_like(labels)
     np.put_along_axis(predicted, top, 1.0, axis=1)
-    hits += int(np.sum(metrics.accuracy_hits(labels, lengths)))
+    batch_hits = np.asarray(metrics.accuracy_hits(labels, lengths))
+    for i in np.flatnonzero(batch_hits < 0.5):
+      true = sorted(np.flatnonzero(labels[i]).tolist())
+      guess = sorted(top[i].tolist())
+      wrong.append([examples + int(i), true[0] if k == 1 and true else true,
+                    guess[0] if k == 1 else guess])
+    hits += int(np.sum(batch_hits))
     examples += len(labels)
     class_counts += labels.sum(0)
     class_hits += (labels * predicted).sum(0)
@@ -140,6 +150,7 @@ def evaluate(predictor, source, split, batch_size=500):
       'split': split, 'dataset': source.info.name, 'examples': examples,
       'accuracy': accuracy, 'error_rate': 1.0 - accuracy,
       'per_class_accuracy': (class_hits / np.maximum(class_counts, 1)).tolist(),
+      'wrong': wrong,
   }
   if k == 1:
     results['confusion_matrix'] = confusion.tolist()

@@ -38,6 +38,7 @@ def test_checkpoint_and_saved_model_agree_with_trainer(run):
     assert cm.sum() == 32 and cm.trace() == round(32 * results['accuracy'])
     per_class = np.diag(cm) / cm.sum(1)
     np.testing.assert_allclose(results['per_class_accuracy'], per_class)
+    assert len(results['wrong']) == 32 - cm.trace()
 
 
 def test_two_object_accuracy_needs_both():
@@ -68,6 +69,38 @@ def test_two_object_accuracy_needs_both():
   expected = ((labels[:, 0] == 1) & (labels[:, 1] == 1)).mean()
   assert results['both_digits_accuracy'] == pytest.approx(expected)
   assert 'confusion_matrix' not in results
+  # Each wrong pair is listed with both its labels and both predictions.
+  assert [w[0] for w in results['wrong']] == np.flatnonzero(
+      ~((labels[:, 0] == 1) & (labels[:, 1] == 1))).tolist()
+  for index, true, guess in results['wrong']:
+    assert true == np.flatnonzero(labels[index]).tolist() and guess == [0, 1]
+
+
+def test_wrong_examples_are_listed_by_their_index_in_the_split():
+  # A model that always answers 3, over batches that do not divide the
+  # split: every other example is listed once, at its own index, with its
+  # label, so a user can find and look at the digits a model gets wrong.
+  class Threes:
+    image_shape = (28, 28, 1)
+    num_classes = 10
+
+    def predict(self, images):
+      lengths = np.zeros([len(images), 10], np.float32)
+      lengths[:, 3] = 0.9
+      return lengths, np.zeros([len(images), 10, 16])
+
+  src = sources.open_source(sources.DataSpec(
+      dataset='synthetic', synthetic_shape=(28, 28, 1),
+      synthetic_size=(20, 37)))
+  results = evaluate.evaluate(Threes(), src, 'test', 10)
+  labels = np.concatenate([
+      b['label'].numpy().argmax(1) for b in
+      evaluate.input_pipeline.make_dataset(src, 'test', 10, False,
+                                           deterministic=True)])
+  assert len(labels) == 37 and 3 in labels and len(set(labels)) > 2
+  assert results['wrong'] == [[i, int(l), 3] for i, l in enumerate(labels)
+                              if l != 3]
+  assert len(results['wrong']) == round(37 * results['error_rate'])
 
 
 def test_another_number_of_classes_is_explained(run):
