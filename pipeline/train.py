@@ -63,10 +63,11 @@ def _main(argv, stop):
              'the permissions) and run the same command: it resumes from the '
              'latest checkpoint.')
   if result.preempted:
+    status = preemption.exit_status(result.preempted)
     print(f'Stopped by {result.preempted} at step {result.step}; '
-          'the checkpoint is saved. Run the same command to resume.',
-          flush=True)
-    return 0
+          'the checkpoint is saved. Run the same command to resume '
+          f'(exit status {status}: the run has not finished).', flush=True)
+    return status
   results = result.evaluation
   print(f'{results["split"]} accuracy {results["accuracy"]:.4f} (error '
         f'{100 * results["error_rate"]:.2f}%) on {results["examples"]} '

@@ -2,10 +2,14 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import tensorflow as tf
 
 from pipeline.research import experiment
 
@@ -84,6 +88,89 @@ def test_overlap_experiment_command(tmp_path):
   assert rescored['capsnet']['steps'] == 2
   assert (rescored['capsnet']['tests']['pairs']['accuracy'] ==
           caps['tests']['pairs']['accuracy'])
+
+
+def _start_accuracy_experiment(tmp_path):
+  """The `accuracy` experiment on tiny data and a tiny model, set to train
+  far longer than a test waits; stdout and stderr merged."""
+  data = tmp_path / 'fashion'
+  write_idx_dir(str(data), n_train=60, n_test=20)
+  extra = [f'--data_dir={data}', '--validation_size=10', '--batch_size=4',
+           '--eval_batch_size=10', '--steps_per_loop=1', '--log_every=1',
+           '--eval_every=100000', '--checkpoint_every=100000',
+           '--export_dir=', *TINY]
+  command = [sys.executable, '-m', 'pipeline.research.experiment',
+             '--experiment=accuracy', '--train_steps=100000',
+             f'--runs_dir={tmp_path}/runs', f'--output={tmp_path}/row.json'
+             ] + [f'--train_flag={flag}' for flag in extra]
+  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+                                   PYTHONUNBUFFERED='1'))
+
+
+def _read_until(proc, text, timeout=300):
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if text in line:
+      return
+  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))
+
+
+@pytest.mark.parametrize('sig, status', [(signal.SIGTERM, 143),
+                                         (signal.SIGINT, 130)])
+def test_a_signal_to_the_experiment_stops_its_run_cleanly_and_scores_nothing(
+    tmp_path, sig, status):
+  proc = _start_accuracy_experiment(tmp_path)
+  try:
+    _read_until(proc, ' step 3/')
+    # To the experiment's process alone, as `kill` or a scheduler sends it;
+    # its training run must hear it once and be waited for (not killed a
+    # moment later, which a Ctrl-C during `subprocess.run` does).
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=300)[0]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert proc.returncode == status, out[-3000:]
+  name = signal.Signals(sig).name
+  stopped = int(re.search(rf'Stopped by {name} at step (\d+);', out).group(1))
+  assert stopped >= 3
+  checkpoints = tmp_path / 'runs' / 'fashion_mnist_accuracy' / 'checkpoints'
+  assert tf.train.latest_checkpoint(str(checkpoints)).endswith(f'ckpt-{stopped}')
+  assert 'nothing was scored and no row written' in out
+  assert 'Traceback' not in out
+  assert not (tmp_path / 'row.json').exists()
+
+
+@pytest.mark.parametrize('code, raised, message', [
+    ('import sys; sys.exit(143)', experiment.TrainingStopped,
+     'SIGTERM: the training run of x.flags stopped before its end'),
+    ('import sys; sys.exit(130)', experiment.TrainingStopped,
+     'SIGINT: the training run'),
+    ('import os, signal; os.kill(os.getpid(), signal.SIGKILL)', RuntimeError,
+     'was killed by SIGKILL'),
+    ('import sys; sys.exit(1)', RuntimeError, r'failed \(exit 1\)'),
+    ('pass', None, None)])
+def test_how_a_training_run_ended_decides_what_the_experiment_does(
+    monkeypatch, code, raised, message):
+  # A run stopped by a signal sent to it directly (not through the
+  # experiment) must not be scored as if it had finished.
+  real_popen = subprocess.Popen
+  monkeypatch.setattr(experiment.subprocess, 'Popen', lambda command, **kw:
+                      real_popen([sys.executable, '-c', code], **kw))
+  if raised is None:
+    experiment.train('x.flags')
+    return
+  with pytest.raises(raised, match=message) as caught:
+    experiment.train('x.flags')
+  if raised is experiment.TrainingStopped:
+    assert caught.value.status == int(code.rsplit('(', 1)[1].rstrip(')'))
 
 
 def test_unknown_model_is_refused_before_any_work():

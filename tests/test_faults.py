@@ -106,13 +106,13 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
                                err_msg=f'{key}, killed at step {kill_at}')
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+def test_sigterm_saves_and_exits_143_then_resumes(tmp_path):
   proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
                 '--eval_every=1000')
   _wait_for_step(proc, 3)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == 143, out[-3000:]
   line = [l for l in out.splitlines() if l.startswith('Stopped by SIGTERM')]
   assert line, out[-3000:]
   stopped = int(line[0].split('at step ')[1].split(';')[0])
@@ -133,7 +133,7 @@ def test_a_repeated_sigterm_still_stops_cleanly(tmp_path):
   time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == 143, out[-3000:]
   assert 'Stopped by SIGTERM' in out
 
 
@@ -143,7 +143,7 @@ def test_ctrl_c_saves_and_a_second_one_stops_at_once(tmp_path):
   _wait_for_step(proc, 3)
   proc.send_signal(signal.SIGINT)
   out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == 130, out[-3000:]
   assert 'Stopped by SIGINT' in out and 'Traceback' not in out
   import re  # pylint: disable=g-import-not-at-top
   stopped = int(re.search(r'Stopped by SIGINT at step (\d+);', out).group(1))

@@ -23,6 +23,15 @@ def test_preemption_watcher_records_sigterm():
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_stopped_run_exits_with_the_status_a_shell_gives_its_signal():
+  # Never 0: a stopped run is not a finished one (a scheduler restarts it,
+  # `train && evaluate` does not evaluate it, an experiment does not score
+  # it).
+  assert preemption.exit_status('SIGTERM') == 143
+  assert preemption.exit_status('SIGINT') == 130
+  assert preemption.exit_status('peer') == 143
+
+
 def test_a_second_sigterm_changes_nothing_a_second_ctrl_c_stops_at_once():
   # What the process had before (SIG_IGN in a job started in the
   # background of a shell, Python's default_int_handler otherwise).

@@ -18,6 +18,23 @@ INTERRUPTED = ('Interrupted. Run the same command to resume from the latest '
 HARD_STOP_SECONDS = 1.0
 
 
+def exit_status(stopped_by):
+  """The exit status of a run that stopped early, its checkpoint saved.
+
+  128 plus the signal's number, as a shell reports a process that signal
+  ended: 143 for SIGTERM (also what TensorFlow's own preemption handler
+  exits with on GCE) and for a stop a peer worker's preemption asked for,
+  130 for Ctrl-C. Never 0: a scheduler that restarts failed jobs, a
+  `train && evaluate` chain, or `pipeline.research.experiment` must not
+  take a run stopped half-way for a finished one.
+
+  Args:
+    stopped_by: `RunResult.preempted`: 'SIGTERM', 'SIGINT' or 'peer'.
+  """
+  return 128 + int(signal.SIGINT if stopped_by == 'SIGINT'
+                   else signal.SIGTERM)
+
+
 class PreemptionWatcher:
   """Turns SIGTERM and Ctrl-C (SIGINT) into a request the training loop
   honours between loops.

@@ -11,7 +11,11 @@ experiment's test sets, writes the figures of `pipeline.evaluate
 command, machine, and per model the steps, the training wall time and each
 test set's accuracy. Training resumes from the runs' checkpoints, so the
 same command continues an interrupted experiment (or, with more
---train_steps, a finished one).
+--train_steps, a finished one). A SIGTERM, Ctrl-C or hang-up is passed on
+to the training run under way, which saves its checkpoint; the experiment
+then ends without scoring or writing a row, with the run's exit status
+(143 for SIGTERM, 130 for Ctrl-C), as it does when the run is stopped by
+itself.
 
   accuracy  CapsNet on Fashion-MNIST, scored on the test split once.
   affine    CapsNet and the baseline trained on translated Fashion-MNIST
@@ -37,6 +41,7 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -148,17 +153,87 @@ def flags_for_model(model, extra):
   return kept
 
 
+class TrainingStopped(Exception):
+  """A signal stopped the experiment before it scored anything.
+
+  Attributes:
+    status: the exit status the experiment ends with (that of the training
+      run, 143 for SIGTERM or 130 for Ctrl-C; see `preemption.exit_status`).
+  """
+
+  def __init__(self, message, status):
+    super().__init__(message)
+    self.status = status
+
+
+# What reaches the experiment and goes on to its training run: a hang-up (a
+# closed terminal) becomes a SIGTERM, a clean stop.
+_FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT,
+              signal.SIGHUP: signal.SIGTERM}
+
+
 def train(flagfile, train_steps=None, extra=()):
-  """Runs `python -m pipeline.train` on a flagfile; raises if it fails."""
+  """Runs `python -m pipeline.train` on a flagfile.
+
+  The run is a child in a process group of its own: every SIGTERM, Ctrl-C
+  or hang-up that reaches the experiment is passed on to it once, and the
+  experiment waits while it saves its checkpoint (a terminal's Ctrl-C
+  would otherwise reach it directly as well, and a second one stops a run
+  at once).
+
+  Raises:
+    TrainingStopped: the run stopped early (it saved its checkpoint), or a
+      signal arrived as it finished: nothing more should happen.
+    RuntimeError: the run failed.
+  """
   command = [sys.executable, '-m', 'pipeline.train', f'--flagfile={flagfile}']
   if train_steps:
     command.append(f'--train_steps={train_steps}')
   command += list(extra)
   print('$ ' + ' '.join(shlex.quote(c) for c in command[1:]), flush=True)
-  proc = subprocess.run(command, check=False)
-  if proc.returncode:
+  received, child = [], []
+
+  def forward(signum, frame):
+    del frame
+    received.append(signal.Signals(signum).name)
+    if child and child[0].poll() is None:
+      child[0].send_signal(_FORWARDED[signum])
+
+  previous = {}
+  for signum in _FORWARDED:
+    try:
+      previous[signum] = signal.signal(signum, forward)
+    except ValueError:  # Not the main thread: the signals stay as they are.
+      pass
+  try:
+    child.append(subprocess.Popen(command, process_group=0))
+    for name in received:  # Arrived while the child was starting.
+      child[0].send_signal(_FORWARDED[signal.Signals[name]])
+    returncode = child[0].wait()
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  stopped = {128 + int(signal.SIGTERM): 'SIGTERM',
+             128 + int(signal.SIGINT): 'SIGINT'}.get(returncode)
+  if stopped or received:
+    name = received[0] if received else stopped
+    status = returncode if stopped else 128 + int(_FORWARDED[
+        signal.Signals[name]])
+    state = ('stopped before its end' if stopped else
+             'finished as it arrived' if returncode == 0 else
+             f'ended (exit status {returncode})')
+    raise TrainingStopped(
+        f'{name}: the training run of {flagfile} {state}; nothing was '
+        'scored and no row written. Run the same command to go on from the '
+        'checkpoints.', status)
+  if returncode < 0:
+    raise RuntimeError(f'Training with {flagfile} was killed by '
+                       f'{signal.Signals(-returncode).name}; its output is '
+                       'above. The same command resumes it from its latest '
+                       'checkpoint.')
+  if returncode:
     raise RuntimeError(f'Training with {flagfile} failed (exit '
-                       f'{proc.returncode}); its output is above.')
+                       f'{returncode}); its output is above.')
 
 
 def score(model_dir, test_sets, figures_dir=None):
@@ -317,6 +392,9 @@ def main(argv):
     row = run_experiment(f.experiment, f.train_steps, f.baseline_train_steps,
                          f.skip_training, f.figures_dir, f.train_flag,
                          f.runs_dir, f.affnist_dir, f.models)
+  except TrainingStopped as e:
+    print(str(e), file=sys.stderr, flush=True)
+    return e.status
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   row['command'] = 'python -m pipeline.research.experiment ' + ' '.join(
