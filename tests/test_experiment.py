@@ -183,6 +183,9 @@ def test_affine_mnist_makes_its_test_set_from_mnist_before_scoring(
   digits = tmp_path / 'mnist'
   write_idx_dir(str(digits), n_train=20, n_test=6)
   affine_dir = tmp_path / 'affine'
+  # What a maker killed before it wrote the images leaves: made again.
+  affine_dir.mkdir()
+  (affine_dir / 't10k-labels-idx1-ubyte.gz').write_bytes(b'')
   # No run to score yet: the set is made first, then the missing
   # checkpoint is named.
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
@@ -193,6 +196,15 @@ def test_affine_mnist_makes_its_test_set_from_mnist_before_scoring(
   assert record['source'] == {'dataset': 'mnist', 'data_source': 'idx',
                               'data_dir': str(digits), 'split': 'test'}
   assert record['examples'] == 6 and record['canvas_size'] == 40
+  # A directory of real affNIST .mat files is read, never written over.
+  real = tmp_path / 'real_affnist'
+  real.mkdir()
+  (real / 'test.mat').write_bytes(b'not read here')
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    experiment.run_experiment(
+        'affine_mnist', skip_training=True, runs_dir=str(tmp_path / 'runs'),
+        affnist_dir=str(real), extra=[f'--data_dir={digits}'])
+  assert os.listdir(real) == ['test.mat']
 
 
 def test_affine_mnist_runs_stop_at_matched_validation_accuracy():

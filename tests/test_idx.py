@@ -90,6 +90,26 @@ def test_write_idx_split_round_trips_and_is_byte_stable(tmp_path):
     assert open(p, 'rb').read() == open(q, 'rb').read()
 
 
+def test_a_write_killed_half_way_leaves_no_split_that_looks_whole(
+    tmp_path, monkeypatch):
+  images = np.zeros([3, 4, 4], np.uint8)
+  real = idx.idx_bytes
+  def fail_on_images(array):
+    if array.ndim == 3:  # The labels are written first, then this.
+      raise KeyboardInterrupt
+    return real(array)
+  monkeypatch.setattr(idx, 'idx_bytes', fail_on_images)
+  with pytest.raises(KeyboardInterrupt):
+    idx.write_idx_split(str(tmp_path), 'test', images, np.zeros([3]))
+  assert os.listdir(tmp_path) == ['t10k-labels-idx1-ubyte.gz']
+  assert not idx.has_split(str(tmp_path), 'test')
+  monkeypatch.setattr(idx, 'idx_bytes', real)
+  idx.write_idx_split(str(tmp_path), 'test', images, np.zeros([3]))
+  assert idx.has_split(str(tmp_path), 'test')
+  assert sorted(os.listdir(tmp_path)) == ['t10k-images-idx3-ubyte.gz',
+                                          't10k-labels-idx1-ubyte.gz']
+
+
 def test_write_idx_split_refuses_bad_arrays(tmp_path):
   with pytest.raises(DataError, match='uint8'):
     idx.idx_bytes(np.zeros([2], np.float32))

@@ -100,14 +100,20 @@ def read_affnist_mat(path):
   return ArraySplit(images.astype(np.uint8), labels.astype(np.int64))
 
 
+def holds_test_set(data_dir):
+  """Whether `data_dir` holds what `load_affnist_dir` reads: IDX test
+  images (whole once there: see `idx.write_idx_split`) or `.mat` files."""
+  return (idx.has_split(data_dir, 'test') or
+          bool(glob.glob(os.path.join(data_dir, '*.mat'))))
+
+
 def load_affnist_dir(data_dir):
   """Reads a directory's IDX test files, else every `.mat` file (by name)."""
   if not os.path.isdir(data_dir):
     raise DataError(f'affNIST directory {data_dir} does not exist; pass '
                     '--affnist_dir holding test.mat or the numbered batches, '
                     'or the IDX files of python -m pipeline.research.make_affnist.')
-  stem = os.path.join(data_dir, idx.IDX_FILES['test'][0])
-  if os.path.exists(stem) or os.path.exists(stem + '.gz'):
+  if idx.has_split(data_dir, 'test'):
     return ArraySplit(*idx.load_idx_split(data_dir, 'test'))
   paths = sorted(glob.glob(os.path.join(data_dir, '*.mat')),
                  key=lambda p: (len(p), p))

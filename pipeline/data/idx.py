@@ -90,6 +90,13 @@ def _find(data_dir, stem):
       '/usr/share/datasets/fashion-mnist.')
 
 
+def has_split(data_dir, split):
+  """Whether `data_dir` holds `split`'s images file (raw or .gz): a split
+  `write_idx_split` wrote is whole once that file is there."""
+  return any(os.path.exists(os.path.join(data_dir, IDX_FILES[split][0] + ext))
+             for ext in ('', '.gz'))
+
+
 def load_idx_split(data_dir, split):
   """Loads one split of an MNIST-layout IDX directory.
 
@@ -156,10 +163,21 @@ def write_idx_split(data_dir, split, images, labels):
                     '[0, 255].')
   os.makedirs(data_dir, exist_ok=True)
   paths = []
-  for stem, array in zip(IDX_FILES[split], (images, labels.astype(np.uint8))):
+  # Each file whole or not at all (written aside, then renamed), the labels
+  # first: a split whose images file exists is complete, even if the writer
+  # was killed half-way.
+  image_stem, label_stem = IDX_FILES[split]
+  for stem, array in ((label_stem, labels.astype(np.uint8)),
+                      (image_stem, images)):
     path = os.path.join(data_dir, stem + '.gz')
-    # mtime=0: the same arrays always give the same bytes.
-    with open(path, 'wb') as f:
-      f.write(gzip.compress(idx_bytes(array), mtime=0))
+    partial = f'{path}.partial-{os.getpid()}'
+    try:
+      with open(partial, 'wb') as f:
+        # mtime=0: the same arrays always give the same bytes.
+        f.write(gzip.compress(idx_bytes(array), mtime=0))
+      os.replace(partial, path)
+    finally:
+      if os.path.exists(partial):
+        os.remove(partial)
     paths.append(path)
-  return paths
+  return paths[::-1]

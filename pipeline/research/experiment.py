@@ -54,6 +54,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import flags as pipeline_flags
+from pipeline.data import affnist
 from pipeline.data import sources
 from pipeline.models import registry
 from pipeline.perf import hardware
@@ -288,7 +289,10 @@ def _test_sets(experiment, extra, affnist_dir):
           for k, v in changes.items()}
       for t, changes in experiment.test_sets.items()}
   for changes in test_sets.values():
-    if 'affnist_dir' in changes and not os.path.isdir(changes['affnist_dir']):
+    # Made unless it holds a test set: a directory that a killed maker left
+    # without its images is made again.
+    if ('affnist_dir' in changes and
+        not affnist.holds_test_set(changes['affnist_dir'])):
       flagfile = experiment.flagfiles['capsnet']
       base = {field: setting(flagfile, extra, name) for field, name in (
           ('dataset', 'base_dataset'), ('data_source', 'data_source'),

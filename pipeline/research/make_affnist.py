@@ -45,8 +45,7 @@ def make_affnist(spec, output_dir, canvas_size=40, seed=0,
     DataError: for unreadable input data, or an existing set without
       `overwrite`.
   """
-  image_file = os.path.join(output_dir, idx.IDX_FILES['test'][0] + '.gz')
-  if os.path.exists(image_file) and not overwrite:
+  if idx.has_split(output_dir, 'test') and not overwrite:
     raise DataError(f'{output_dir} already holds an affNIST-style set; pass '
                     'another --output_dir, or --overwrite to replace it.')
   test = sources.open_source(spec).split('test')
