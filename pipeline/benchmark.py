@@ -20,7 +20,6 @@ them are meaningful on a noisy machine.
 
 # First, before TensorFlow loads: silences its start-up chatter.
 from pipeline import quiet  # pylint: disable=unused-import
-import json
 import sys
 import tempfile
 
@@ -29,6 +28,7 @@ from absl import flags
 from absl import logging
 
 from pipeline import flags as pipeline_flags
+from pipeline.core import atomic
 from pipeline.perf import timing
 
 pipeline_flags.define_flags()
@@ -76,8 +76,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   timing.print_table(results)
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
+    atomic.write_json(FLAGS.output, results, indent=2)
     print(f'Wrote {FLAGS.output}')
   return 0
 

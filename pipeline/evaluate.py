@@ -19,7 +19,6 @@ and the confusion matrix.
 
 # First, before TensorFlow loads: silences its start-up chatter.
 from pipeline import quiet  # pylint: disable=unused-import
-import json
 import os
 import sys
 
@@ -32,6 +31,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import flags as pipeline_flags
 from pipeline import metrics
+from pipeline.core import atomic
 from pipeline.data import input_pipeline, sources
 from pipeline.serving import restore
 
@@ -286,8 +286,7 @@ def main(argv):
   for path in results.get('figures', []):
     print(f'Wrote {path}')
   if f.output:
-    with open(f.output, 'w') as out:
-      json.dump(results, out, indent=2)
+    atomic.write_json(f.output, results, indent=2)
     print(f'Wrote {f.output}')
   return 0
 

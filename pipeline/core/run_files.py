@@ -13,6 +13,7 @@ import os
 from absl import logging
 
 from pipeline import config as config_lib
+from pipeline.core import atomic
 from pipeline.core import run_guard
 from pipeline.core.checkpoints import FLAGS_FILE
 from pipeline.perf import autotune
@@ -73,7 +74,7 @@ def write_run_files(work_dir, config, info, flags_text, autotune_record):
   files[autotune.RECORD_FILE] = json.dumps(autotune_record, indent=2,
                                            default=str)
   for name, text in files.items():
-    run_guard.write_atomic(os.path.join(work_dir, name), text)
+    atomic.write_atomic(os.path.join(work_dir, name), text)
 
 
 class MetricsFile:
@@ -89,7 +90,7 @@ class MetricsFile:
   def append(self, results, step):
     history = self.history()
     history.append(dict(results, step=int(step)))
-    run_guard.write_atomic(self.path, json.dumps(
+    atomic.write_atomic(self.path, json.dumps(
         {'latest': history[-1], 'history': history}, indent=2))
 
   def evaluation_at(self, step, split):

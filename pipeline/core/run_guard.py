@@ -1,6 +1,6 @@
 """What keeps a training run safe: a model-dir lock, up-front checks of the
-directories it writes, atomic file writes, and the checkpoint quarantine and
-clean-up. (Signals are `pipeline.core.preemption`'s.)"""
+directories it writes, and the checkpoint quarantine and clean-up. (Signals
+are `pipeline.core.preemption`'s, whole-file writes `pipeline.core.atomic`'s.)"""
 
 import errno
 import fcntl
@@ -115,14 +115,6 @@ def write_failure(error):
       if text in error.message:
         return text
   return None
-
-
-def write_atomic(path, text):
-  """Writes `text` to `path` through a temporary file and a rename, so a
-  reader (or a crash) never sees half a file."""
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
 
 
 def read_metrics_history(path):

@@ -27,7 +27,6 @@ The runs go to a temporary directory, removed at the end.
 
 # First, before TensorFlow loads: silences its start-up chatter.
 from pipeline import quiet  # pylint: disable=unused-import
-import json
 import math
 import resource
 import shutil
@@ -42,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from pipeline.core import atomic
 from pipeline.core import controller as controller_lib
 from pipeline.core import strategies
 from pipeline.core import trainer as trainer_lib
@@ -251,8 +251,7 @@ def main(argv):
         f' examples/s, first step {bench["first_step_seconds"]:.1f} s',
         flush=True)
   if f.output:
-    with open(f.output, 'w') as out:
-      json.dump(report, out, indent=2, default=str)
+    atomic.write_json(f.output, report, indent=2, default=str)
     print(f'Wrote {f.output}', flush=True)
   return 0 if report['ok'] else 1
 

@@ -37,6 +37,7 @@ import sys
 from absl import app
 from absl import flags
 
+from pipeline.core import atomic
 from pipeline.core.profiling import PROFILE_RECORD
 
 _OPTIMIZER = re.compile(
@@ -386,8 +387,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   print(markdown(rep))
   if f.json:
-    with open(f.json, 'w') as out:
-      json.dump(rep, out, indent=2)
+    atomic.write_json(f.json, rep, indent=2)
     print(f'Wrote {f.json}')
   return 0
 

@@ -24,6 +24,8 @@ import sys
 from absl import app
 from absl import flags
 
+from pipeline.core import atomic
+
 CURVE_FILE = 'curve.json'
 MILESTONES = (99.0, 99.2, 99.5, 99.65)
 
@@ -159,9 +161,9 @@ def write_curves(model_dir, output_dir, references=()):
   rows = read_curve(model_dir)
   os.makedirs(output_dir, exist_ok=True)
   split = rows[-1]['split'] if rows else 'test'
-  with open(os.path.join(output_dir, CURVE_FILE), 'w') as f:
-    json.dump({'model_dir': os.path.abspath(model_dir), 'rows': rows}, f,
-              indent=2)
+  atomic.write_json(os.path.join(output_dir, CURVE_FILE),
+                       {'model_dir': os.path.abspath(model_dir),
+                        'rows': rows}, indent=2)
   for key, x_label, name in (
       ('epoch', 'epochs', 'error_vs_epoch.svg'),
       ('hours', 'hours of training (wall time)', 'error_vs_hours.svg')):

@@ -54,6 +54,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import flags as pipeline_flags
+from pipeline.core import atomic
 from pipeline.data import affnist
 from pipeline.data import sources
 from pipeline.models import registry
@@ -405,8 +406,7 @@ def main(argv):
       shlex.quote(a) for a in sys.argv[1:])
   output = f.output or f'docs/results/{f.experiment}.json'
   os.makedirs(os.path.dirname(output) or '.', exist_ok=True)
-  with open(output, 'w') as out:
-    json.dump(row, out, indent=2)
+  atomic.write_json(output, row, indent=2)
   print(markdown_row(row))
   print(f'Wrote {output}')
   return 0

@@ -18,7 +18,6 @@ overwritten: pass a new --output_dir, or --overwrite.
 from pipeline import quiet  # pylint: disable=unused-import
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from pipeline.core import atomic
 from pipeline.data import affine
 from pipeline.data import idx
 from pipeline.data import sources
@@ -64,8 +64,8 @@ def make_affnist(spec, output_dir, canvas_size=40, seed=0,
       'images_sha256': digest,
       'params_mean_abs': {k: float(abs(v).mean()) for k, v in params.items()},
   }
-  with open(os.path.join(output_dir, GENERATION_FILE), 'w') as f:
-    json.dump(record, f, indent=2)
+  atomic.write_json(os.path.join(output_dir, GENERATION_FILE), record,
+                       indent=2)
   return record
 
 
