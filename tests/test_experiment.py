@@ -173,6 +173,28 @@ def test_how_a_training_run_ended_decides_what_the_experiment_does(
     assert caught.value.status == int(code.rsplit('(', 1)[1].rstrip(')'))
 
 
+def test_ctrl_c_while_scoring_writes_no_row_and_no_traceback(tmp_path):
+  # Scoring is the experiment's own work (no child to pass the signal to):
+  # a Ctrl-C there ends it in one line, exit 130.
+  script = (
+      'import sys\n'
+      'from absl import app\n'
+      'from pipeline.research import experiment\n'
+      'def interrupted(*args, **kwargs):\n'
+      '  raise KeyboardInterrupt\n'
+      'experiment.run_experiment = interrupted\n'
+      'experiment.define_flags()\n'
+      'app.run(experiment.main)\n')
+  proc = subprocess.run(
+      [sys.executable, '-c', script, '--experiment=accuracy',
+       f'--output={tmp_path}/row.json'], cwd=REPO, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert 'Interrupted while scoring; no row written' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'row.json').exists()
+
+
 def test_unknown_model_is_refused_before_any_work():
   with pytest.raises(ValueError, match='has no model'):
     experiment.run_experiment('accuracy', models=['baseline_cnn'])

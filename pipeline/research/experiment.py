@@ -400,6 +400,12 @@ def main(argv):
   except TrainingStopped as e:
     print(str(e), file=sys.stderr, flush=True)
     return e.status
+  except KeyboardInterrupt:
+    # Ctrl-C while scoring (training passes it to its run, above).
+    print('Interrupted while scoring; no row written. The same command '
+          'goes on (with --skip_training, it only scores).', file=sys.stderr,
+          flush=True)
+    return 130
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   row['command'] = 'python -m pipeline.research.experiment ' + ' '.join(
