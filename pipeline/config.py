@@ -222,6 +222,14 @@ class TrainConfig:
       'whose accuracy reaches this, e.g. 0.99; the run ends there as if '
       '--train_steps were reached. 0: train all --train_steps.', low=0.0,
       high=1.0, why='0 turns the stop off.')
+  warm_start: str = settings.setting(
+      '', 'A run directory (its latest checkpoint) or a checkpoint path whose '
+      "model weights start this run; the step, the optimizer's state, the "
+      'schedule and the input start anew (fine-tuning, or a second phase at '
+      'another learning rate). Read only when --model_dir has no checkpoint '
+      'yet. Empty: fresh weights.',
+      on_resume='the run goes on from its own checkpoints; the weights it '
+                'started from stay those of its first start')
   profile_steps: tuple = settings.setting(
       (), 'FIRST,LAST: trace these training steps with the TensorFlow '
       'profiler into <model_dir>/train (TensorBoard Profile tab). Empty: no '

@@ -121,6 +121,73 @@ def test_an_intact_checkpoint_of_another_model_is_refused_not_quarantined(
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
 
 
+def test_warm_start_takes_the_weights_but_not_the_step_or_optimizer(
+    first_run, tmp_path):
+  from pipeline.core import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
+  source, source_dir = _copy(first_run, tmp_path)
+  trained = trainer_lib.Trainer(source)
+  checkpoints_lib.Checkpoints(trained, str(source_dir), 3).restore()
+  assert trained.step == 2
+  new = trainer_lib.Trainer(dataclasses.replace(
+      source, model_dir=str(tmp_path / 'new'), warm_start=str(source_dir)))
+  before = [w.numpy().copy() for w in new.model.weights]
+  path = checkpoints_lib.Checkpoints(new, str(tmp_path / 'new'), 3
+                                     ).warm_start(str(source_dir))
+  assert path.endswith('ckpt-2')
+  for a, b, c in zip(new.model.weights, trained.model.weights, before):
+    assert (a.numpy() == b.numpy()).all(), a.name
+  assert any((a.numpy() != c).any() for a, c in zip(new.model.weights,
+                                                     before))
+  assert new.step == 0
+  assert int(new.optimizer.iterations.numpy()) == 0
+  # A checkpoint path works as well as its run directory.
+  assert checkpoints_lib.Checkpoints(new, str(tmp_path / 'new'), 3
+                                     ).warm_start(path) == path
+
+
+def test_a_warm_started_run_trains_from_step_0_and_resumes_as_itself(
+    first_run, tmp_path, caplog):
+  cfg = dataclasses.replace(first_run, model_dir=str(tmp_path / 'second'),
+                            warm_start=first_run.model_dir, train_steps=2)
+  with caplog.at_level('INFO'):
+    run_trainer(trainer_lib.Trainer(cfg))
+  assert 'Warm-started from ' + os.path.join(
+      first_run.model_dir, 'checkpoints', 'ckpt-2') in caplog.text
+  with open(tmp_path / 'second' / 'metrics.json') as f:
+    assert [e['step'] for e in json.load(f)['history']] == [2]
+  with open(tmp_path / 'second' / 'config.json') as f:
+    assert json.load(f)['warm_start'] == first_run.model_dir
+  caplog.clear()
+  # Resumed, it goes on from its own checkpoint; a moved source is fine.
+  with caplog.at_level('INFO'):
+    run_trainer(trainer_lib.Trainer(dataclasses.replace(
+        cfg, train_steps=4, warm_start=str(tmp_path / 'moved'))))
+  assert 'Warm-started' not in caplog.text
+  assert 'Resumed from' in caplog.text
+  assert '--warm_start changed from' in caplog.text
+
+
+def test_a_warm_start_that_does_not_fit_is_refused_before_training(
+    first_run, tmp_path):
+  other = _changed(first_run, model_dir=str(tmp_path / 'other'),
+                   warm_start=first_run.model_dir,
+                   model=config_lib.model_spec(**dict(TINY_MODEL,
+                                                      class_dim=6)))
+  with pytest.raises(run_guard.RunGuardError,
+                     match='does not fit this model.*same --model'):
+    controller_lib.Controller(trainer_lib.Trainer(other)).train()
+  assert not tf.train.latest_checkpoint(str(tmp_path / 'other' /
+                                            'checkpoints'))
+  (tmp_path / 'empty').mkdir()
+  for source, message in ((tmp_path / 'empty', 'holds no checkpoint'),
+                          (tmp_path / 'nowhere' / 'ckpt-3',
+                           'neither a directory nor a checkpoint')):
+    cfg = dataclasses.replace(first_run, model_dir=str(tmp_path / 'x'),
+                              warm_start=str(source))
+    with pytest.raises(run_guard.RunGuardError, match=message):
+      controller_lib.Controller(trainer_lib.Trainer(cfg)).train()
+
+
 def test_nothing_is_written_before_the_lock_is_held(first_run, tmp_path):
   cfg, tmp_path = _copy(first_run, tmp_path)
   before = snapshot(tmp_path)

@@ -86,6 +86,45 @@ class Checkpoints:
       return path
     return None
 
+  def warm_start(self, source):
+    """Loads the model weights of `source` (a run directory, its
+    `checkpoints/` or a checkpoint path) into the trainer; returns the
+    checkpoint read. The step, the optimizer's state and the wall time stay
+    the new run's.
+
+    Raises:
+      run_guard.RunGuardError: when `source` holds no checkpoint, or its
+        checkpoint does not fit the model.
+    """
+    path = source
+    if os.path.isdir(source):
+      inner = os.path.join(source, CHECKPOINTS_DIR)
+      path = tf.train.latest_checkpoint(inner if os.path.isdir(inner)
+                                        else source)
+      if path is None:
+        raise run_guard.RunGuardError(
+            f'--warm_start={source} holds no checkpoint. Pass a run '
+            'directory written by pipeline.train, or a checkpoint path '
+            '(.../checkpoints/ckpt-N).')
+    elif not tf.io.gfile.exists(path + '.index'):
+      raise run_guard.RunGuardError(
+          f'--warm_start={source} is neither a directory nor a checkpoint '
+          '(no .index file). Pass a run directory written by '
+          'pipeline.train, or a checkpoint path (.../checkpoints/ckpt-N).')
+    try:
+      tf.train.Checkpoint(model=self.trainer.model).restore(
+          path).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+      raise run_guard.RunGuardError(
+          f'--warm_start checkpoint {path} does not fit this model '
+          f'({reason}). It must come from a run of the same --model with '
+          'the same model options (see that run\'s flags.txt).') from None
+    logging.info('Warm-started from %s: its model weights; the step, the '
+                 "optimizer's state, the schedule and the input start anew.",
+                 path)
+    return path
+
   def save(self, step, wall_seconds):
     """Saves the trainer's state as `ckpt-<step>`, with the run's wall time.
 

@@ -107,7 +107,8 @@ class Controller:
     with run_guard.RunLock(self.work_dir), watcher as stop:
       run_files.check_same_run(self.work_dir, self.config)
       self.checkpoints.open()
-      self.checkpoints.restore()
+      if self.checkpoints.restore() is None and self.config.warm_start:
+        self.checkpoints.warm_start(self.config.warm_start)
       if self.trainer.chief:
         run_files.write_run_files(self.work_dir, self.config,
                                   self.trainer.info, self.flags_text,
