@@ -29,6 +29,7 @@ from absl import logging
 
 from pipeline import flags as pipeline_flags
 from pipeline.core import atomic
+from pipeline.core import children
 from pipeline.perf import timing
 
 pipeline_flags.define_flags()
@@ -72,6 +73,9 @@ def main(argv):
                                     FLAGS.input_batches,
                                     FLAGS.inference_batch_size,
                                     FLAGS.trace_dir)
+  except children.Stopped as e:
+    print(str(e), file=sys.stderr, flush=True)
+    return e.status
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   timing.print_table(results)

@@ -11,6 +11,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from pipeline.core import children
 from pipeline.research import experiment
 
 from conftest import REPO
@@ -162,7 +163,7 @@ def test_how_a_training_run_ended_decides_what_the_experiment_does(
   # A run stopped by a signal sent to it directly (not through the
   # experiment) must not be scored as if it had finished.
   real_popen = subprocess.Popen
-  monkeypatch.setattr(experiment.subprocess, 'Popen', lambda command, **kw:
+  monkeypatch.setattr(children.subprocess, 'Popen', lambda command, **kw:
                       real_popen([sys.executable, '-c', code], **kw))
   if raised is None:
     experiment.train('x.flags')

@@ -1,8 +1,11 @@
 """Tests of pipeline.perf.timing (figures are checked for shape, never for speed)."""
 
+import os
+
 import pytest
 import tensorflow as tf
 
+from pipeline.core import children
 from pipeline.core import trainer as trainer_lib
 from pipeline.perf import timing
 
@@ -46,6 +49,23 @@ def test_print_table(capsys):
   timing.print_table({'a': 1.5, 'rows': [{'batch_size': 8, 'x': 2.0}]})
   out = capsys.readouterr().out
   assert 'a     1.5000' in out and 'batch_size=8  x=2' in out
+
+
+def test_a_stopped_scaling_child_stops_the_benchmark_and_leaves_no_file(
+    monkeypatch, tmp_path):
+  made = []
+  real_mkstemp = timing.tempfile.mkstemp
+  def mkstemp(**kwargs):
+    fd, path = real_mkstemp(dir=tmp_path, **kwargs)
+    made.append(path)
+    return fd, path
+  monkeypatch.setattr(timing.tempfile, 'mkstemp', mkstemp)
+  monkeypatch.setattr(timing.children, 'run', lambda cmd, **kw:
+                      children.Finished(-15, ['SIGTERM'], '', ''))
+  with pytest.raises(children.Stopped, match='batch 8, 3 routing') as caught:
+    timing._child_train([], 8, 3)  # pylint: disable=protected-access
+  assert caught.value.status == 143
+  assert made and not os.listdir(tmp_path)
 
 
 if __name__ == '__main__':

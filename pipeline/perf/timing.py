@@ -10,7 +10,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline.core import children
 from pipeline.core import profiling
 from pipeline.core import trainer as trainer_lib
 from pipeline.data import input_pipeline
@@ -362,18 +362,27 @@ def print_table(results):
 
 def _child_train(flag_args, batch, iterations):
   """Training throughput and peak RSS of one configuration, in a fresh
-  process (peak RSS only grows within a process)."""
+  process (peak RSS only grows within a process). A SIGTERM or Ctrl-C to
+  the benchmark ends the child too (`children.run`) and raises
+  `children.Stopped`."""
   fd, out = tempfile.mkstemp(suffix='.json')
   os.close(fd)
   cmd = [sys.executable, '-m', 'pipeline.benchmark', *flag_args,
          '--what=train', f'--batch_size={batch}',
          f'--routing_iterations={iterations}', f'--output={out}']
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
-  with open(out) as f:
-    figures = json.load(f)
-  os.remove(out)
+  try:
+    proc = children.run(cmd, capture_output=True)
+    if proc.stop_status:
+      raise children.Stopped(
+          f'{proc.received[0]}: the benchmark stopped, and the configuration '
+          f'it was measuring (batch {batch}, {iterations} routing '
+          'iterations) with it; nothing was written.', proc.stop_status)
+    if proc.returncode:
+      raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+    with open(out) as f:
+      figures = json.load(f)
+  finally:
+    os.remove(out)
   return {'batch_size': batch, 'routing_iterations': iterations,
           'train_examples_per_second': figures['train_examples_per_second'],
           'peak_rss_mb': figures['peak_rss_mb']}

@@ -42,7 +42,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 
@@ -55,6 +54,7 @@ from pipeline import config as config_lib
 from pipeline import evaluate
 from pipeline import flags as pipeline_flags
 from pipeline.core import atomic
+from pipeline.core import children
 from pipeline.data import affnist
 from pipeline.data import sources
 from pipeline.models import registry
@@ -155,33 +155,16 @@ def flags_for_model(model, extra):
   return kept
 
 
-class TrainingStopped(Exception):
-  """A signal stopped the experiment before it scored anything.
-
-  Attributes:
-    status: the exit status the experiment ends with (that of the training
-      run, 143 for SIGTERM or 130 for Ctrl-C; see `preemption.exit_status`).
-  """
-
-  def __init__(self, message, status):
-    super().__init__(message)
-    self.status = status
-
-
-# What reaches the experiment and goes on to its training run: a hang-up (a
-# closed terminal) becomes a SIGTERM, a clean stop.
-_FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT,
-              signal.SIGHUP: signal.SIGTERM}
+class TrainingStopped(children.Stopped):
+  """A signal stopped the experiment before it scored anything (`status`:
+  that of the training run, 143 for SIGTERM or 130 for Ctrl-C; see
+  `preemption.exit_status`)."""
 
 
 def train(flagfile, train_steps=None, extra=()):
-  """Runs `python -m pipeline.train` on a flagfile.
-
-  The run is a child in a process group of its own: every SIGTERM, Ctrl-C
-  or hang-up that reaches the experiment is passed on to it once, and the
-  experiment waits while it saves its checkpoint (a terminal's Ctrl-C
-  would otherwise reach it directly as well, and a second one stops a run
-  at once).
+  """Runs `python -m pipeline.train` on a flagfile (`children.run`: a
+  SIGTERM, Ctrl-C or hang-up to the experiment is passed on to the run,
+  which saves its checkpoint, and waited for).
 
   Raises:
     TrainingStopped: the run stopped early (it saved its checkpoint), or a
@@ -193,34 +176,13 @@ def train(flagfile, train_steps=None, extra=()):
     command.append(f'--train_steps={train_steps}')
   command += list(extra)
   print('$ ' + ' '.join(shlex.quote(c) for c in command[1:]), flush=True)
-  received, child = [], []
-
-  def forward(signum, frame):
-    del frame
-    received.append(signal.Signals(signum).name)
-    if child and child[0].poll() is None:
-      child[0].send_signal(_FORWARDED[signum])
-
-  previous = {}
-  for signum in _FORWARDED:
-    try:
-      previous[signum] = signal.signal(signum, forward)
-    except ValueError:  # Not the main thread: the signals stay as they are.
-      pass
-  try:
-    child.append(subprocess.Popen(command, process_group=0))
-    for name in received:  # Arrived while the child was starting.
-      child[0].send_signal(_FORWARDED[signal.Signals[name]])
-    returncode = child[0].wait()
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
+  finished = children.run(command)
+  returncode, received = finished.returncode, finished.received
   stopped = {128 + int(signal.SIGTERM): 'SIGTERM',
              128 + int(signal.SIGINT): 'SIGINT'}.get(returncode)
   if stopped or received:
     name = received[0] if received else stopped
-    status = returncode if stopped else 128 + int(_FORWARDED[
-        signal.Signals[name]])
+    status = returncode if stopped else finished.stop_status
     state = ('stopped before its end' if stopped else
              'finished as it arrived' if returncode == 0 else
              f'ended (exit status {returncode})')
