@@ -60,3 +60,8 @@ def test_every_command_writes_its_json_through_this_module():
       if 'json.dump(' in pathlib.Path(path).read_text():
         offenders.append(rel)
   assert not offenders, offenders
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

@@ -71,3 +71,8 @@ def test_a_child_that_cannot_start_restores_the_handlers():
   with pytest.raises(OSError):
     children.run(['/nonexistent/command'])
   assert {s: signal.getsignal(s) for s in children.FORWARDED} == before
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

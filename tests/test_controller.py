@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from helpers import run_trainer, snapshot, TINY_MODEL, tiny_config
 from pipeline import config as config_lib
+from pipeline.core import checkpoints as checkpoints_lib
 from pipeline.core import controller as controller_lib
 from pipeline.core import run_guard
 from pipeline.core import trainer as trainer_lib
@@ -123,7 +124,6 @@ def test_an_intact_checkpoint_of_another_model_is_refused_not_quarantined(
 
 def test_warm_start_takes_the_weights_but_not_the_step_or_optimizer(
     first_run, tmp_path):
-  from pipeline.core import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
   source, source_dir = _copy(first_run, tmp_path)
   trained = trainer_lib.Trainer(source)
   checkpoints_lib.Checkpoints(trained, str(source_dir), 3).restore()
