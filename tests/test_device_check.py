@@ -100,6 +100,39 @@ def test_a_failed_check_is_named_and_exits_one():
   assert 'export_reload: ok' in proc.stdout
 
 
+_SIGNALLED = '''
+import os, signal, sys, time
+from absl import app
+from pipeline.perf import device_check
+device_check.define_flags()
+real = device_check.check_precision
+def signalled(*args):
+  os.kill(os.getpid(), signal.SIGTERM)  # As a scheduler would, mid-check.
+  time.sleep(0.2)
+  return real(*args)
+device_check.check_precision = signalled
+sys.argv = ['device_check', '--steps=2', '--repeats=1', '--nomatmul',
+            '--output=' + sys.argv[1]]
+app.run(device_check.main)
+'''
+
+
+def test_a_sigterm_stops_the_check_without_judging_or_writing(tmp_path):
+  # Its short training runs stop early on a signal; judged, they would
+  # read as failures (or a resume compared with half a run).
+  work = tmp_path / 'tmp'
+  work.mkdir()
+  out = tmp_path / 'check.json'
+  proc = subprocess.run([sys.executable, '-c', _SIGNALLED, str(out)],
+                        cwd=REPO, env=dict(ENV, TMPDIR=str(work)),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 143, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert ('Stopped by SIGTERM: no check was judged and no report written'
+          in proc.stderr)
+  assert 'FAILED' not in proc.stdout and 'Traceback' not in proc.stderr
+  assert not out.exists()
+  assert not [p for p in os.listdir(work) if p.startswith('device-check-')]
+
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)

@@ -22,7 +22,9 @@ On whatever machine it runs, it
      compile time, peak device memory) and the matmul peak.
 
 Each check says `ok` or what failed; the exit code is 1 when one failed.
-The runs go to a temporary directory, removed at the end.
+The runs go to a temporary directory, removed at the end. A SIGTERM or
+Ctrl-C stops the check at the next step it can, judging nothing and
+writing no report (exit 143 or 130); a second Ctrl-C stops it at once.
 """
 
 # First, before TensorFlow loads: silences its start-up chatter.
@@ -42,7 +44,9 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline.core import atomic
+from pipeline.core import children
 from pipeline.core import controller as controller_lib
+from pipeline.core import preemption
 from pipeline.core import strategies
 from pipeline.core import trainer as trainer_lib
 from pipeline.data import sources
@@ -103,12 +107,29 @@ def _weights(model_dir):
           if k.startswith('model/')}
 
 
-def check_precision(work, precision, strategy, steps):
+def _train(trainer, stop):
+  """Trains `trainer` to its end; a SIGTERM or Ctrl-C (`stop`, the
+  command's watcher) stops the whole check instead of leaving a short run
+  to be judged."""
+  result = controller_lib.Controller(trainer, preemption=stop).train()
+  _stop_if_asked(stop)
+  return result
+
+
+def _stop_if_asked(stop):
+  """Raises `children.Stopped` once a signal asked the check to stop."""
+  if stop is not None and stop.requested:
+    raise children.Stopped(
+        f'Stopped by {stop.requested}: no check was judged and no report '
+        'written.', preemption.exit_status(stop.requested))
+
+
+def check_precision(work, precision, strategy, steps, stop=None):
   """Trains the small model `steps` steps in `precision`."""
   cfg = _config(f'{work}/{precision}', precision, 1, steps)
   trainer = trainer_lib.Trainer(cfg, strategy=strategy)
   start = time.time()
-  result = controller_lib.Controller(trainer).train()
+  result = _train(trainer, stop)
   loss = float(result.evaluation['loss'])
   ok = math.isfinite(loss) and result.step == steps
   return trainer, {'ok': ok, 'steps': result.step, 'eval_loss': loss,
@@ -133,7 +154,7 @@ def check_export(work, trainer):
                                      f'{difference:.3g}'})}
 
 
-def check_resume(work, strategy, steps):
+def check_resume(work, strategy, steps, stop=None):
   """`steps` straight against `steps // 2` + the rest after a resume."""
   replicas = strategy.num_replicas_in_sync
   half = max(1, steps // 2)
@@ -141,8 +162,7 @@ def check_resume(work, strategy, steps):
   def train(name, train_steps):
     cfg = _config(f'{work}/{name}', 'float32', replicas, train_steps,
                   checkpoint_every=half)
-    return controller_lib.Controller(
-        trainer_lib.Trainer(cfg, strategy=strategy)).train()
+    return _train(trainer_lib.Trainer(cfg, strategy=strategy), stop)
 
   train('straight', steps)
   train('resumed', half)
@@ -188,7 +208,17 @@ def _choices(record):
 
 
 def run(replicas=2, steps=4, paper=False, repeats=3, matmul=True):
-  """Every check; returns the report (`ok` is True when all passed)."""
+  """Every check; returns the report (`ok` is True when all passed).
+
+  Raises:
+    children.Stopped: a SIGTERM or Ctrl-C arrived (the check stops at the
+      next step it can; a second Ctrl-C stops it at once).
+  """
+  with preemption.PreemptionWatcher() as stop:
+    return _run(replicas, steps, paper, repeats, matmul, stop)
+
+
+def _run(replicas, steps, paper, repeats, matmul, stop):
   # Virtual CPU devices must exist before TensorFlow initialises its
   # devices: the replicated strategy is made first.
   mirrored = strategies.make_strategy('mirrored', cpu_devices=replicas)
@@ -209,14 +239,15 @@ def run(replicas=2, steps=4, paper=False, repeats=3, matmul=True):
     float32_trainer = None
     for precision in report['precisions']:
       trainer, checks[f'train/{precision}'] = check_precision(
-          work, precision, one, steps)
+          work, precision, one, steps, stop)
       if precision == 'float32':
         float32_trainer = trainer
       logging.info('train/%s: %s', precision, checks[f'train/{precision}'])
     checks['export_reload'] = check_export(work, float32_trainer)
     logging.info('export_reload: %s', checks['export_reload'])
+    _stop_if_asked(stop)
     if mirrored.num_replicas_in_sync >= 2:
-      checks['resume'] = check_resume(work, mirrored, steps)
+      checks['resume'] = check_resume(work, mirrored, steps, stop)
     else:
       checks['resume'] = {'ok': True, 'skipped': (
           f'{mirrored.num_replicas_in_sync} replica: pass --replicas=2 or '
@@ -224,8 +255,10 @@ def run(replicas=2, steps=4, paper=False, repeats=3, matmul=True):
     logging.info('resume: %s', checks['resume'])
     precision, _ = hardware.auto_precision()
     report['benchmark'] = benchmark(work, precision, one, paper, repeats)
+    _stop_if_asked(stop)
     if matmul:
       report['benchmark'].update(timing.bench_matmul(repeats))
+    _stop_if_asked(stop)
   finally:
     shutil.rmtree(work, ignore_errors=True)
   report['ok'] = all(c['ok'] for c in checks.values())
@@ -239,8 +272,12 @@ def main(argv):
   if f.replicas < 1 or f.steps < 2 or f.repeats < 1:
     raise app.UsageError('--replicas must be >= 1, --steps >= 2 and '
                          '--repeats >= 1.')
-  report = run(f.replicas, f.steps, f.benchmark == 'paper', f.repeats,
-               f.matmul)
+  try:
+    report = run(f.replicas, f.steps, f.benchmark == 'paper', f.repeats,
+                 f.matmul)
+  except children.Stopped as e:
+    print(str(e), file=sys.stderr, flush=True)
+    return e.status
   for name, check in report['checks'].items():
     status = 'ok' if check['ok'] else f'FAILED: {check["error"]}'
     print(f'{name}: {status}', flush=True)
