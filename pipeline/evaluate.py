@@ -188,15 +188,44 @@ def _rgb(image, colour=(1.0, 1.0, 1.0)):
   return grey * np.asarray(colour, np.float32)
 
 
-def write_figures(predictor, source, split, results, directory, examples=8):
+def _error_tiles(predictor, source, split, wrong, batch_size=500):
+  """Input, reconstruction as the true class, as the predicted class, for
+  each `[index, label, prediction]` of `wrong` (single-label data)."""
+  wanted = {index: (label, guess) for index, label, guess in wrong}
+  tiles, seen = [], 0
+  for batch in input_pipeline.make_dataset(source, split, batch_size, False,
+                                           deterministic=True):
+    images = batch['image'].numpy()
+    picked = [i for i in range(len(images)) if seen + i in wanted]
+    if picked:
+      chosen = images[picked]
+      _, poses = predictor.predict(chosen)
+      labels = np.asarray([wanted[seen + i][0] for i in picked])
+      guesses = np.asarray([wanted[seen + i][1] for i in picked])
+      as_true = predictor.decode(poses, labels)
+      as_guess = predictor.decode(poses, guesses)
+      for j in range(len(picked)):
+        tiles += [np.clip(chosen[j], 0, 1), as_true[j], as_guess[j]]
+    seen += len(images)
+    if seen > max(wanted):
+      break
+  return tiles
+
+
+def write_figures(predictor, source, split, results, directory, examples=8,
+                  max_errors=100):
   """Writes the PNG figures of a model on a split.
 
   reconstructions.png: each input, then the reconstruction of each predicted
     object; perturbations.png: paper Figure 4, one row per pose dimension
     of the first example's winning capsule; pairs.png (two-object data):
     paper Figure 5, input, the two reconstructions in red and green, and
-    both overlaid; confusion.png (single-label data). Models without a
-    decoder get the confusion matrix only.
+    both overlaid; confusion.png (single-label data); errors.png
+    (single-label data, paper Figure 3's failure cases): for each wrong
+    example in split order (the JSON's `wrong`, at most `max_errors`), the
+    input, its reconstruction from the true class's capsule and from the
+    predicted one's, four examples a row. Models without a decoder get the
+    confusion matrix only.
 
   Returns:
     The paths written.
@@ -234,6 +263,12 @@ def write_figures(predictor, source, split, results, directory, examples=8):
       tiles += [_rgb(images[i]), first, second, np.maximum(first, second)]
     path = os.path.join(directory, 'pairs.png')
     _to_png(_grid(np.stack(tiles), 4), path, scale=3)
+    paths.append(path)
+  wrong = results.get('wrong', [])[:max_errors]
+  if k == 1 and wrong:
+    path = os.path.join(directory, 'errors.png')
+    _to_png(_grid(np.stack(_error_tiles(predictor, source, split, wrong)),
+                  3 * min(4, len(wrong))), path, scale=3)
     paths.append(path)
   pose, winner = poses[0], top[0, 0]
   dims = pose.shape[-1]

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pipeline import evaluate
 from pipeline.core import trainer as trainer_lib
+from pipeline.data import input_pipeline
 from pipeline.data import sources
 from pipeline.serving import publish
 
@@ -197,6 +198,48 @@ def test_pair_figure_colours_each_object(tmp_path):
   assert red[0] > 3 * red[1]              # first object (class 0) red
   assert green[1] > 3 * green[0]          # second (class 1) green
   assert both[0] == red[0] and both[1] == green[1]
+
+
+def test_errors_figure_shows_each_wrong_example_as_true_and_predicted(
+    tmp_path):
+  class AlwaysZero(_FakePairs):
+    image_shape = (28, 28, 1)
+
+    def predict(self, images):
+      lengths = np.zeros([len(images), 10], np.float32)
+      lengths[:, 0] = 0.9
+      return lengths, np.zeros([len(images), 10, 4], np.float32)
+
+    def decode(self, poses, class_ids):
+      return np.ones([len(poses), 28, 28, 1], np.float32) * (
+          np.asarray(class_ids, np.float32)[:, None, None, None] + 1) / 11
+
+  src = sources.open_source(sources.DataSpec(
+      dataset='synthetic', synthetic_shape=(28, 28, 1)))
+  results = evaluate.evaluate(AlwaysZero(), src, 'test', 7)
+  wrong = results['wrong']
+  assert len(wrong) >= 6 and all(guess == 0 for _, _, guess in wrong)
+  paths = evaluate.write_figures(AlwaysZero(), src, 'test', results,
+                                 str(tmp_path), max_errors=5)
+  assert 'errors.png' in [os.path.basename(p) for p in paths]
+  grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'errors.png')))
+  tile = (28 + 2) * 3
+  # Five examples, four a row, three tiles each: 2 rows of 12 tiles.
+  assert grid.shape == (2 * tile, 12 * tile, 1)
+  grid = grid.numpy()[..., 0]
+  def centre(example, which):
+    row, col = divmod(example * 3 + which, 12)
+    return int(grid[row * tile + tile // 2, col * tile + tile // 2])
+  for example in range(5):
+    label = wrong[example][1]
+    assert abs(centre(example, 1) - round(255 * (label + 1) / 11)) <= 1
+    assert abs(centre(example, 2) - round(255 / 11)) <= 1
+  # The inputs are the wrong examples' own images, in split order.
+  images = np.concatenate([b['image'].numpy() for b in
+                           input_pipeline.make_dataset(src, 'test', 50, False,
+                                                       deterministic=True)])
+  first = images[wrong[0][0], 14, 14, 0]
+  assert abs(centre(0, 0) - round(255 * np.clip(first, 0, 1))) <= 1
 
 
 def test_models_without_decoder_get_the_confusion_matrix_only(tmp_path):
