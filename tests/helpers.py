@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -107,3 +108,16 @@ def snapshot(model_dir):
           files[os.path.relpath(path, model_dir)] = f.read()
   return files
 
+
+def read_until(proc, text, timeout=300):
+  """Reads a child's merged output until a line holds `text`; returns the
+  lines read (an AssertionError with the last 30 if it never comes)."""
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))

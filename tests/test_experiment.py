@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import tensorflow as tf
@@ -15,7 +14,7 @@ from pipeline.core import children
 from pipeline.research import experiment
 
 from conftest import REPO
-from helpers import write_idx_dir
+from helpers import read_until, write_idx_dir
 
 TINY = ['--conv_filters=8', '--primary_channels=4', '--primary_dim=4',
         '--class_dim=4', '--decoder_units=16,32']
@@ -110,25 +109,13 @@ def _start_accuracy_experiment(tmp_path):
                                    PYTHONUNBUFFERED='1'))
 
 
-def _read_until(proc, text, timeout=300):
-  lines, deadline = [], time.time() + timeout
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if text in line:
-      return
-  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))
-
-
 @pytest.mark.parametrize('sig, status', [(signal.SIGTERM, 143),
                                          (signal.SIGINT, 130)])
 def test_a_signal_to_the_experiment_stops_its_run_cleanly_and_scores_nothing(
     tmp_path, sig, status):
   proc = _start_accuracy_experiment(tmp_path)
   try:
-    _read_until(proc, ' step 3/')
+    read_until(proc, ' step 3/')
     # To the experiment's process alone, as `kill` or a scheduler sends it;
     # its training run must hear it once and be waited for (not killed a
     # moment later, which a Ctrl-C during `subprocess.run` does).

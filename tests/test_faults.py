@@ -16,7 +16,7 @@ from pipeline.core import controller as controller_lib
 from pipeline.core import trainer as trainer_lib
 
 from conftest import REPO
-from helpers import run_trainer, snapshot, tiny_config
+from helpers import read_until, run_trainer, snapshot, tiny_config
 
 TINY = ['--flagfile=configs/smoke.flags', '--conv_filters=8',
         '--primary_channels=4', '--class_dim=4', '--decoder_units=16,32',
@@ -54,22 +54,9 @@ def _start(model_dir, *args):
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for(proc, text, timeout=300):
-  """Reads the log until a line holds `text`; returns the lines read."""
-  lines, deadline = [], time.time() + timeout
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if text in line:
-      return lines
-  raise AssertionError(f'{text!r} never printed:\n' + ''.join(lines[-30:]))
-
-
 def _wait_for_step(proc, step, timeout=300):
   """Reads the log until a line reports `step`; returns the lines read."""
-  return _wait_for(proc, f' step {step}/', timeout)
+  return read_until(proc, f' step {step}/', timeout)
 
 
 def _run(model_dir, *args):
@@ -153,7 +140,7 @@ def test_ctrl_c_saves_and_a_second_one_stops_at_once(tmp_path):
   proc = _start(tmp_path, '--train_steps=100000', '--checkpoint_every=1000',
                 '--eval_every=1000', '--steps_per_loop=1000',
                 '--log_every=1000')
-  _wait_for(proc, 'Resumed from')
+  read_until(proc, 'Resumed from')
   time.sleep(3)
   proc.send_signal(signal.SIGINT)
   time.sleep(0.5)
@@ -169,7 +156,7 @@ def test_sigterm_during_the_final_export_finishes_it_and_exits_zero(
   args = ['--train_steps=3', '--checkpoint_every=1000', '--eval_every=1000',
           f'--export_dir={tmp_path}/exports']
   proc = _start(tmp_path / 'run', *args)
-  _wait_for(proc, 'examples after 3 steps')  # The result line; export next.
+  read_until(proc, 'examples after 3 steps')  # The result line; export next.
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out[-3000:]
