@@ -8,10 +8,11 @@ import os
 
 
 def write_atomic(path, text):
-  """Writes the string `text` to `path` (see the module)."""
+  """Writes `text` (a string, or bytes as they are) to `path` (see the
+  module)."""
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
-    with open(tmp, 'w') as f:
+    with open(tmp, 'wb' if isinstance(text, bytes) else 'w') as f:
       f.write(text)
     os.replace(tmp, path)
   finally:

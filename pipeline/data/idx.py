@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 
+from pipeline.core import atomic
 from pipeline.data.base import DataError
 
 # Third byte of the magic number → element type (big-endian in the file).
@@ -163,21 +164,13 @@ def write_idx_split(data_dir, split, images, labels):
                     '[0, 255].')
   os.makedirs(data_dir, exist_ok=True)
   paths = []
-  # Each file whole or not at all (written aside, then renamed), the labels
-  # first: a split whose images file exists is complete, even if the writer
-  # was killed half-way.
+  # Each file whole or not at all, the labels first: a split whose images
+  # file exists is complete, even if the writer was killed half-way.
   image_stem, label_stem = IDX_FILES[split]
   for stem, array in ((label_stem, labels.astype(np.uint8)),
                       (image_stem, images)):
     path = os.path.join(data_dir, stem + '.gz')
-    partial = f'{path}.partial-{os.getpid()}'
-    try:
-      with open(partial, 'wb') as f:
-        # mtime=0: the same arrays always give the same bytes.
-        f.write(gzip.compress(idx_bytes(array), mtime=0))
-      os.replace(partial, path)
-    finally:
-      if os.path.exists(partial):
-        os.remove(partial)
+    # mtime=0: the same arrays always give the same bytes.
+    atomic.write_atomic(path, gzip.compress(idx_bytes(array), mtime=0))
     paths.append(path)
-  return paths[::-1]
+  return paths[::-1]  # Images, then labels.
