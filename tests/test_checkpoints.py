@@ -1,5 +1,6 @@
 """Tests of pipeline.core.checkpoints: finite saves, restore with quarantine."""
 
+import gc
 import os
 
 import pytest
@@ -11,14 +12,17 @@ from pipeline.core import trainer as trainer_lib
 
 
 class _FakeTrainer:
-  """What `Checkpoints` uses of a Trainer: a checkpoint, its step, its wall
-  time and whether its weights are finite."""
+  """What `Checkpoints` uses of a Trainer: a model, a checkpoint, its step,
+  its wall time and whether its weights are finite."""
 
-  def __init__(self, value=1.0, shape=(3,)):
-    self.weight = tf.Variable(tf.fill(shape, value))
+  def __init__(self, value=1.0, shape=(3,), extra=False):
+    self.model = tf.Module()
+    self.model.weight = self.weight = tf.Variable(tf.fill(shape, value))
+    if extra:  # A variable the saved runs do not have.
+      self.model.bias = tf.Variable(0.0)
     self.global_step = tf.Variable(0, dtype=tf.int64)
     self.wall_seconds = tf.Variable(0.0, dtype=tf.float64)
-    self.checkpoint = tf.train.Checkpoint(weight=self.weight,
+    self.checkpoint = tf.train.Checkpoint(model=self.model,
                                           step=self.global_step,
                                           wall=self.wall_seconds)
 
@@ -72,12 +76,49 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(
   assert os.listdir(tmp_path / 'checkpoints' / 'corrupt')
 
 
-def test_an_intact_checkpoint_of_another_shape_is_refused(tmp_path):
+def _refusal(call):
+  """The message `call` is refused with; the error and its traceback are
+  dropped, so that what the refused restore left can be collected."""
+  try:
+    call()
+  except run_guard.RunGuardError as e:
+    return str(e)
+  raise AssertionError('not refused')
+
+
+@pytest.mark.parametrize('other', [dict(shape=(4,)), dict(extra=True)],
+                         ids=['another_shape', 'another_variable'])
+def test_an_intact_checkpoint_of_another_model_is_refused(tmp_path, caplog,
+                                                          other):
   _saved(tmp_path)
-  other = _FakeTrainer(shape=(4,))
-  with pytest.raises(run_guard.RunGuardError, match='does not fit'):
-    checkpoints_lib.Checkpoints(other, str(tmp_path), 5).restore()
+  gc.collect()
+  with caplog.at_level('WARNING'):
+    # (The refused trainer is dropped too: its variables keep the restore's
+    # state alive while they live.)
+    assert 'does not fit' in _refusal(
+        lambda: checkpoints_lib.Checkpoints(_FakeTrainer(**other),
+                                            str(tmp_path), 5).restore())
+    # The refused restore, once collected, adds no TensorFlow "unrestored
+    # values" warnings after the refusal (nor, in a process that goes on,
+    # in front of the next run's log).
+    gc.collect()
+  assert 'could not be found in the restored object' not in caplog.text
   assert not os.path.exists(tmp_path / 'checkpoints' / 'corrupt')
+
+
+@pytest.mark.parametrize('other', [dict(shape=(4,)), dict(extra=True)],
+                         ids=['another_shape', 'another_variable'])
+def test_a_refused_warm_start_leaves_no_restore_warnings(tmp_path, caplog,
+                                                         other):
+  _saved(tmp_path / 'source')
+  gc.collect()
+  with caplog.at_level('WARNING'):
+    assert 'does not fit this model' in _refusal(
+        lambda: checkpoints_lib.Checkpoints(
+            _FakeTrainer(**other), str(tmp_path / 'new'), 5
+        ).warm_start(str(tmp_path / 'source')))
+    gc.collect()
+  assert 'could not be found in the restored object' not in caplog.text
 
 
 def test_nothing_saved_restores_nothing_and_says_so(tmp_path):

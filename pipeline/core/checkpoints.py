@@ -63,10 +63,13 @@ class Checkpoints:
     candidates = list(self.manager.checkpoints)
     while candidates:
       path = candidates.pop()
+      status = None
       try:
-        self.trainer.checkpoint.restore(path).assert_existing_objects_matched()
+        status = self.trainer.checkpoint.restore(path)
+        status.assert_existing_objects_matched()
       except (tf.errors.OpError, ValueError, AssertionError, IndexError,
               KeyError, RuntimeError) as e:  # What damaged files raise.
+        run_guard.quiet_refused_restore(status, e)
         reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
         if run_guard.checkpoint_readable(path):
           raise run_guard.RunGuardError(
@@ -111,6 +114,7 @@ class Checkpoints:
           f'--warm_start={source} is neither a directory nor a checkpoint '
           '(no .index file). Pass a run directory written by '
           'pipeline.train, or a checkpoint path (.../checkpoints/ckpt-N).')
+    status = None
     try:
       status = tf.train.Checkpoint(model=self.trainer.model).restore(path)
       status.assert_existing_objects_matched()
@@ -118,6 +122,7 @@ class Checkpoints:
       # warning about them when the checkpoint object is collected.
       status.expect_partial()
     except (tf.errors.OpError, ValueError, AssertionError) as e:
+      run_guard.quiet_refused_restore(status, e)
       reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
       raise run_guard.RunGuardError(
           f'--warm_start checkpoint {path} does not fit this model '
@@ -148,3 +153,4 @@ class Checkpoints:
     kept = (f'The latest checkpoint ({latest}) is the last good one.' if latest
             else 'No checkpoint was written before it.')
     return f'{kept} Lower --learning_rate or check the input data.'
+

@@ -147,6 +147,28 @@ def _free_name(prefix):
   return f'{prefix}-{n}'
 
 
+def quiet_refused_restore(status, error=None):
+  """Silences a refused restore: the refusal says what is wrong, and the
+  "unrestored values" warnings TensorFlow logs when the restore's state is
+  collected (at any later point, in a process that goes on even in front of
+  the next run's log) would only blur that.
+
+  A restore that fails inside `restore()` (a variable of another shape)
+  returns no status; its state is then found in the error's traceback, where
+  TensorFlow's restore keeps it (duck-typed: if a TensorFlow version keeps it
+  elsewhere, the warnings come back and tests/test_checkpoints.py and tests/test_export.py say so).
+  """
+  if status is not None:
+    status.expect_partial()
+  traceback = error.__traceback__ if error is not None else None
+  while traceback is not None:
+    for value in traceback.tb_frame.f_locals.values():
+      if (type(value).__name__ == '_CheckpointRestoreCoordinator' and
+          hasattr(value, 'expect_partial')):
+        value.expect_partial = True
+    traceback = traceback.tb_next
+
+
 def checkpoint_readable(path):
   """Whether every tensor of checkpoint `path` can be read back.
 

@@ -112,13 +112,14 @@ def _restore(model, checkpoint, model_dir, model_name):
                        f'are truncated, damaged or missing.{hint}')
   if not run_guard.checkpoint_readable(checkpoint):
     raise damaged
+  status = None
   try:
     status = tf.train.Checkpoint(model=model).read(checkpoint)
-  except (tf.errors.OpError, ValueError) as e:
-    raise damaged from e
-  try:
     status.assert_existing_objects_matched()
-  except AssertionError as e:
+  except (tf.errors.OpError, ValueError, AssertionError) as e:
+    # Its files read whole (checked above), so it is another model's: a
+    # variable of another shape (raised by `read`) or other variables.
+    run_guard.quiet_refused_restore(status, e)
     raise ValueError(
         f'Checkpoint {checkpoint} does not fit the model of {model_dir} '
         f'({model_name}): {str(e).splitlines()[0][:200]} It belongs '
