@@ -12,7 +12,8 @@ import pytest
 from pipeline.core import children
 
 # A child that reports what it receives, takes half a second to stop (as a
-# training run saving its checkpoint does) and exits 7.
+# training run saving its checkpoint does) and exits 7. It creates the file
+# named by its argument once its handlers are in place.
 _CHILD = """
 import os, signal, sys, time
 got = []
@@ -21,6 +22,7 @@ def handle(signum, frame):
 for s in (signal.SIGTERM, signal.SIGINT):
   signal.signal(s, handle)
 print('group', os.getpgid(0) == os.getpid(), flush=True)
+open(sys.argv[1], 'w').close()
 deadline = time.time() + 60
 while not got and time.time() < deadline:
   time.sleep(0.01)
@@ -30,25 +32,35 @@ sys.exit(7)
 """
 
 
-def _signal_self_soon(signum, delay=1.0):
-  timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
-  timer.start()
-  return timer
+def _signal_self_when_ready(signum, ready):
+  """Signals this process once the child has made `ready` (its handlers
+  are set): on a loaded machine a child can take longer than any fixed
+  delay to start, and a signal before its handlers would kill it."""
+  def wait_then_signal():
+    deadline = time.time() + 120
+    while not os.path.exists(ready) and time.time() < deadline:
+      time.sleep(0.01)
+    os.kill(os.getpid(), signum)
+  thread = threading.Thread(target=wait_then_signal, daemon=True)
+  thread.start()
+  return thread
 
 
 @pytest.mark.parametrize('sent, passed_on, status', [
     (signal.SIGTERM, 'SIGTERM', 143), (signal.SIGINT, 'SIGINT', 130),
     (signal.SIGHUP, 'SIGTERM', 143)])
 def test_a_signal_to_the_parent_reaches_the_child_once_and_is_waited_for(
-    sent, passed_on, status):
+    sent, passed_on, status, tmp_path):
   before = {s: signal.getsignal(s) for s in children.FORWARDED}
-  _signal_self_soon(sent)
-  started = time.time()
-  finished = children.run([sys.executable, '-c', _CHILD],
+  ready = str(tmp_path / 'ready')
+  _signal_self_when_ready(sent, ready)
+  finished = children.run([sys.executable, '-c', _CHILD, ready],
                           capture_output=True)
-  # The child stopped in its own time (its half second), not killed.
+  stopped = time.time()
+  # The child stopped in its own time (its half second after the signal),
+  # not killed.
   assert finished.returncode == 7, finished.stderr
-  assert time.time() - started >= 1.4
+  assert stopped - os.path.getmtime(ready) >= 0.45
   # Its own process group (a terminal's Ctrl-C reaches only the parent),
   # and the signal exactly once.
   assert finished.stdout.splitlines() == ['group True', f'got {passed_on}']
