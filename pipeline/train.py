@@ -18,6 +18,7 @@ from absl import logging
 import tensorflow as tf
 
 from pipeline import flags as pipeline_flags
+from pipeline.core import checkpoints as checkpoints_lib
 from pipeline.core import controller as controller_lib
 from pipeline.core import preemption
 from pipeline.core import run_guard
@@ -36,6 +37,7 @@ def _main(argv, stop):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   try:
+    checkpoints_lib.check_warm_start(config.model_dir, config.warm_start)
     run_guard.check_writable(config.model_dir, '--model_dir')
     if config.export_dir:
       run_guard.check_writable(config.export_dir, '--export_dir')

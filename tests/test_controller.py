@@ -192,6 +192,8 @@ def test_a_warm_start_that_does_not_fit_is_refused_before_training(
                               warm_start=str(source))
     with pytest.raises(run_guard.RunGuardError, match=message):
       controller_lib.Controller(trainer_lib.Trainer(cfg)).train()
+    # Refused before the new run's directory was made.
+    assert not (tmp_path / 'x').exists()
 
 
 def test_nothing_is_written_before_the_lock_is_held(first_run, tmp_path):

@@ -69,12 +69,16 @@ def test_smoke_config_on_two_replicas(tmp_path):
     (['--dataset=imagenet'], 'flag --dataset=imagenet'),
     (['--routing_iterations=0'], '--routing_iterations must be >= 1'),
     (['--flagfile=configs/none.flags'], 'configs/none.flags'),
+    (['--warm_start=/nowhere/ckpt-3'], 'neither a directory nor a checkpoint'),
+    (['--warm_start=/'], '--warm_start=/ holds no checkpoint'),
 ])
 def test_bad_flags_stop_before_work(tmp_path, args, message):
   proc = _train(f'--model_dir={tmp_path}/r', *args, timeout=120)
   assert proc.returncode != 0
   assert message in proc.stderr
-  assert not os.path.exists(tmp_path / 'r' / 'checkpoints')
+  assert 'Traceback' not in proc.stderr
+  # Nothing made: not even the model directory.
+  assert not os.path.exists(tmp_path / 'r')
 
 
 

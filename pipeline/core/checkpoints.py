@@ -20,6 +20,42 @@ CHECKPOINTS_DIR = 'checkpoints'
 FLAGS_FILE = 'flags.txt'
 
 
+def warm_start_checkpoint(source):
+  """The checkpoint `--warm_start=source` names (a run directory, its
+  `checkpoints/` or a checkpoint path).
+
+  Raises:
+    run_guard.RunGuardError: when `source` holds no checkpoint.
+  """
+  if os.path.isdir(source):
+    inner = os.path.join(source, CHECKPOINTS_DIR)
+    path = tf.train.latest_checkpoint(inner if os.path.isdir(inner)
+                                      else source)
+    if path is None:
+      raise run_guard.RunGuardError(
+          f'--warm_start={source} holds no checkpoint. Pass a run '
+          'directory written by pipeline.train, or a checkpoint path '
+          '(.../checkpoints/ckpt-N).')
+    return path
+  if not tf.io.gfile.exists(source + '.index'):
+    raise run_guard.RunGuardError(
+        f'--warm_start={source} is neither a directory nor a checkpoint '
+        '(no .index file). Pass a run directory written by '
+        'pipeline.train, or a checkpoint path (.../checkpoints/ckpt-N).')
+  return source
+
+def check_warm_start(model_dir, source):
+  """Refuses, before anything is written, a `--warm_start` that names no
+  checkpoint when `model_dir` holds none yet (a run that resumes from its
+  own checkpoints does not read it, so a moved source is fine then).
+
+  Raises:
+    run_guard.RunGuardError: as `warm_start_checkpoint`.
+  """
+  if source and not run_guard.checkpoints_on_disk(
+      os.path.join(model_dir, CHECKPOINTS_DIR)):
+    warm_start_checkpoint(source)
+
 class Checkpoints:
   """Saves and restores a `Trainer`'s checkpoint under `work_dir`.
 
@@ -99,21 +135,7 @@ class Checkpoints:
       run_guard.RunGuardError: when `source` holds no checkpoint, or its
         checkpoint does not fit the model.
     """
-    path = source
-    if os.path.isdir(source):
-      inner = os.path.join(source, CHECKPOINTS_DIR)
-      path = tf.train.latest_checkpoint(inner if os.path.isdir(inner)
-                                        else source)
-      if path is None:
-        raise run_guard.RunGuardError(
-            f'--warm_start={source} holds no checkpoint. Pass a run '
-            'directory written by pipeline.train, or a checkpoint path '
-            '(.../checkpoints/ckpt-N).')
-    elif not tf.io.gfile.exists(path + '.index'):
-      raise run_guard.RunGuardError(
-          f'--warm_start={source} is neither a directory nor a checkpoint '
-          '(no .index file). Pass a run directory written by '
-          'pipeline.train, or a checkpoint path (.../checkpoints/ckpt-N).')
+    path = warm_start_checkpoint(source)
     status = None
     try:
       status = tf.train.Checkpoint(model=self.trainer.model).restore(path)

@@ -96,6 +96,7 @@ class Controller:
       run_guard.RunGuardError: when another trainer holds the model
         directory, it is not writable, or it holds a different run.
     """
+    checkpoints_lib.check_warm_start(self.work_dir, self.config.warm_start)
     run_guard.check_writable(self.work_dir, '--model_dir')
     # Every sub-directory the run writes, so none fails after hours.
     for sub in (checkpoints_lib.CHECKPOINTS_DIR, 'train', 'eval'):
