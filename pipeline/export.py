@@ -26,19 +26,22 @@ def main(argv):
   f = flags.FLAGS
   if not f.model_dir or not f.export_dir:
     raise app.UsageError('--model_dir and --export_dir are both required.')
-  try:
-    run_guard.check_writable(f.export_dir, '--export_dir', min_free_bytes=0)
-    path = publish.export_from_checkpoint(f.model_dir, f.export_dir,
-                                  f.checkpoint or None, xla=f.xla)
-  except (FileNotFoundError, ValueError, run_guard.RunGuardError) as e:
-    raise app.UsageError(str(e)) from None
-  except (OSError, tf.errors.OpError) as e:
-    reason = run_guard.write_failure(e)
-    if reason is None:
-      raise
-    sys.exit(f'Error: writing the export under {f.export_dir} failed '
-             f'({reason}); nothing was published. Free space or fix the '
-             'permissions, then run the same command.')
+  # A refused export (no such run, a checkpoint that does not fit) leaves
+  # no empty --export_dir behind.
+  with run_guard.removed_if_unused(f.export_dir):
+    try:
+      run_guard.check_writable(f.export_dir, '--export_dir', min_free_bytes=0)
+      path = publish.export_from_checkpoint(f.model_dir, f.export_dir,
+                                            f.checkpoint or None, xla=f.xla)
+    except (FileNotFoundError, ValueError, run_guard.RunGuardError) as e:
+      raise app.UsageError(str(e)) from None
+    except (OSError, tf.errors.OpError) as e:
+      reason = run_guard.write_failure(e)
+      if reason is None:
+        raise
+      sys.exit(f'Error: writing the export under {f.export_dir} failed '
+               f'({reason}); nothing was published. Free space or fix the '
+               'permissions, then run the same command.')
   print(f'Exported SavedModel to {path}')
   return 0
 

@@ -36,18 +36,21 @@ def _main(argv, stop):
     config = pipeline_flags.config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  try:
-    checkpoints_lib.check_warm_start(config.model_dir, config.warm_start)
-    run_guard.check_writable(config.model_dir, '--model_dir')
-    if config.export_dir:
-      run_guard.check_writable(config.export_dir, '--export_dir')
-  except run_guard.RunGuardError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    trainer = trainer_lib.Trainer(config)
-  except ValueError as e:  # DataError included.
-    # The message names the file or flag and the fix.
-    sys.exit(f'Error: {e}')
+  # Refused before training (bad data, a bad --warm_start), it leaves no
+  # empty --model_dir or --export_dir behind.
+  with run_guard.removed_if_unused(config.model_dir, config.export_dir):
+    try:
+      checkpoints_lib.check_warm_start(config.model_dir, config.warm_start)
+      run_guard.check_writable(config.model_dir, '--model_dir')
+      if config.export_dir:
+        run_guard.check_writable(config.export_dir, '--export_dir')
+    except run_guard.RunGuardError as e:
+      raise app.UsageError(str(e)) from None
+    try:
+      trainer = trainer_lib.Trainer(config)
+    except ValueError as e:  # DataError included.
+      # The message names the file or flag and the fix.
+      sys.exit(f'Error: {e}')
   controller = controller_lib.Controller(trainer, FLAGS.flags_into_string(),
                                          preemption=stop)
   try:

@@ -173,9 +173,11 @@ def test_export_command(trained, tmp_path):
   assert f'{tmp_path}/cmd/1' in proc.stdout
   bad = subprocess.run(
       [sys.executable, '-m', 'pipeline.export', f'--model_dir={tmp_path}',
-       f'--export_dir={tmp_path}/cmd'], cwd=REPO, capture_output=True,
+       f'--export_dir={tmp_path}/new/exports'], cwd=REPO, capture_output=True,
       text=True, timeout=300)
   assert bad.returncode != 0 and 'not a model directory' in bad.stderr
+  # Refused, it leaves no empty export directory (nor the parent it made).
+  assert not (tmp_path / 'new').exists()
   missing = subprocess.run(
       [sys.executable, '-m', 'pipeline.export', f'--model_dir={model_dir}',
        f'--export_dir={tmp_path}/cmd', '--checkpoint=/nonexistent/ckpt-1'],

@@ -56,6 +56,24 @@ def test_check_writable(tmp_path):
                              min_free_bytes=1 << 62)
 
 
+def test_a_refused_block_removes_the_empty_directories_it_made(tmp_path):
+  (tmp_path / 'old').mkdir()
+  made, kept, old = (tmp_path / 'a' / 'b' / 'run', tmp_path / 'k' / 'run',
+                     tmp_path / 'old')
+  with pytest.raises(KeyboardInterrupt):
+    with run_guard.removed_if_unused(str(made), str(kept), str(old), None):
+      for directory in (made, kept, old):
+        run_guard.check_writable(str(directory), '--x', min_free_bytes=0)
+      (kept / 'file').write_text('a file: kept')
+      raise KeyboardInterrupt
+  # Made and empty: gone with the parents made for it; the rest stay.
+  assert not (tmp_path / 'a').exists()
+  assert (kept / 'file').exists() and old.is_dir()
+  # A block that ends well keeps what it made.
+  with run_guard.removed_if_unused(str(made)):
+    run_guard.check_writable(str(made), '--x', min_free_bytes=0)
+  assert made.is_dir()
+
 def test_check_writable_names_a_full_disk(tmp_path, monkeypatch):
   import builtins  # pylint: disable=g-import-not-at-top
   import errno  # pylint: disable=g-import-not-at-top

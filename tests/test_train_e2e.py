@@ -71,14 +71,18 @@ def test_smoke_config_on_two_replicas(tmp_path):
     (['--flagfile=configs/none.flags'], 'configs/none.flags'),
     (['--warm_start=/nowhere/ckpt-3'], 'neither a directory nor a checkpoint'),
     (['--warm_start=/'], '--warm_start=/ holds no checkpoint'),
+    (['--dataset=mnist', '--data_source=idx', '--data_dir=/nowhere'],
+     'IDX data directory /nowhere does not exist'),
 ])
 def test_bad_flags_stop_before_work(tmp_path, args, message):
-  proc = _train(f'--model_dir={tmp_path}/r', *args, timeout=120)
+  proc = _train(f'--model_dir={tmp_path}/r', f'--export_dir={tmp_path}/e',
+                *args, timeout=120)
   assert proc.returncode != 0
   assert message in proc.stderr
   assert 'Traceback' not in proc.stderr
-  # Nothing made: not even the model directory.
+  # Nothing made: not even the model or export directory.
   assert not os.path.exists(tmp_path / 'r')
+  assert not os.path.exists(tmp_path / 'e')
 
 
 

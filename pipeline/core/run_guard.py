@@ -2,6 +2,7 @@
 directories it writes, and the checkpoint quarantine and clean-up. (Signals
 are `pipeline.core.preemption`'s, whole-file writes `pipeline.core.atomic`'s.)"""
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -95,6 +96,39 @@ def check_writable(directory, what, min_free_bytes=MIN_FREE_BYTES):
         f'least {min_free_bytes // 2**20} MiB. Free space or pass another '
         f'{what}.')
 
+
+@contextlib.contextmanager
+def removed_if_unused(*directories):
+  """For a block that may create `directories` (`check_writable`): when it
+  raises (a refusal, a bad flag, bad data, Ctrl-C), each directory it
+  created, and each parent it created on the way, is removed again if it
+  is empty, so a command refused before its work leaves nothing behind.
+  Directories that existed before, and anything holding a file, stay."""
+  created = []
+  for directory in filter(None, directories):
+    path = top = os.path.abspath(directory)
+    first_missing = None
+    while not os.path.exists(top):
+      first_missing = top
+      parent = os.path.dirname(top)
+      if parent == top:
+        break
+      top = parent
+    if first_missing:
+      created.append((path, first_missing))
+  try:
+    yield
+  except BaseException:
+    for path, first_missing in created:
+      while True:
+        try:
+          os.rmdir(path)  # Only ever an empty directory.
+        except OSError:
+          break
+        if path == first_missing:
+          break
+        path = os.path.dirname(path)
+    raise
 
 # What TensorFlow's file system errors say when a write fails for want of
 # room or rights (a full disk during a checkpoint save raises
