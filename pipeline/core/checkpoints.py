@@ -44,6 +44,7 @@ def warm_start_checkpoint(source):
         'pipeline.train, or a checkpoint path (.../checkpoints/ckpt-N).')
   return source
 
+
 def check_warm_start(model_dir, source):
   """Refuses, before anything is written, a `--warm_start` that names no
   checkpoint when `model_dir` holds none yet (a run that resumes from its
@@ -55,6 +56,7 @@ def check_warm_start(model_dir, source):
   if source and not run_guard.checkpoints_on_disk(
       os.path.join(model_dir, CHECKPOINTS_DIR)):
     warm_start_checkpoint(source)
+
 
 class Checkpoints:
   """Saves and restores a `Trainer`'s checkpoint under `work_dir`.
@@ -175,4 +177,3 @@ class Checkpoints:
     kept = (f'The latest checkpoint ({latest}) is the last good one.' if latest
             else 'No checkpoint was written before it.')
     return f'{kept} Lower --learning_rate or check the input data.'
-

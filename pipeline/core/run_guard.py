@@ -130,6 +130,7 @@ def removed_if_unused(*directories):
         path = os.path.dirname(path)
     raise
 
+
 # What TensorFlow's file system errors say when a write fails for want of
 # room or rights (a full disk during a checkpoint save raises
 # ResourceExhaustedError, which is no OSError).
@@ -189,8 +190,9 @@ def quiet_refused_restore(status, error=None):
 
   A restore that fails inside `restore()` (a variable of another shape)
   returns no status; its state is then found in the error's traceback, where
-  TensorFlow's restore keeps it (duck-typed: if a TensorFlow version keeps it
-  elsewhere, the warnings come back and tests/test_checkpoints.py and tests/test_export.py say so).
+  TensorFlow's restore keeps it (duck-typed: if a TensorFlow version keeps
+  it elsewhere, the warnings come back, and tests/test_checkpoints.py and
+  tests/test_export.py say so).
   """
   if status is not None:
     status.expect_partial()
