@@ -29,6 +29,27 @@ pipeline_flags.define_flags()
 FLAGS = flags.FLAGS
 
 
+def _train(trainer, stop):
+  """Runs the Controller; a refusal or a failed write is one line."""
+  config = trainer.config
+  controller = controller_lib.Controller(trainer, FLAGS.flags_into_string(),
+                                         preemption=stop)
+  try:
+    return controller.train()
+  except run_guard.RunGuardError as e:
+    raise app.UsageError(str(e)) from None
+  except trainer_lib.NonFiniteLossError as e:
+    sys.exit(f'Error: {e}')
+  except (OSError, tf.errors.OpError) as e:
+    reason = run_guard.write_failure(e)
+    if reason is None:
+      raise
+    where = getattr(e, 'filename', None) or config.model_dir
+    sys.exit(f'Error: writing {where} failed ({reason}). Free space (or fix '
+             'the permissions) and run the same command: it resumes from the '
+             'latest checkpoint.')
+
+
 def _main(argv, stop):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -36,8 +57,9 @@ def _main(argv, stop):
     config = pipeline_flags.config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  # Refused before training (bad data, a bad --warm_start), it leaves no
-  # empty --model_dir or --export_dir behind.
+  # Refused before training (bad data, a --warm_start that names no
+  # checkpoint or one of another model), it leaves no empty --model_dir or
+  # --export_dir behind.
   with run_guard.removed_if_unused(config.model_dir, config.export_dir):
     try:
       checkpoints_lib.check_warm_start(config.model_dir, config.warm_start)
@@ -51,22 +73,7 @@ def _main(argv, stop):
     except ValueError as e:  # DataError included.
       # The message names the file or flag and the fix.
       sys.exit(f'Error: {e}')
-  controller = controller_lib.Controller(trainer, FLAGS.flags_into_string(),
-                                         preemption=stop)
-  try:
-    result = controller.train()
-  except run_guard.RunGuardError as e:
-    raise app.UsageError(str(e)) from None
-  except trainer_lib.NonFiniteLossError as e:
-    sys.exit(f'Error: {e}')
-  except (OSError, tf.errors.OpError) as e:
-    reason = run_guard.write_failure(e)
-    if reason is None:
-      raise
-    where = getattr(e, 'filename', None) or config.model_dir
-    sys.exit(f'Error: writing {where} failed ({reason}). Free space (or fix '
-             'the permissions) and run the same command: it resumes from the '
-             'latest checkpoint.')
+    result = _train(trainer, stop)
   if result.preempted:
     status = preemption.exit_status(result.preempted)
     print(f'Stopped by {result.preempted} at step {result.step}; '

@@ -182,8 +182,8 @@ def test_a_warm_start_that_does_not_fit_is_refused_before_training(
   with pytest.raises(run_guard.RunGuardError,
                      match='does not fit this model.*same --model'):
     controller_lib.Controller(trainer_lib.Trainer(other)).train()
-  assert not tf.train.latest_checkpoint(str(tmp_path / 'other' /
-                                            'checkpoints'))
+  # Refused before the new run's directory (its lock, its skeleton) was made.
+  assert not (tmp_path / 'other').exists()
   (tmp_path / 'empty').mkdir()
   for source, message in ((tmp_path / 'empty', 'holds no checkpoint'),
                           (tmp_path / 'nowhere' / 'ckpt-3',

@@ -63,6 +63,17 @@ def test_smoke_config_on_two_replicas(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'Resumed from' in again.stderr and 'at step 20' in again.stderr
 
+  # A warm start from it into a model of other options is refused in one
+  # line, leaving no new model or export directory behind.
+  other = _train('--flagfile=configs/smoke.flags', '--class_dim=6',
+                 f'--warm_start={model_dir}', f'--model_dir={tmp_path}/r',
+                 f'--export_dir={tmp_path}/e')
+  assert other.returncode == 1, other.stderr[-3000:]
+  assert 'does not fit this model' in other.stderr
+  assert 'Traceback' not in other.stderr
+  assert not os.path.exists(tmp_path / 'r')
+  assert not os.path.exists(tmp_path / 'e')
+
 
 @pytest.mark.parametrize('args,message', [
     (['--batch_size=0'], '--batch_size must be >= 1'),

@@ -8,7 +8,8 @@ of a resume, the run's files, `metrics.json`, HParams values), `summaries`
 (TensorBoard), `profiling` (the profiler window), `preemption` (SIGTERM
 and Ctrl-C) and `run_guard` (the lock, writability). Nothing is written
 before the controller holds the model directory's lock and has checked that
-a resumed run is the same run.
+a resumed run is the same run (and a new run's --warm_start checkpoint fits
+its model).
 """
 
 import contextlib
@@ -96,7 +97,13 @@ class Controller:
       run_guard.RunGuardError: when another trainer holds the model
         directory, it is not writable, or it holds a different run.
     """
-    checkpoints_lib.check_warm_start(self.work_dir, self.config.warm_start)
+    # A new run's --warm_start is read before anything is written: one that
+    # names no checkpoint, or a checkpoint of another model, is refused
+    # without leaving a directory behind. (A resumed run does not read it.)
+    warmed = None
+    if self.config.warm_start and not run_guard.checkpoints_on_disk(
+        self.checkpoints.directory):
+      warmed = self.checkpoints.warm_start(self.config.warm_start)
     run_guard.check_writable(self.work_dir, '--model_dir')
     # Every sub-directory the run writes, so none fails after hours.
     for sub in (checkpoints_lib.CHECKPOINTS_DIR, 'train', 'eval'):
@@ -108,7 +115,9 @@ class Controller:
     with run_guard.RunLock(self.work_dir), watcher as stop:
       run_files.check_same_run(self.work_dir, self.config)
       self.checkpoints.open()
-      if self.checkpoints.restore() is None and self.config.warm_start:
+      if (self.checkpoints.restore() is None and self.config.warm_start
+          and warmed is None):
+        # Its checkpoints were damaged and set aside: a warm start after all.
         self.checkpoints.warm_start(self.config.warm_start)
       if self.trainer.chief:
         run_files.write_run_files(self.work_dir, self.config,
