@@ -375,6 +375,24 @@ def _flatten(value, prefix=''):
   return {prefix[:-1]: value}
 
 
+def run_flag_values(config: TrainConfig) -> dict:
+  """`{flag: value}` of what a config sets besides its data: the model,
+  its precision and options (as the model's config holds them, its
+  defaults filled in), and every setting of the parts and the loop."""
+  values = {}
+  for key, value in _flatten(config).items():
+    if not key.startswith(('data.', 'model.')):
+      values[key.rsplit('.', 1)[-1]] = value
+  model = config.model
+  params = model.params
+  if params is None:
+    params = registry.MODELS[model.name].config_class()
+  values.update((f.name, getattr(params, f.name))
+                for f in dataclasses.fields(params))
+  values.update(model=model.name, precision=model.precision)
+  return values
+
+
 def config_changes(saved: TrainConfig, new: TrainConfig):
   """What differs between a run's saved config and the config resuming it.
 

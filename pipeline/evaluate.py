@@ -33,6 +33,7 @@ from pipeline import flags as pipeline_flags
 from pipeline import metrics
 from pipeline.core import atomic
 from pipeline.data import input_pipeline, sources
+from pipeline.perf import hardware
 from pipeline.serving import restore
 
 # Paper Figure 4: perturbations of each dimension, -0.25 to 0.25 by 0.05.
@@ -291,6 +292,59 @@ def _source_for(f, run_config):
   return sources.open_source(pipeline_flags.data_spec_from_flags(f))
 
 
+# Flags of a run that pipeline.evaluate reads besides the data flags.
+READ_RUN_FLAGS = ('eval_batch_size', 'model_dir')
+
+
+def check_ignored_flags(f, run_config, model_dir=None):
+  """Refuses a training flag given that would be ignored: the model scored
+  is the one the run trained (its config.json) or the SavedModel as it was
+  exported, so only the data flags, --split and --eval_batch_size apply.
+  With --model_dir a flag that agrees with the run (its own flagfile, say)
+  and run-control flags (--train_steps, the cadences) pass.
+
+  Raises:
+    ValueError: naming each ignored flag (and the run's value) and the fix.
+  """
+  given = {name: value for name, value in
+           pipeline_flags.run_flags_given(f).items()
+           if name not in READ_RUN_FLAGS}
+  applies = ('only the data flags, --split and --eval_batch_size apply '
+             'to pipeline.evaluate')
+  if run_config is None:
+    if given:
+      raise ValueError(
+          f'{", ".join("--" + n for n in sorted(given))} would be ignored: '
+          'a SavedModel\'s model, options and precision were fixed when it '
+          f'was exported, and {applies}. Remove them.')
+    return
+  saved = config_lib.run_flag_values(run_config)
+  free = {key.rsplit('.', 1)[-1] for key in config_lib.FREE_FIELDS}
+  ignored = []
+  for name, value in sorted(given.items()):
+    if name in free or (name == 'precision' and value == hardware.AUTO):
+      continue
+    if name in saved:
+      if value != saved[name]:
+        ignored.append(f'--{name}={_shown(value)} (the run has '
+                       f'{_shown(saved[name])})')
+    elif f[name].value != f[name].default:
+      # Another model's option at its default passes, as in training.
+      ignored.append(f'--{name}={_shown(value)} (not an option of its model, '
+                     f'{run_config.model.name})')
+  if ignored:
+    raise ValueError(
+        f'{"; ".join(ignored)} would be ignored: the model scored is the one '
+        f'the run in {model_dir} trained, as its config.json says, and '
+        f'{applies}. Remove them (or pass the run\'s own flags).')
+
+
+def _shown(value):
+  if isinstance(value, tuple):
+    return ','.join(str(v) for v in value)
+  return value
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -303,9 +357,11 @@ def main(argv):
                          'directory) or --model_dir (a training run).')
   try:
     if f.saved_model:
+      check_ignored_flags(f, None)
       predictor, run_config = Predictor.from_saved_model(f.saved_model), None
     else:
       run_config, _ = config_lib.load_run(model_dir)
+      check_ignored_flags(f, run_config, model_dir)
       predictor = Predictor.from_checkpoint(model_dir,
                                             f.checkpoint or None)
     source = _source_for(f, run_config)

@@ -304,6 +304,22 @@ def _check_not_blocked(precision, asked=None):
     raise ValueError(blocked)
 
 
+def run_flags_given(f=None):
+  """`{flag: value}` of the flags given (on the command line or in a
+  flagfile) that set the run itself rather than its data: `--model`,
+  `--precision`, the model options and the settings of the config's parts
+  and loop, each as the config holds it (`config.run_flag_values`)."""
+  f = f or flags.FLAGS
+  fields = [field for cls in SETTING_CLASSES if cls is not sources.DataSpec
+            for field in settings.described(cls)]
+  fields += [owners[0][1] for owners in _model_fields().values()]
+  given = {field.name: _field_value(field, f[field.name].value)
+           for field in fields if f[field.name].present}
+  given.update((name, f[name].value) for name in ('model', 'precision')
+               if f[name].present)
+  return given
+
+
 def data_spec_from_flags(f=None):
   """Builds the `DataSpec` the data flags describe.
 

@@ -121,3 +121,22 @@ def test_routing_options_a_resume_refuses_or_notes():
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)
+
+
+def test_run_flag_values_name_every_run_setting_but_the_data():
+  cfg = config_lib.train_config(
+      model=config_lib.model_spec('capsnet', 'mixed_bfloat16',
+                                  conv_filters=8, decoder_units=(4, 8)),
+      learning_rate=0.01, batch_size=16, seed=3)
+  values = config_lib.run_flag_values(cfg)
+  assert values['model'] == 'capsnet'
+  assert values['precision'] == 'mixed_bfloat16'
+  assert values['conv_filters'] == 8 and values['decoder_units'] == (4, 8)
+  assert values['routing_iterations'] == 3  # The model's default, filled in.
+  assert (values['learning_rate'], values['batch_size'],
+          values['seed']) == (0.01, 16, 3)
+  assert 'dataset' not in values and 'shift_pixels' not in values
+  # A model spec without options stands for the model's defaults.
+  bare = config_lib.run_flag_values(config_lib.train_config(
+      model=config_lib.ModelSpec('baseline_cnn')))
+  assert bare['model'] == 'baseline_cnn' and 'conv_filters' not in bare

@@ -108,9 +108,27 @@ def all_commands():
   return [(relative(p), argv) for p in pages() for argv in commands(read(p))]
 
 
+def flagfile_commands():
+  """The commands a shipped flagfile's header comments show: indented
+  command lines (continued with a backslash) and commands in `quotes`."""
+  found = []
+  for path in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.flags'))):
+    comments = [line[1:] for line in read(path).split('\n')
+                if line.startswith('#')]
+    block, continued = [], False
+    for line in comments:
+      if continued or line.strip().startswith('python -m'):
+        block.append(line)
+      continued = bool(block) and line.endswith('\\')
+    text = '```sh\n' + '\n'.join(block) + '\n```\n'
+    prose = '\n'.join(line for line in comments if line not in block)
+    found += [(relative(path), argv) for argv in commands(text + prose)]
+  return found
+
+
 @pytest.fixture(scope='module')
 def flags_by_tool():
-  tools = sorted({argv[0] for _, argv in all_commands()})
+  tools = sorted({argv[0] for _, argv in all_commands() + flagfile_commands()})
   with futures.ThreadPoolExecutor(max_workers=4) as pool:
     return dict(zip(tools, pool.map(tool_flags, tools)))
 
@@ -197,7 +215,7 @@ def test_the_pages_show_commands():
 
 def test_every_command_names_a_tool_and_its_flags(flags_by_tool):
   wrong = []
-  for page, argv in all_commands():
+  for page, argv in all_commands() + flagfile_commands():
     module, args = argv[0], argv[1:]
     known = flags_by_tool[module]
     for arg in args:
@@ -212,6 +230,27 @@ def test_every_command_names_a_tool_and_its_flags(flags_by_tool):
             os.path.join(ROOT, value)):
           wrong.append(f'{page}: --flagfile={value}: no such file')
   assert not wrong, '\n'.join(wrong)
+
+
+def test_the_flagfile_headers_show_commands():
+  # The parser reads them (a header that stops parsing is caught here).
+  shown = {argv[0] for _, argv in flagfile_commands()}
+  assert {'pipeline.evaluate', 'pipeline.research.experiment'} <= shown
+
+
+def test_every_evaluate_command_names_what_it_scores():
+  # Exactly one of a run (--model_dir) or a SavedModel (--saved_model):
+  # --checkpoint alone, say, is refused by the command.
+  wrong = []
+  for page, argv in all_commands() + flagfile_commands():
+    if argv[0] != 'pipeline.evaluate' or not any('=' in a for a in argv):
+      continue  # (Prose naming a flag, `pipeline.evaluate --figures`.)
+    named = [a.split('=', 1)[0] for a in argv[1:]
+             if a.startswith(('--model_dir', '--saved_model'))]
+    if len(named) != 1:
+      wrong.append(f'{page}: python -m {" ".join(argv)}')
+  assert not wrong, ('pipeline.evaluate needs exactly one of --model_dir or '
+                     '--saved_model:\n' + '\n'.join(wrong))
 
 
 def test_ci_runs_the_readme_test_command():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -152,6 +153,67 @@ def test_command_with_figures(run, tmp_path):
   bad = subprocess.run([sys.executable, '-m', 'pipeline.evaluate'], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and 'exactly one of' in bad.stderr
+
+
+def _given(*argv):
+  values = flags.FlagValues()
+  evaluate.pipeline_flags.define_flags(values)
+  values(['prog', *argv])
+  return values
+
+
+@pytest.mark.parametrize('argv,shown', [
+    (['--conv_filters=3'], '--conv_filters=3 (the run has 8)'),
+    (['--decoder_units=16,64'], '--decoder_units=16,64 (the run has 16,32)'),
+    (['--batch_size=0'], '--batch_size=0 (the run has 8)'),
+    (['--eval_split=validation'], '--eval_split=validation (the run has test)'),
+    (['--model=baseline_cnn'], '--model=baseline_cnn (the run has capsnet)'),
+    (['--precision=mixed_bfloat16'],
+     '--precision=mixed_bfloat16 (the run has float32)'),
+    (['--learning_rate=0.1', '--routing_iterations=1'],
+     '--learning_rate=0.1 (the run has 0.003); --routing_iterations=1 (the '
+     'run has 3)'),
+    (['--nopool'], '--pool=False (not an option of its model, capsnet)'),
+])
+def test_training_flags_evaluate_would_ignore_are_refused(run, argv, shown):
+  trainer = run[0]
+  with pytest.raises(ValueError) as e:
+    evaluate.check_ignored_flags(_given(*argv), trainer.config, 'runs/x')
+  assert str(e.value).startswith(shown + ' would be ignored: the model '
+                                 'scored is the one the run in runs/x')
+  assert 'only the data flags, --split and --eval_batch_size' in str(e.value)
+
+
+def test_the_runs_own_flags_and_what_evaluate_reads_pass(run):
+  cfg = run[0].config
+  # Its own settings (its flagfile, say), auto precision, run control, and
+  # what evaluate reads: the data flags and --eval_batch_size.
+  evaluate.check_ignored_flags(_given(
+      '--conv_filters=8', '--decoder_units=16,32', '--batch_size=8',
+      '--learning_rate=0.003', '--precision=auto', '--train_steps=1000',
+      '--eval_every=7', '--eval_batch_size=3', '--dataset=synthetic',
+      '--synthetic_size=20,10', f'--model_dir={cfg.model_dir}',
+      '--pool'), cfg, 'x')
+  # A SavedModel takes the data flags and --eval_batch_size, and no other.
+  evaluate.check_ignored_flags(_given('--eval_batch_size=3',
+                                      '--dataset=synthetic'), None)
+  with pytest.raises(ValueError, match=r'^--conv_filters, --precision would '
+                     r'be ignored: a SavedModel\'s model'):
+    evaluate.check_ignored_flags(_given('--conv_filters=8', '--precision=auto',
+                                        '--dataset=synthetic'), None)
+
+
+def test_the_command_refuses_an_ignored_flag_in_one_line(run):
+  _, _, model_dir, path = run
+  for source in (f'--model_dir={model_dir}', f'--saved_model={path}'):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pipeline.evaluate', source,
+         '--conv_filters=3'],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert '--conv_filters' in proc.stderr and 'would be ignored' in (
+        proc.stderr), proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
 
 
 class _FakePairs:

@@ -335,3 +335,21 @@ def test_autotune_flag_reaches_the_config_and_is_free_on_resume():
 if __name__ == '__main__':
   import conftest  # pylint: disable=g-import-not-at-top
   conftest.main(__file__)
+
+
+def test_run_flags_given_are_the_run_settings_given_as_the_config_holds_them():
+  values = flags.FlagValues()
+  pipeline_flags.define_flags(values)
+  values(['prog', '--conv_filters=3', '--decoder_units=8,16',
+          '--learning_rate=0.5', '--precision=auto', '--model=capsnet',
+          '--train_steps=9', '--dataset=synthetic', '--shift_pixels=1'])
+  assert pipeline_flags.run_flags_given(values) == dict(
+      conv_filters=3, decoder_units=(8, 16), learning_rate=0.5,
+      precision='auto', model='capsnet', train_steps=9)
+  # Every run setting is a flag; the data flags are left out.
+  given = flags.FlagValues()
+  pipeline_flags.define_flags(given)
+  given(['prog'] + [f'--{n}={values[n].value}' for n in ('batch_size',
+                                                         'seed', 'm_plus')])
+  assert set(pipeline_flags.run_flags_given(given)) == {'batch_size', 'seed',
+                                                        'm_plus'}
