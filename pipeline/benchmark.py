@@ -77,7 +77,7 @@ def main(argv):
     print(str(e), file=sys.stderr, flush=True)
     return e.status
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   timing.print_table(results)
   if FLAGS.output:
     atomic.write_json(FLAGS.output, results, indent=2)

@@ -52,7 +52,7 @@ def main(argv):
                                     f.timeout)
     check_outputs(outputs, len(names))
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   except ServingError as e:
     sys.exit(f'Error: {e}')
   class_names = outputs.get('class_names')

@@ -370,7 +370,7 @@ def main(argv):
       results['figures'] = write_figures(predictor, source, f.split, results,
                                          f.figures)
   except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   print(f'{results["dataset"]} {results["split"]}: accuracy '
         f'{results["accuracy"]:.4f} (error {100 * results["error_rate"]:.2f}%)'
         f' on {results["examples"]} examples')

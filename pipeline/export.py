@@ -34,7 +34,7 @@ def main(argv):
       path = publish.export_from_checkpoint(f.model_dir, f.export_dir,
                                             f.checkpoint or None, xla=f.xla)
     except (FileNotFoundError, ValueError, run_guard.RunGuardError) as e:
-      raise app.UsageError(str(e)) from None
+      sys.exit(str(e))
     except (OSError, tf.errors.OpError) as e:
       reason = run_guard.write_failure(e)
       if reason is None:

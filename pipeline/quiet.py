@@ -14,7 +14,9 @@ INFO lines from the pipeline's own modules and warnings and errors from
 everywhere.
 
 A user's own `TF_CPP_MIN_LOG_LEVEL` (any value) or `--verbosity` of 1 or
-more on the command line leaves everything as TensorFlow prints it.
+more on the command line leaves everything as TensorFlow prints it. The
+level this module sets is marked as its own, so the tools' child processes
+are quiet as well.
 """
 
 import contextlib
@@ -27,8 +29,16 @@ from absl import logging
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+# Set beside TF_CPP_MIN_LOG_LEVEL when this module sets it: a child process
+# (an experiment's training run, a benchmark's scaling run) inherits both,
+# and is quiet too rather than taking the level for the user's own.
+_SET_HERE = 'PIPELINE_QUIET_TF_CPP_MIN_LOG_LEVEL'
+_LEVEL = '2'
+
+
 def _wanted():
-  if 'TF_CPP_MIN_LOG_LEVEL' in os.environ:
+  level = os.environ.get('TF_CPP_MIN_LOG_LEVEL')
+  if level is not None and level != os.environ.get(_SET_HERE):
     return False
   for i, arg in enumerate(sys.argv):
     value = None
@@ -60,7 +70,7 @@ def _stderr_to_devnull():
 
 QUIET = _wanted()
 if QUIET:
-  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = os.environ[_SET_HERE] = _LEVEL
   with _stderr_to_devnull():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()

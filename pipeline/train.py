@@ -37,7 +37,7 @@ def _train(trainer, stop):
   try:
     return controller.train()
   except run_guard.RunGuardError as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   except trainer_lib.NonFiniteLossError as e:
     sys.exit(f'Error: {e}')
   except (OSError, tf.errors.OpError) as e:
@@ -56,7 +56,7 @@ def _main(argv, stop):
   try:
     config = pipeline_flags.config_from_flags()
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   # Refused before training (bad data, a --warm_start that names no
   # checkpoint or one of another model), it leaves no empty --model_dir or
   # --export_dir behind.
@@ -67,7 +67,7 @@ def _main(argv, stop):
       if config.export_dir:
         run_guard.check_writable(config.export_dir, '--export_dir')
     except run_guard.RunGuardError as e:
-      raise app.UsageError(str(e)) from None
+      sys.exit(str(e))
     try:
       trainer = trainer_lib.Trainer(config)
     except ValueError as e:  # DataError included.

@@ -184,6 +184,9 @@ def test_bad_client_flags(flag, match):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert proc.returncode != 0
   assert match in proc.stderr, proc.stderr[-2000:]
+  # The refusal alone, not the command's usage text above it.
+  assert match in proc.stderr.strip().splitlines()[-1]
+  assert 'Sends images' not in proc.stdout + proc.stderr
 
 
 def test_command_sends_files(served, tmp_path):

@@ -214,6 +214,8 @@ def test_the_command_refuses_an_ignored_flag_in_one_line(run):
     assert '--conv_filters' in proc.stderr and 'would be ignored' in (
         proc.stderr), proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
+    # One line: not the command's usage text above it.
+    assert 'Evaluates a SavedModel' not in proc.stdout + proc.stderr
 
 
 class _FakePairs:

@@ -183,6 +183,28 @@ def test_ctrl_c_while_scoring_writes_no_row_and_no_traceback(tmp_path):
   assert not (tmp_path / 'row.json').exists()
 
 
+def test_a_failed_training_run_ends_the_experiment_in_one_line(tmp_path):
+  script = (
+      'from absl import app\n'
+      'from pipeline.research import experiment\n'
+      'def failed(*args, **kwargs):\n'
+      '  raise RuntimeError("Training with x.flags failed (exit 1); its '
+      'output is above.")\n'
+      'experiment.run_experiment = failed\n'
+      'experiment.define_flags()\n'
+      'app.run(experiment.main)\n')
+  proc = subprocess.run(
+      [sys.executable, '-c', script, '--experiment=accuracy',
+       f'--output={tmp_path}/row.json'], cwd=REPO, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'Training with x.flags failed (exit 1); its output is above.')
+  # Not the experiment's usage text: the run's own output says what failed.
+  assert 'Runs one results experiment' not in proc.stdout + proc.stderr
+  assert not (tmp_path / 'row.json').exists()
+
+
 def test_unknown_model_is_refused_before_any_work():
   with pytest.raises(ValueError, match='has no model'):
     experiment.run_experiment('accuracy', models=['baseline_cnn'])

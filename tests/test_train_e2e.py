@@ -91,6 +91,8 @@ def test_bad_flags_stop_before_work(tmp_path, args, message):
   assert proc.returncode != 0
   assert message in proc.stderr
   assert 'Traceback' not in proc.stderr
+  # The refusal alone, not the command's usage text above it.
+  assert 'Trains a capsule model' not in proc.stdout + proc.stderr
   # Nothing made: not even the model or export directory.
   assert not os.path.exists(tmp_path / 'r')
   assert not os.path.exists(tmp_path / 'e')

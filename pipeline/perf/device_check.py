@@ -269,9 +269,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
-  if f.replicas < 1 or f.steps < 2 or f.repeats < 1:
-    raise app.UsageError('--replicas must be >= 1, --steps >= 2 and '
-                         '--repeats >= 1.')
+  for name, least in (('replicas', 1), ('steps', 2), ('repeats', 1)):
+    if f[name].value < least:
+      sys.exit(f'--{name} must be >= {least}, got {f[name].value}.')
   try:
     report = run(f.replicas, f.steps, f.benchmark == 'paper', f.repeats,
                  f.matmul)

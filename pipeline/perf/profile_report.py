@@ -384,7 +384,7 @@ def main(argv):
     run_dir = f.trace_dir or latest_profile(f.model_dir)
     rep = report(run_dir, f.steps, f.top)
   except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   print(markdown(rep))
   if f.json:
     atomic.write_json(f.json, rep, indent=2)

@@ -251,7 +251,7 @@ def main(argv):
     targets = [parse_milestone(m) for m in f.milestone]
     rows = write_curves(f.model_dir, f.output_dir, references)
   except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   print(markdown(rows))
   print('\n'.join(milestone_lines(rows, targets)))
   print(f'Wrote {CURVE_FILE}, error_vs_epoch.svg and error_vs_hours.svg to '

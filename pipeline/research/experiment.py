@@ -175,7 +175,8 @@ def train(flagfile, train_steps=None, extra=()):
   if train_steps:
     command.append(f'--train_steps={train_steps}')
   command += list(extra)
-  print('$ ' + ' '.join(shlex.quote(c) for c in command[1:]), flush=True)
+  print('$ python ' + ' '.join(shlex.quote(c) for c in command[1:]),
+        flush=True)
   finished = children.run(command)
   returncode, received = finished.returncode, finished.received
   stopped = {128 + int(signal.SIGTERM): 'SIGTERM',
@@ -369,7 +370,7 @@ def main(argv):
           flush=True)
     return 130
   except (RuntimeError, FileNotFoundError, ValueError) as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   row['command'] = 'python -m pipeline.research.experiment ' + ' '.join(
       shlex.quote(a) for a in sys.argv[1:])
   output = f.output or f'docs/results/{f.experiment}.json'

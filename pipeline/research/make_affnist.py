@@ -81,7 +81,7 @@ def main(argv):
     record = make_affnist(spec, f.output_dir, f.canvas_size, f.seed, ranges,
                           f.overwrite)
   except DataError as e:
-    raise app.UsageError(str(e)) from None
+    sys.exit(str(e))
   print(f'Wrote {record["examples"]} affine-transformed test images to '
         f'{f.output_dir} (images sha256 {record["images_sha256"][:16]}...)')
   return 0
