@@ -214,6 +214,10 @@ def config_from_flags(f=None):
     parts = {name: part(**_flag_values(part, f))
              for name, part in config_lib.PARTS.items()}
     loop = _flag_values(config_lib.TrainConfig, f)
+    # Checked before the model, whose precision is resolved and logged: a
+    # bad value is refused in its one line, with nothing above it.
+    for field in settings.described(config_lib.TrainConfig):
+      settings.check_value(field, loop[field.name])
     data = data_spec_from_flags(f)
     model = model_spec_from_flags(f)
     return config_lib.TrainConfig(model=model, data=data, **parts, **loop)
@@ -258,10 +262,12 @@ def model_spec_from_flags(f=None):
              f'{", ".join("--" + n for n in accepted)}).' if accepted else
              f' ({f.model} takes none of the model flags).'))
   try:
-    return config_lib.model_spec(
-        f.model, resolve_precision(f.precision, f.model_dir), **options)
+    # The options are checked before the precision is resolved (and logged).
+    spec = config_lib.model_spec(f.model, **options)
   except settings.SettingError as e:
     raise ValueError(f'--{e}') from None
+  return dataclasses.replace(
+      spec, precision=resolve_precision(f.precision, f.model_dir))
 
 
 def resolve_precision(requested, model_dir):

@@ -353,3 +353,23 @@ def test_run_flags_given_are_the_run_settings_given_as_the_config_holds_them():
                                                          'seed', 'm_plus')])
   assert set(pipeline_flags.run_flags_given(given)) == {'batch_size', 'seed',
                                                         'm_plus'}
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(batch_size=0), '--batch_size must be >= 1'),
+    (dict(routing_iterations=0), '--routing_iterations must be >= 1'),
+    (dict(eval_every=0), '--eval_every must be >= 1'),
+])
+def test_a_bad_value_is_refused_before_the_precision_is_resolved(
+    overrides, match, caplog, tmp_path):
+  # Nothing is logged above the refusal's one line.
+  with flagsaver.flagsaver(precision='auto', model_dir=str(tmp_path),
+                           **overrides):
+    with caplog.at_level('INFO'):
+      with pytest.raises(ValueError, match=match):
+        pipeline_flags.config_from_flags()
+  assert '--precision=auto' not in caplog.text
+  with flagsaver.flagsaver(precision='auto', model_dir=str(tmp_path)):
+    with caplog.at_level('INFO'):
+      pipeline_flags.config_from_flags()
+  assert '--precision=auto' in caplog.text
