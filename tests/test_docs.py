@@ -71,7 +71,11 @@ def commands(text):
   """Every `python -m pipeline.<tool> ...` a page shows, as argv lists."""
   sources = []
   for block in fenced_blocks(text):
-    sources += block.replace('\\\n', ' ').split('\n')
+    lines = block.replace('\\\n', ' ').split('\n')
+    if any(re.match(r'\s*\$\s', line) for line in lines):
+      # A console: the prompted lines are the commands, the rest output.
+      lines = [line for line in lines if re.match(r'\s*\$\s', line)]
+    sources += lines
   sources += code_spans(text)
   found = []
   for line in sources:
@@ -266,6 +270,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_the_command_parser_reads_continued_and_prompted_lines():
   text = ('x\n```sh\n$ python -m pipeline.train --a=1 \\\n  --b=2 && echo\n'
+          'Error: ... (pid 7: python -m pipeline.train --d=4) ...\n'
           '```\nand `python -m\npipeline.export --c=3`.\n')
   assert commands(text) == [['pipeline.train', '--a=1', '--b=2'],
                             ['pipeline.export', '--c=3']]
