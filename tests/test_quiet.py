@@ -43,3 +43,8 @@ def test_the_users_own_level_for_a_child_wins():
   assert 'parent quiet True' in proc.stdout
   assert 'child quiet False' in proc.stdout
   assert 'oneDNN' in proc.stderr
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)

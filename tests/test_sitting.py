@@ -152,3 +152,8 @@ def test_a_sitting_end_to_end(tmp_path):
   assert bad.returncode == 1
   assert 'failed (exit 1); its output is in' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+if __name__ == '__main__':
+  import conftest  # pylint: disable=g-import-not-at-top
+  conftest.main(__file__)
