@@ -161,22 +161,27 @@ def test_how_a_training_run_ended_decides_what_the_experiment_does(
     assert caught.value.status == int(code.rsplit('(', 1)[1].rstrip(')'))
 
 
-def test_ctrl_c_while_scoring_writes_no_row_and_no_traceback(tmp_path):
-  # Scoring is the experiment's own work (no child to pass the signal to):
-  # a Ctrl-C there ends it in one line, exit 130.
+def _experiment_where_running_does(body, tmp_path):
+  """`python -m pipeline.research.experiment --experiment=accuracy` with
+  its `run_experiment` replaced by one whose body is `body`."""
   script = (
-      'import sys\n'
       'from absl import app\n'
       'from pipeline.research import experiment\n'
-      'def interrupted(*args, **kwargs):\n'
-      '  raise KeyboardInterrupt\n'
-      'experiment.run_experiment = interrupted\n'
+      'def replaced(*args, **kwargs):\n'
+      f'  {body}\n'
+      'experiment.run_experiment = replaced\n'
       'experiment.define_flags()\n'
       'app.run(experiment.main)\n')
-  proc = subprocess.run(
+  return subprocess.run(
       [sys.executable, '-c', script, '--experiment=accuracy',
        f'--output={tmp_path}/row.json'], cwd=REPO, capture_output=True,
       text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+
+
+def test_ctrl_c_while_scoring_writes_no_row_and_no_traceback(tmp_path):
+  # Scoring is the experiment's own work (no child to pass the signal to):
+  # a Ctrl-C there ends it in one line, exit 130.
+  proc = _experiment_where_running_does('raise KeyboardInterrupt', tmp_path)
   assert proc.returncode == 130, proc.stderr[-3000:]
   assert 'Interrupted while scoring; no row written' in proc.stderr
   assert 'Traceback' not in proc.stderr
@@ -184,19 +189,9 @@ def test_ctrl_c_while_scoring_writes_no_row_and_no_traceback(tmp_path):
 
 
 def test_a_failed_training_run_ends_the_experiment_in_one_line(tmp_path):
-  script = (
-      'from absl import app\n'
-      'from pipeline.research import experiment\n'
-      'def failed(*args, **kwargs):\n'
-      '  raise RuntimeError("Training with x.flags failed (exit 1); its '
-      'output is above.")\n'
-      'experiment.run_experiment = failed\n'
-      'experiment.define_flags()\n'
-      'app.run(experiment.main)\n')
-  proc = subprocess.run(
-      [sys.executable, '-c', script, '--experiment=accuracy',
-       f'--output={tmp_path}/row.json'], cwd=REPO, capture_output=True,
-      text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  proc = _experiment_where_running_does(
+      'raise RuntimeError("Training with x.flags failed (exit 1); its output '
+      'is above.")', tmp_path)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
       'Training with x.flags failed (exit 1); its output is above.')
