@@ -17,11 +17,11 @@ measured, not a cached choice's. `--isa_cap=AVX2` runs every command under
 `auto` and the probe do on a CPU without AVX-512, emulated.
 
 A training run beside a sitting takes half the cores and both figures with
-them, so it refuses to start while the load average says something else is
-running (`--max_load`), naming the busiest processes. A SIGTERM or Ctrl-C
-is passed on to the command running and ends the sitting (exit 143 or 130),
-judging nothing. The exit status is 1 when a command failed or a target was
-missed.
+them, so it refuses to start while other processes use more than
+`--max_busy` cores (sampled over 2 s), naming the busiest. A SIGTERM or
+Ctrl-C is passed on to the command running and ends the sitting (exit 143
+or 130), judging nothing. The exit status is 1 when a command failed or a
+target was missed.
 """
 
 import json
@@ -199,9 +199,10 @@ def table(result):
   return '\n'.join(lines)
 
 
-def busiest(seconds=1.0, share=0.2):
-  """`[(pid, percent of a core, command)]` of the processes that used more
-  than `share` of a core over `seconds`, busiest first (this one left out).
+def cpu_use(seconds=2.0):
+  """What the other processes use now: `(cores, [(pid, percent of a core,
+  command)])` over `seconds`, the processes busiest first (this one left
+  out; threads count with their process).
   """
 
   def times():
@@ -221,37 +222,56 @@ def busiest(seconds=1.0, share=0.2):
   before = times()
   time.sleep(seconds)
   after = times()
-  busy = []
-  for pid, t in after.items():
-    used = (t - before.get(pid, t)) / tick / seconds
-    if used > share:
-      try:
-        with open(f'/proc/{pid}/cmdline', 'rb') as f:
-          command = f.read().replace(b'\0', b' ').decode(errors='replace')
-      except OSError:
-        command = '?'
-      busy.append((pid, round(100 * used), command.strip()[:120]))
-  return sorted(busy, key=lambda b: -b[1])
+  used = {pid: (t - before.get(pid, t)) / tick / seconds
+          for pid, t in after.items()}
+  processes = []
+  for pid, share in sorted(used.items(), key=lambda u: -u[1]):
+    if share <= 0:
+      break
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        command = f.read().replace(b'\0', b' ').decode(errors='replace')
+      if not command.strip():  # A kernel thread: its name.
+        with open(f'/proc/{pid}/comm') as f:
+          command = f'[{f.read().strip()}]'
+    except OSError:
+      command = '?'
+    processes.append((pid, round(100 * share), command.strip()[:120]))
+  return sum(used.values()), processes
 
 
-def check_idle(max_load):
-  """Refuses a sitting on a machine that is busy.
-
-  Raises:
-    SittingError: naming the load, the busiest processes and the fix.
+def busiest(seconds=1.0, share=0.2):
+  """`[(pid, percent of a core, command)]` of the processes that used more
+  than `share` of a core over `seconds`, busiest first (this one left out).
   """
-  load = os.getloadavg()[0]
-  if load <= max_load:
-    return
-  busy = busiest()
+  return [p for p in cpu_use(seconds)[1] if p[1] > 100 * share]
+
+
+def check_idle(max_busy, seconds=2.0):
+  """Refuses a sitting on a machine that is busy now.
+
+  Judged from what the other processes use over `seconds`, not from the
+  load average: that is a minute's decaying mean, still above 0.5 for
+  about 80 s after a process that kept both cores busy has ended (a
+  sitting started right after another was refused so).
+
+  Returns:
+    The cores' worth of CPU the other processes used.
+  Raises:
+    SittingError: naming the use, the busiest processes and the fix.
+  """
+  used, processes = cpu_use(seconds)
+  if used <= max_busy:
+    return used
   named = '; '.join(f'pid {pid} at {percent}%: {command}'
-                    for pid, percent, command in busy[:3])
+                    for pid, percent, command in processes[:3]
+                    if percent >= 5)
   raise SittingError(
-      f'the 1-minute load average is {load:.2f} (more than --max_load='
-      f'{max_load:g}): something else is running'
+      f'other processes used {used:.2f} cores over the last {seconds:g} s '
+      f'(more than --max_busy={max_busy:g}): something else is running'
       + (f' ({named})' if named else '') + '. A sitting beside it measures '
-      'neither. Stop it (a training run saves and resumes on SIGTERM) and '
-      'wait a minute, or pass a higher --max_load to measure anyway.')
+      'neither. Stop it (a training run saves and resumes on SIGTERM), or '
+      'pass a higher --max_busy to measure anyway.')
 
 
 def environment(isa_cap, cache):
@@ -288,7 +308,7 @@ def _header(isa_cap):
 
 
 def run_sitting(output_dir, plain_command, bench_flags=(), isa_cap=None,
-                log=print, load=None):
+                log=print, load=None, busy=None):
   """Runs the sitting's commands in order; returns the judgement (also
   written to `output_dir/sitting.json`).
 
@@ -345,7 +365,8 @@ def run_sitting(output_dir, plain_command, bench_flags=(), isa_cap=None,
   result = dict(
       cpu=probe.get('cpu'), cpu_features=probe.get('cpu_features'),
       isa_cap=isa_cap, tensorflow=probe.get('tensorflow'),
-      load_average_at_start=load, started=started,
+      load_average_at_start=load, other_cores_busy_at_start=busy,
+      started=started,
       ended=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
       plain_command=' '.join(plain_command[1:]),
       benchmark_flags=list(bench_flags), **result)
@@ -364,8 +385,9 @@ def define_flags():
                     "The plain script's arguments.")
   flags.DEFINE_enum('isa_cap', None, ['AVX2', 'AVX512_CORE'],
                     'Run every command under this oneDNN and XLA ISA cap.')
-  flags.DEFINE_float('max_load', 0.5, 'Refuse to start while the 1-minute '
-                     'load average is above this.')
+  flags.DEFINE_float('max_busy', 0.25, 'Refuse to start while the other '
+                     "processes use more than this many cores' worth of CPU "
+                     '(sampled over 2 s).')
   flags.DEFINE_multi_string('benchmark_flag', [], 'Extra flag for every '
                             'pipeline.benchmark run (repeatable).')
 
@@ -382,10 +404,11 @@ def main(argv):
           f'the plain script is not at {f.plain_script} (it is in '
           '../shared/bench beside the checkout on the project machines); '
           'pass --plain_script=PATH.')
-    check_idle(f.max_load)
+    busy = check_idle(f.max_busy)
     result = run_sitting(
         f.output_dir, [sys.executable, f.plain_script, *f.plain_args],
-        f.benchmark_flag, f.isa_cap, load=round(os.getloadavg()[0], 2))
+        f.benchmark_flag, f.isa_cap, load=round(os.getloadavg()[0], 2),
+        busy=round(busy, 2))
   except children.Stopped as e:
     print(str(e), file=sys.stderr, flush=True)
     return e.status
