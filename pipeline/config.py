@@ -308,8 +308,9 @@ def replace(config: TrainConfig, **values) -> TrainConfig:
 
 
 def saved_precision(model_dir):
-  """The precision the run in `model_dir` resolved at its start (from its
-  `config.json`), or None where there is no readable one."""
+  """The precision the run in `model_dir` records (its `config.json`: what
+  `auto` resolved at its start, or a later explicit switch between float32
+  and mixed_bfloat16), or None where there is no readable one."""
   try:
     with open(os.path.join(model_dir, CONFIG_FILE)) as f:
       precision = json.load(f)['model']['precision']
@@ -393,6 +394,33 @@ def run_flag_values(config: TrainConfig) -> dict:
   return values
 
 
+# What a resumed run that changes --precision between float32 and
+# mixed_bfloat16 is told (config_changes notes it; it is not refused).
+PRECISION_CHANGE = (
+    'the weights and the optimizer state carry over (they are float32 in '
+    'both); from this step the model computes in the new precision, so the '
+    'steps before and after are not bit-comparable; the run records the new '
+    'one, and --precision=auto keeps it')
+
+
+def precision_carries_over(old, new):
+  """Whether a checkpoint written in precision `old` resumes in `new`:
+  float32 and mixed_bfloat16 keep the same variables; mixed_float16 adds
+  a loss-scale optimizer around them, so a change to or from it does not."""
+  return 'mixed_float16' not in (old, new)
+
+
+def precision_switch_hint(precision, model_dir):
+  """How a run in `precision` goes on in float32 (for the warning when
+  its 16-bit math is emulated where it resumes)."""
+  if precision_carries_over(precision, 'float32'):
+    return ('--precision=float32 resumes it in float32 (the weights and the '
+            'optimizer state carry over).')
+  return ('A run in float32 from its weights: --warm_start=' + model_dir +
+          ' --precision=float32 and a new --model_dir (the step, the '
+          'optimizer state and the schedule start again).')
+
+
 def config_changes(saved: TrainConfig, new: TrainConfig):
   """What differs between a run's saved config and the config resuming it.
 
@@ -403,7 +431,8 @@ def config_changes(saved: TrainConfig, new: TrainConfig):
   Returns:
     `(refused, noted)`: `refused` lists `(flag, old, new)` for changes that
     would change the model or its training (the model and its options,
-    precision, data shape and splits, batch size, seed, schedule, losses);
+    precision to or from mixed_float16, data shape and splits, batch size,
+    seed, schedule, losses);
     `noted` lists `(flag, old, new, consequence)` for changes that are
     accepted with a stated consequence. Run-control changes (more steps,
     another cadence) appear in neither.
@@ -419,7 +448,9 @@ def config_changes(saved: TrainConfig, new: TrainConfig):
     if old == value or key in FREE_FIELDS:
       continue
     flag = key.rsplit('.', 1)[-1]
-    if key in notes:
+    if key == 'model.precision' and precision_carries_over(old, value):
+      noted.append((flag, old, value, PRECISION_CHANGE))
+    elif key in notes:
       noted.append((flag, old, value, notes[key]))
     else:
       refused.append((flag, old, value))

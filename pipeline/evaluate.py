@@ -70,8 +70,9 @@ class Predictor:
     return cls(predict, decode, spec.shape[1:], lengths_spec.shape[-1])
 
   @classmethod
-  def from_checkpoint(cls, model_dir, checkpoint=None):
-    model, info = restore.load_checkpointed_model(model_dir, checkpoint)
+  def from_checkpoint(cls, model_dir, checkpoint=None, precision=None):
+    model, info = restore.load_checkpointed_model(model_dir, checkpoint,
+                                                  precision)
 
     @tf.function
     def predict(images):
@@ -299,9 +300,10 @@ READ_RUN_FLAGS = ('eval_batch_size', 'model_dir')
 def check_ignored_flags(f, run_config, model_dir=None):
   """Refuses a training flag given that would be ignored: the model scored
   is the one the run trained (its config.json) or the SavedModel as it was
-  exported, so only the data flags, --split and --eval_batch_size apply.
-  With --model_dir a flag that agrees with the run (its own flagfile, say)
-  and run-control flags (--train_steps, the cadences) pass.
+  exported, so only the data flags, --split and --eval_batch_size apply
+  (and, with --model_dir, --precision: `scoring_precision`). With
+  --model_dir a flag that agrees with the run (its own flagfile, say) and
+  run-control flags (--train_steps, the cadences) pass.
 
   Raises:
     ValueError: naming each ignored flag (and the run's value) and the fix.
@@ -309,20 +311,21 @@ def check_ignored_flags(f, run_config, model_dir=None):
   given = {name: value for name, value in
            pipeline_flags.run_flags_given(f).items()
            if name not in READ_RUN_FLAGS}
-  applies = ('only the data flags, --split and --eval_batch_size apply '
-             'to pipeline.evaluate')
   if run_config is None:
     if given:
       raise ValueError(
           f'{", ".join("--" + n for n in sorted(given))} would be ignored: '
           'a SavedModel\'s model, options and precision were fixed when it '
-          f'was exported, and {applies}. Remove them.')
+          'was exported, and only the data flags, --split and '
+          '--eval_batch_size apply to it. Remove them.')
     return
+  applies = ('only the data flags, --split, --eval_batch_size and '
+             '--precision apply to pipeline.evaluate')
   saved = config_lib.run_flag_values(run_config)
   free = {key.rsplit('.', 1)[-1] for key in config_lib.FREE_FIELDS}
   ignored = []
   for name, value in sorted(given.items()):
-    if name in free or (name == 'precision' and value == hardware.AUTO):
+    if name in free or name == 'precision':  # scoring_precision's.
       continue
     if name in saved:
       if value != saved[name]:
@@ -337,6 +340,36 @@ def check_ignored_flags(f, run_config, model_dir=None):
         f'{"; ".join(ignored)} would be ignored: the model scored is the one '
         f'the run in {model_dir} trained, as its config.json says, and '
         f'{applies}. Remove them (or pass the run\'s own flags).')
+
+
+def scoring_precision(f, run_config, model_dir):
+  """The precision to score a run in: an explicit --precision (its weights
+  are float32 in every precision, so any fits), else the run's own (as
+  `auto` means too), with one warning line where that is emulated here.
+
+  Raises:
+    ValueError: an ISA cap in force leaves no 16-bit kernels for it.
+  """
+  trained = run_config.model.precision
+  explicit = f['precision'].present and f.precision != hardware.AUTO
+  precision = f.precision if explicit else trained
+  blocked = hardware.cap_blocks_16bit(
+      precision, asked=None if explicit else
+      f'Scoring in {trained}, as the run in {model_dir} trained,')
+  if blocked:
+    raise ValueError(blocked)
+  if explicit:
+    if precision != trained:
+      logging.info('Scoring the run in %s in %s (it trained in %s).',
+                   model_dir, precision, trained)
+    return precision
+  where = hardware.emulated_where(trained)
+  if where:
+    logging.warning('Scoring in %s, as the run in %s trained, but %s: its '
+                    '16-bit math is emulated and slower than float32 here; '
+                    '--precision=float32 scores it in float32.', trained,
+                    model_dir, where)
+  return None
 
 
 def _shown(value):
@@ -362,8 +395,9 @@ def main(argv):
     else:
       run_config, _ = config_lib.load_run(model_dir)
       check_ignored_flags(f, run_config, model_dir)
-      predictor = Predictor.from_checkpoint(model_dir,
-                                            f.checkpoint or None)
+      predictor = Predictor.from_checkpoint(
+          model_dir, f.checkpoint or None,
+          scoring_precision(f, run_config, model_dir))
     source = _source_for(f, run_config)
     results = evaluate(predictor, source, f.split, f.eval_batch_size)
     if f.figures:

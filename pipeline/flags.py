@@ -117,7 +117,8 @@ def _define(flag_values):
       'routing, squash and losses (mixed_float16 adds loss scaling; for '
       'GPUs). auto: mixed_bfloat16 on CPUs with avx512_bf16/amx_bf16 and '
       'GPUs of compute capability >= 8.0, mixed_float16 on GPUs of 7.x, '
-      'float32 elsewhere; a resumed run keeps what it resolved at its start.',
+      'float32 elsewhere; a resumed run keeps the precision it records (an '
+      'explicit float32 or mixed_bfloat16 switches it between those two).',
       flag_values=flag_values)
   # Data, optimizer and schedule, losses, runtime, the loop: one flag per
   # field of their configs.
@@ -273,10 +274,12 @@ def model_spec_from_flags(f=None):
 def resolve_precision(requested, model_dir):
   """The concrete precision of `--precision` (`auto` resolved), logged.
 
-  `auto` means what the run in `model_dir` resolved at its start when there
-  is one (a resumed run never changes precision), else what this machine's
-  hardware computes fast (`hardware.auto_precision`). An explicit 16-bit
-  precision that is emulated here is kept, with a one-line warning.
+  `auto` means the precision the run in `model_dir` records when there is
+  one (a resumed run never changes precision unasked; one warning line
+  when that precision is emulated here, naming the way to float32), else
+  what this machine's hardware computes fast (`hardware.auto_precision`).
+  An explicit 16-bit precision that is emulated here is kept, with a
+  one-line warning.
 
   Raises:
     ValueError: an ISA cap in the environment (oneDNN's, XLA's) is not one
@@ -295,9 +298,17 @@ def resolve_precision(requested, model_dir):
   saved = config_lib.saved_precision(model_dir) if model_dir else None
   if saved:
     _check_not_blocked(saved, f'--precision=auto ({saved}, as the run in '
-                       f'{model_dir} resolved at its start)')
-    logging.info('--precision=auto: %s, as the run in %s resolved at its '
-                 'start.', saved, model_dir)
+                       f'{model_dir} records)')
+    where = hardware.emulated_where(saved)
+    if where is None:
+      logging.info('--precision=auto: %s, as the run in %s records.', saved,
+                   model_dir)
+    else:
+      # Resumed on other hardware (a preempted job placed elsewhere).
+      logging.warning(
+          '--precision=auto keeps %s, as the run in %s records, but %s: its '
+          '16-bit math is emulated and slower than float32 here. %s', saved, model_dir, where,
+          config_lib.precision_switch_hint(saved, model_dir))
     return saved
   precision, reason = hardware.auto_precision()
   logging.info('--precision=auto: %s (%s).', precision, reason)

@@ -21,6 +21,7 @@ from pipeline import flags as pipeline_flags
 from pipeline.core import checkpoints as checkpoints_lib
 from pipeline.core import controller as controller_lib
 from pipeline.core import preemption
+from pipeline.core import run_files
 from pipeline.core import run_guard
 from pipeline.core import trainer as trainer_lib
 from pipeline.serving import publish
@@ -62,6 +63,9 @@ def _main(argv, stop):
   # --export_dir behind.
   with run_guard.removed_if_unused(config.model_dir, config.export_dir):
     try:
+      # A resume with other settings is refused before the model is built
+      # and its formulations probed (the Controller checks again, locked).
+      run_files.check_same_run(config.model_dir, config, log_notes=False)
       checkpoints_lib.check_warm_start(config.model_dir, config.warm_start)
       run_guard.check_writable(config.model_dir, '--model_dir')
       if config.export_dir:

@@ -73,6 +73,29 @@ def test_config_changes_refuses_what_changes_the_run():
   assert 'same data' in noted[0][3]
 
 
+@pytest.mark.parametrize('old,new,carries_over', [
+    ('mixed_bfloat16', 'float32', True), ('float32', 'mixed_bfloat16', True),
+    ('float32', 'mixed_float16', False), ('mixed_float16', 'float32', False),
+    ('mixed_bfloat16', 'mixed_float16', False)])
+def test_a_resume_may_switch_between_float32_and_bfloat16_only(
+    old, new, carries_over):
+  # A job resumed on hardware without bf16: the variables and the optimizer
+  # state are float32 in both, so the run goes on in float32. float16 adds
+  # a loss-scale optimizer (another checkpoint): refused.
+  saved = config_lib.TrainConfig(model=config_lib.model_spec(precision=old))
+  refused, noted = config_lib.config_changes(saved, config_lib.replace(
+      saved, model=config_lib.model_spec(precision=new)))
+  if carries_over:
+    assert refused == []
+    assert noted == [('precision', old, new, config_lib.PRECISION_CHANGE)]
+    assert 'optimizer state carry over' in config_lib.precision_switch_hint(
+        old, '/run')
+  else:
+    assert refused == [('precision', old, new)] and noted == []
+  assert '--warm_start=/run' in config_lib.precision_switch_hint(
+      'mixed_float16', '/run')
+
+
 
 def test_reads_the_flat_form_of_runs_before_the_configs_parts():
   """A config.json written before the optimizer, loss and runtime settings

@@ -47,9 +47,10 @@ def _copy(cfg, tmp_path):
      '--conv_filters was 8, now 16'),
     (dict(model=config_lib.model_spec('baseline_cnn')),
      "--model was 'capsnet', now 'baseline_cnn'"),
-    (dict(model=config_lib.model_spec(precision='mixed_bfloat16',
+    # (float32 <-> mixed_bfloat16 carries over: test_train_e2e.)
+    (dict(model=config_lib.model_spec(precision='mixed_float16',
                                       **TINY_MODEL)),
-     "--precision was 'float32'"),
+     "--precision was 'float32', now 'mixed_float16'"),
     (dict(data=dict(synthetic_shape=(24, 24, 1))), '--synthetic_shape'),
     (dict(batch_size=4), '--batch_size was 8, now 4'),
     (dict(learning_rate=0.5), '--learning_rate'),

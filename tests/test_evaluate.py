@@ -1,5 +1,6 @@
 """Tests of pipeline.evaluate: metrics from checkpoints and SavedModels."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -168,8 +169,6 @@ def _given(*argv):
     (['--batch_size=0'], '--batch_size=0 (the run has 8)'),
     (['--eval_split=validation'], '--eval_split=validation (the run has test)'),
     (['--model=baseline_cnn'], '--model=baseline_cnn (the run has capsnet)'),
-    (['--precision=mixed_bfloat16'],
-     '--precision=mixed_bfloat16 (the run has float32)'),
     (['--learning_rate=0.1', '--routing_iterations=1'],
      '--learning_rate=0.1 (the run has 0.003); --routing_iterations=1 (the '
      'run has 3)'),
@@ -181,7 +180,8 @@ def test_training_flags_evaluate_would_ignore_are_refused(run, argv, shown):
     evaluate.check_ignored_flags(_given(*argv), trainer.config, 'runs/x')
   assert str(e.value).startswith(shown + ' would be ignored: the model '
                                  'scored is the one the run in runs/x')
-  assert 'only the data flags, --split and --eval_batch_size' in str(e.value)
+  assert ('only the data flags, --split, --eval_batch_size and --precision '
+          'apply') in str(e.value)
 
 
 def test_the_runs_own_flags_and_what_evaluate_reads_pass(run):
@@ -190,7 +190,7 @@ def test_the_runs_own_flags_and_what_evaluate_reads_pass(run):
   # what evaluate reads: the data flags and --eval_batch_size.
   evaluate.check_ignored_flags(_given(
       '--conv_filters=8', '--decoder_units=16,32', '--batch_size=8',
-      '--learning_rate=0.003', '--precision=auto', '--train_steps=1000',
+      '--learning_rate=0.003', '--precision=mixed_bfloat16', '--train_steps=1000',
       '--eval_every=7', '--eval_batch_size=3', '--dataset=synthetic',
       '--synthetic_size=20,10', f'--model_dir={cfg.model_dir}',
       '--pool'), cfg, 'x')
@@ -201,6 +201,52 @@ def test_the_runs_own_flags_and_what_evaluate_reads_pass(run):
                      r'be ignored: a SavedModel\'s model'):
     evaluate.check_ignored_flags(_given('--conv_filters=8', '--precision=auto',
                                         '--dataset=synthetic'), None)
+
+
+def test_a_run_scores_in_another_precision(run, monkeypatch):
+  # Its variables are float32 in every precision: a float32 run scored in
+  # mixed bfloat16 (and back) predicts the same classes, within bf16's
+  # rounding of the lengths.
+  trainer, trained, model_dir, _ = run
+  assert trainer.config.model.precision == 'float32'
+  predictor = evaluate.Predictor.from_checkpoint(
+      str(model_dir), precision='mixed_bfloat16')
+  images = np.random.RandomState(0).rand(16, *predictor.image_shape).astype(
+      np.float32)
+  lengths, _ = predictor.predict(images)
+  reference, _ = evaluate.Predictor.from_checkpoint(str(model_dir)).predict(
+      images)
+  np.testing.assert_allclose(lengths, reference, atol=0.05)
+  # Which precision the command scores in, and what it says.
+  from pipeline.perf import hardware  # pylint: disable=g-import-not-at-top
+  cfg = trainer.config
+  bf16_run = dataclasses.replace(cfg, model=dataclasses.replace(
+      cfg.model, precision='mixed_bfloat16'))
+  warnings = []
+  monkeypatch.setattr(evaluate.logging, 'warning',
+                      lambda fmt, *args: warnings.append(fmt % args))
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['avx2'])
+  monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+  for argv, expected in (([], None), (['--precision=auto'], None),
+                         (['--precision=float32'], 'float32')):
+    assert evaluate.scoring_precision(_given(*argv), bf16_run, 'r') == expected
+  # The run's own bf16, emulated here: said once a scoring, with the way out.
+  assert len(warnings) == 2 and all('--precision=float32 scores it' in w
+                                    for w in warnings)
+  warnings.clear()
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['amx_bf16'])
+  assert evaluate.scoring_precision(_given(), bf16_run, 'r') is None
+  assert not warnings
+  # Under an ISA cap that leaves oneDNN no 16-bit kernels on an AVX-512
+  # CPU (it would abort): refused, naming the way out.
+  monkeypatch.setattr(hardware, '_cpu_flags', lambda: {'avx512f', 'avx2'})
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  with pytest.raises(ValueError, match=r'^Scoring in mixed_bfloat16, as the '
+                     r'run in r trained, cannot run under '
+                     r'ONEDNN_MAX_CPU_ISA=AVX2'):
+    evaluate.scoring_precision(_given(), bf16_run, 'r')
+  assert evaluate.scoring_precision(_given('--precision=float32'), bf16_run,
+                                    'r') == 'float32'
 
 
 def test_the_command_refuses_an_ignored_flag_in_one_line(run):

@@ -240,11 +240,27 @@ def test_auto_precision_on_resume_keeps_what_the_run_resolved(monkeypatch,
       model=config_lib.model_spec(precision='mixed_bfloat16'),
       model_dir=str(run))
   (run / config_lib.CONFIG_FILE).write_text(saved.to_json())
-  # The run started on a bf16 CPU; it resumes on one without bf16.
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  warnings = []
+  monkeypatch.setattr(logging, 'warning',
+                      lambda fmt, *args: warnings.append(fmt % args))
+  # The run started on a bf16 CPU; it resumes on one without bf16: the
+  # same precision, with one line saying it is emulated here and how to
+  # go on in float32.
   monkeypatch.setattr(hardware, 'cpu_features', lambda: ['avx2'])
   with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
     assert (pipeline_flags.config_from_flags().model.precision ==
             'mixed_bfloat16')
+  assert len(warnings) == 1
+  assert f'keeps mixed_bfloat16, as the run in {run} records' in warnings[0]
+  assert 'emulated' in warnings[0]
+  assert '--precision=float32 resumes it in float32' in warnings[0]
+  warnings.clear()
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['amx_bf16'])
+  with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
+    pipeline_flags.config_from_flags()
+  assert not warnings
+  monkeypatch.setattr(hardware, 'cpu_features', lambda: ['avx2'])
   # An unreadable config is the run guard's business: auto then follows
   # the hardware, and the guard refuses or accepts the resume.
   (run / config_lib.CONFIG_FILE).write_text('{')
@@ -314,7 +330,7 @@ def test_16_bit_math_under_a_cap_that_has_none_is_a_flag_error(monkeypatch,
       model_dir=str(run)).to_json())
   with flagsaver.flagsaver(precision='auto', model_dir=str(run)):
     with pytest.raises(ValueError, match=r'^--precision=auto \(mixed_bfloat16, '
-                       f'as the run in {run} resolved at its start\) cannot '
+                       f'as the run in {run} records\) cannot '
                        'run under ONEDNN_MAX_CPU_ISA=AVX2'):
       pipeline_flags.config_from_flags()
   monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX512_CORE')

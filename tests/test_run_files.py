@@ -37,9 +37,18 @@ def test_check_same_run_refuses_a_changed_model_and_notes_a_free_change(
     run_files.check_same_run(str(tmp_path),
                              config_lib.replace(cfg, learning_rate=0.5))
   caplog.set_level('WARNING')
-  run_files.check_same_run(str(tmp_path), config_lib.replace(
-      cfg, deterministic=not cfg.runtime.deterministic))
-  assert '--deterministic changed from' in caplog.text
+  changed = config_lib.replace(cfg,
+                               deterministic=not cfg.runtime.deterministic)
+  # The early check (before the model is built) refuses only; the locked
+  # one logs the accepted change, once.
+  run_files.check_same_run(str(tmp_path), changed, log_notes=False)
+  assert '--deterministic changed from' not in caplog.text
+  with pytest.raises(run_guard.RunGuardError, match='--learning_rate was'):
+    run_files.check_same_run(str(tmp_path),
+                             config_lib.replace(cfg, learning_rate=0.5),
+                             log_notes=False)
+  run_files.check_same_run(str(tmp_path), changed)
+  assert caplog.text.count('--deterministic changed from') == 1
 
 
 def test_an_unreadable_saved_config_is_named(tmp_path):

@@ -63,6 +63,35 @@ def test_smoke_config_on_two_replicas(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'Resumed from' in again.stderr and 'at step 20' in again.stderr
 
+  # A resume with other settings is refused in one line before the model
+  # is built and its formulations probed.
+  changed = _train('--flagfile=configs/smoke.flags', '--cpu_devices=2',
+                   f'--model_dir={model_dir}', '--export_dir=',
+                   '--train_steps=30', '--routing_iterations=1')
+  assert changed.returncode == 1, changed.stderr[-3000:]
+  assert ('holds a run with other settings (--routing_iterations was 3, '
+          'now 1)') in changed.stderr
+  assert 'Autotune' not in changed.stderr
+  assert 'MirroredStrategy' not in changed.stderr
+
+  # It goes on in the other of float32 and mixed bfloat16 (a job resumed
+  # where its 16-bit math is emulated): from its step, weights and
+  # optimizer state restored, the new precision recorded.
+  saved = json.loads((model_dir / 'config.json').read_text())
+  other = ('float32' if saved['model']['precision'] == 'mixed_bfloat16'
+           else 'mixed_bfloat16')
+  switched = _train('--flagfile=configs/smoke.flags', '--cpu_devices=2',
+                    f'--model_dir={model_dir}', '--export_dir=',
+                    '--train_steps=24', '--eval_every=10',
+                    '--checkpoint_every=10', '--log_every=2',
+                    f'--precision={other}')
+  assert switched.returncode == 0, switched.stderr[-3000:]
+  assert (f"--precision changed from '{saved['model']['precision']}' to "
+          f"'{other}'") in switched.stderr
+  assert 'at step 20' in switched.stderr and 'step 24/24' in switched.stderr
+  assert json.loads((model_dir / 'config.json').read_text())['model'][
+      'precision'] == other
+
   # A warm start from it into a model of other options is refused in one
   # line, leaving no new model or export directory behind.
   other = _train('--flagfile=configs/smoke.flags', '--class_dim=6',

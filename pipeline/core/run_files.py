@@ -24,8 +24,11 @@ _NOT_HPARAMS = ('runtime.strategy', 'runtime.cpu_devices',
                 'runtime.deterministic')
 
 
-def check_same_run(work_dir, config):
+def check_same_run(work_dir, config, log_notes=True):
   """Compares the saved config of a resumed run with `config`.
+
+  `log_notes=False` only refuses (a check before the model is built and
+  probed, whose accepted changes the locked check logs once).
 
   Raises:
     run_guard.RunGuardError: naming every changed field that would change
@@ -52,7 +55,7 @@ def check_same_run(work_dir, config):
         'Resuming would not continue that run. Re-run with its flags '
         f'(--flagfile={os.path.join(work_dir, FLAGS_FILE)}), or pick '
         'a new --model_dir for the new settings.')
-  for name, old, new, consequence in noted:
+  for name, old, new, consequence in noted if log_notes else ():
     logging.warning('--%s changed from %r to %r: %s', name, old, new,
                     consequence)
 

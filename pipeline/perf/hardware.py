@@ -314,13 +314,10 @@ def auto_precision(features=None, devices=None):
                      '(bfloat16 would be emulated)')
 
 
-def emulation_warning(precision, features=None, devices=None):
-  """A one-line warning when `precision` is emulated on this hardware.
-
-  Returns:
-    None when the precision's 16-bit type is native here (or it is
-    float32), else the line to print.
-  """
+def emulated_where(precision, features=None, devices=None):
+  """Why `precision`'s 16-bit math is emulated on this hardware (`this CPU
+  (...) has no avx512_bf16 or amx_bf16`, `GPU compute capability 7.5`), or
+  None when it is native here (or `precision` is float32)."""
   if precision == 'float32':
     return None
   devices = gpus() if devices is None else list(devices)
@@ -331,14 +328,25 @@ def emulation_warning(precision, features=None, devices=None):
     needs = (8, 0) if precision == 'mixed_bfloat16' else (7, 0)
     if low >= needs:
       return None
-    where = f'GPU compute capability {low[0]}.{low[1]}'
-  else:
-    features = cpu_features() if features is None else list(features)
-    kind = 'bfloat16' if precision == 'mixed_bfloat16' else 'float16'
-    if any(f in features for f in NATIVE_16BIT_CPU[kind]):
-      return None
-    where = (f'this CPU ({cpu_model()}) has no '
-             f'{" or ".join(NATIVE_16BIT_CPU[kind])}')
+    return f'GPU compute capability {low[0]}.{low[1]}'
+  features = cpu_features() if features is None else list(features)
+  kind = 'bfloat16' if precision == 'mixed_bfloat16' else 'float16'
+  if any(f in features for f in NATIVE_16BIT_CPU[kind]):
+    return None
+  return (f'this CPU ({cpu_model()}) has no '
+          f'{" or ".join(NATIVE_16BIT_CPU[kind])}')
+
+
+def emulation_warning(precision, features=None, devices=None):
+  """A one-line warning when `precision` is emulated on this hardware.
+
+  Returns:
+    None when the precision's 16-bit type is native here (or it is
+    float32), else the line to print.
+  """
+  where = emulated_where(precision, features, devices)
+  if where is None:
+    return None
   return (f'--precision={precision}: {where}, so its 16-bit math is emulated '
           'and slower than float32 here; --precision=auto picks float32 on '
           'this machine.')

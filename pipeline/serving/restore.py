@@ -2,6 +2,7 @@
 (for export and evaluation): every variable from the checkpoint, or a
 refusal that names the checkpoint's run."""
 
+import dataclasses
 import json
 import os
 
@@ -25,8 +26,13 @@ def _owner(checkpoint):
     return os.path.dirname(os.path.abspath(checkpoint))
 
 
-def load_checkpointed_model(model_dir, checkpoint=None):
+def load_checkpointed_model(model_dir, checkpoint=None, precision=None):
   """Rebuilds a training run's model and restores a checkpoint into it.
+
+  `precision` rebuilds it in another precision than the run's (its
+  variables are float32 in every one, so the checkpoint fits); inference
+  then runs the plain default formulations, since the run's probe chose
+  for its own precision.
 
   Every variable of the model must come from the checkpoint: a checkpoint
   of another model (or of other settings) is refused, never half-restored.
@@ -46,7 +52,11 @@ def load_checkpointed_model(model_dir, checkpoint=None):
     ValueError: for a checkpoint that cannot be read or does not fit.
   """
   config, info = config_lib.load_run(model_dir)
-  model = registry.build_from_spec(config.model, info['image_shape'],
+  spec = config.model
+  recorded = precision in (None, spec.precision)
+  if not recorded:
+    spec = dataclasses.replace(spec, precision=precision)
+  model = registry.build_from_spec(spec, info['image_shape'],
                                    info['num_classes'], info['num_targets'])
   if checkpoint is not None:
     if not tf.io.gfile.exists(checkpoint + '.index'):
@@ -55,7 +65,8 @@ def load_checkpointed_model(model_dir, checkpoint=None):
           f'a path like {model_dir}/checkpoints/ckpt-N, or leave the '
           'checkpoint out for the latest.')
     _restore(model, checkpoint, model_dir, config.model.name)
-    _apply_recorded_formulations(model, model_dir, info)
+    if recorded:
+      _apply_recorded_formulations(model, model_dir, info)
     return model, info
   # The latest checkpoint of a run that is still training can be rotated
   # away while it is read: then the newest one is taken instead.
@@ -71,7 +82,8 @@ def load_checkpointed_model(model_dir, checkpoint=None):
           'checkpoint path.')
     try:
       _restore(model, checkpoint, model_dir, config.model.name)
-      _apply_recorded_formulations(model, model_dir, info)
+      if recorded:
+        _apply_recorded_formulations(model, model_dir, info)
       return model, info
     except ValueError:
       if tf.io.gfile.exists(checkpoint + '.index'):
