@@ -1,7 +1,7 @@
 """Exports a trained capsule model as a SavedModel that TF Serving loads as is.
 
   python -m pipeline.export --model_dir=runs/fashion_mnist \
-      --export_dir=exports/capsnet_fashion_mnist [--xla]
+      --export_dir=exports/capsnet_fashion_mnist [--xla] [--precision=float32]
 
 The command over `pipeline.serving`: the version layout and atomic publish
 (`publish`), the signatures and what they refuse (`signatures`), the warm-up
@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from pipeline import config as config_lib
 from pipeline.core import run_guard
 from pipeline.serving import publish
 
@@ -32,7 +33,8 @@ def main(argv):
     try:
       run_guard.check_writable(f.export_dir, '--export_dir', min_free_bytes=0)
       path = publish.export_from_checkpoint(f.model_dir, f.export_dir,
-                                            f.checkpoint or None, xla=f.xla)
+                                            f.checkpoint or None, xla=f.xla,
+                                            precision=f.precision)
     except (FileNotFoundError, ValueError, run_guard.RunGuardError) as e:
       sys.exit(str(e))
     except (OSError, tf.errors.OpError) as e:
@@ -54,4 +56,8 @@ if __name__ == '__main__':
   flags.DEFINE_boolean('xla', False, 'Compile the capsule part with XLA '
                        'inside the signatures (faster; needs TF Serving '
                        'with --xla_cpu_compilation_enabled).')
+  flags.DEFINE_enum('precision', None, config_lib.PRECISIONS, 'Export the '
+                    "model in this precision instead of the run's (its "
+                    'weights are float32 in every one): float32 for servers '
+                    'without native bf16, where a bf16 export is emulated.')
   sys.exit(app.run(main))

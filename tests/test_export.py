@@ -120,6 +120,24 @@ def test_versions_increment_and_no_temporary_left(trained, tmp_path):
   assert (base / '7' / 'x').read_text() == 'taken'
 
 
+def test_an_export_in_another_precision_than_the_run(trained, tmp_path):
+  # A float32 run exported in mixed bfloat16 (and a bf16 run in float32,
+  # for a server without native bf16): the same weights, so the same
+  # answers within bf16's rounding, but computed in the precision asked.
+  _, model_dir = trained
+  images = tf.constant(np.random.default_rng(1).uniform(
+      size=[6, 20, 20, 1]).astype(np.float32))
+  lengths = {}
+  for precision in (None, 'mixed_bfloat16'):
+    loaded = tf.saved_model.load(publish.export_from_checkpoint(
+        str(model_dir), str(tmp_path / str(precision)), precision=precision))
+    lengths[precision] = loaded.signatures['serving_default'](
+        images=images)['probabilities'].numpy()
+  np.testing.assert_allclose(lengths['mixed_bfloat16'], lengths[None],
+                             atol=0.05)
+  assert not np.array_equal(lengths['mixed_bfloat16'], lengths[None])
+
+
 def test_batch_dimension_is_dynamic_and_shape_checked(trained, tmp_path):
   _, model_dir = trained
   loaded = tf.saved_model.load(
@@ -167,8 +185,8 @@ def test_export_command(trained, tmp_path):
   _, model_dir = trained
   proc = subprocess.run(
       [sys.executable, '-m', 'pipeline.export', f'--model_dir={model_dir}',
-       f'--export_dir={tmp_path}/cmd'], cwd=REPO, capture_output=True,
-      text=True, timeout=300)
+       f'--export_dir={tmp_path}/cmd', '--precision=float32'], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f'{tmp_path}/cmd/1' in proc.stdout
   bad = subprocess.run(

@@ -131,8 +131,11 @@ def export_model(model, image_shape, export_base, class_names=(),
 
 
 def export_from_checkpoint(model_dir, export_base, checkpoint=None,
-                           xla=False):
-  """Exports a checkpoint of a training run; returns the version path."""
-  model, info = restore.load_checkpointed_model(model_dir, checkpoint)
+                           xla=False, precision=None):
+  """Exports a checkpoint of a training run; returns the version path.
+  `precision` builds the exported model in another precision than the
+  run's (float32 for servers without native bf16, say)."""
+  model, info = restore.load_checkpointed_model(model_dir, checkpoint,
+                                                precision)
   return export_model(model, info['image_shape'], export_base,
                       info.get('class_names', ()), xla=xla)
