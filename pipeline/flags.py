@@ -307,8 +307,8 @@ def resolve_precision(requested, model_dir):
       # Resumed on other hardware (a preempted job placed elsewhere).
       logging.warning(
           '--precision=auto keeps %s, as the run in %s records, but %s: its '
-          '16-bit math is emulated and slower than float32 here. %s', saved, model_dir, where,
-          config_lib.precision_switch_hint(saved, model_dir))
+          '16-bit math is emulated and slower than float32 here. %s', saved,
+          model_dir, where, config_lib.precision_switch_hint(saved, model_dir))
     return saved
   precision, reason = hardware.auto_precision()
   logging.info('--precision=auto: %s (%s).', precision, reason)

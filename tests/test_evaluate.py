@@ -186,12 +186,14 @@ def test_training_flags_evaluate_would_ignore_are_refused(run, argv, shown):
 
 def test_the_runs_own_flags_and_what_evaluate_reads_pass(run):
   cfg = run[0].config
-  # Its own settings (its flagfile, say), auto precision, run control, and
-  # what evaluate reads: the data flags and --eval_batch_size.
+  # Its own settings (its flagfile, say), run control, and what evaluate
+  # reads: the data flags, --eval_batch_size and --precision (the one it
+  # scores in).
   evaluate.check_ignored_flags(_given(
       '--conv_filters=8', '--decoder_units=16,32', '--batch_size=8',
-      '--learning_rate=0.003', '--precision=mixed_bfloat16', '--train_steps=1000',
-      '--eval_every=7', '--eval_batch_size=3', '--dataset=synthetic',
+      '--learning_rate=0.003', '--precision=mixed_bfloat16',
+      '--train_steps=1000', '--eval_every=7', '--eval_batch_size=3',
+      '--dataset=synthetic',
       '--synthetic_size=20,10', f'--model_dir={cfg.model_dir}',
       '--pool'), cfg, 'x')
   # A SavedModel takes the data flags and --eval_batch_size, and no other.

@@ -240,13 +240,6 @@ def cpu_use(seconds=2.0):
   return sum(used.values()), processes
 
 
-def busiest(seconds=1.0, share=0.2):
-  """`[(pid, percent of a core, command)]` of the processes that used more
-  than `share` of a core over `seconds`, busiest first (this one left out).
-  """
-  return [p for p in cpu_use(seconds)[1] if p[1] > 100 * share]
-
-
 def check_idle(max_busy, seconds=2.0):
   """Refuses a sitting on a machine that is busy now.
 
